@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import pyro.distributions as dist
@@ -12,6 +12,9 @@ from pyro.nn import PyroModule, pyro_method
 from pyrocollapse._validation import check_data, check_int
 from pyrocollapse.priors import Prior, StandardNormalPrior
 from pyrocollapse.registry import Registry
+
+if TYPE_CHECKING:
+    from pyrocollapse.data import Dataset
 
 __all__ = ["MODELS", "VAE", "make_model"]
 
@@ -38,8 +41,20 @@ class VAE(PyroModule):
     Subclasses implement :meth:`encode` (x -> q(z|x)) and :meth:`decode` (z -> p(x|z)),
     and may override :meth:`check_input`. The base supplies the Pyro programs::
 
-        model(x):  with plate("data", N): z = prior("z"); sample("x", decode(z), obs=x)
+        model(x):  with plate("data", N): z = prior("z"); observe(z, x)
         guide(x):  with plate("data", N): z = sample("z", encode(x)); prior.guide("z", z)
+
+    where :meth:`observe` is ``sample("x", decode(z), obs=x)``. Autoregressive decoders
+    (whose p(x|z) is a product of conditionals p(x_i | x_<i, z)) override :meth:`observe`
+    to score ``x`` with teacher forcing and :meth:`generate` to draw step by step; models
+    with several latent layers override :meth:`model` and :meth:`guide`.
+
+    Adding a model: subclass, build the networks, call :meth:`_attach_prior` last in
+    ``__init__`` (VampPrior binds the encoder there), implement :meth:`encode`,
+    :meth:`decode` (accepting leading batch dimensions of z, as vectorised particles of
+    ``IWAEELBO`` add one), :meth:`check_input` and :meth:`from_dataset`, register the
+    class in :data:`MODELS`, write in the docstring when it tends to collapse and why,
+    and add one entry to the contract suite in ``tests/test_models.py``.
 
     Parameters
     ----------
@@ -59,12 +74,19 @@ class VAE(PyroModule):
         Names of the latent sample sites, for :func:`pyrocollapse.diagnose`.
     observed_site : str
         Name of the observed site.
+    event_shape : tuple[int, ...]
+        Trailing shape of one observation ``x[i]``.
+    autoregressive : bool
+        Whether p(x|z) is autoregressive: then ``decode(z)`` alone is not a distribution
+        over x (it needs the context ``x``), and :meth:`sample` / :meth:`reconstruct`
+        decode step by step.
     """
 
     latent_sites: tuple[str, ...] = ("z",)
     observed_site: str = "x"
     #: Trailing shape of one observation, set by subclasses.
     event_shape: tuple[int, ...] = ()
+    autoregressive: bool = False
 
     def __init__(
         self, latent_dim: int, prior: Prior | None = None, *, name: str | None = None
@@ -90,12 +112,13 @@ class VAE(PyroModule):
 
     @classmethod
     def from_dataset(
-        cls, dataset: Any, *, latent_dim: int, prior: Prior | None = None, **options: Any
+        cls, dataset: Dataset, *, latent_dim: int, prior: Prior | None = None, **options: Any
     ) -> VAE:
         """Build a model sized for ``dataset`` (a :class:`pyrocollapse.data.Dataset`).
 
         Used by ``pyrocollapse run --model NAME``; each model picks what it needs from the
-        dataset (input size, image shape, vocabulary, a likelihood matching its kind).
+        dataset (input size, image shape, vocabulary, a likelihood matching its kind) and
+        raises ``ValueError`` naming a model that fits when the dataset's kind does not.
         """
         raise NotImplementedError(f"{cls.__name__} does not implement from_dataset()")
 
@@ -112,6 +135,94 @@ class VAE(PyroModule):
         """Validate a batch of observations of shape ``(N, *event_shape)``."""
         return check_data(name, x, event_shape=self.event_shape)
 
+    # -- hooks with defaults -----------------------------------------------------------
+    def observe(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Score the observed site in :meth:`model`: ``sample("x", decode(z), obs=x)``.
+
+        Called inside the data plate with z of shape ``(..., N, latent_dim)`` (the bottom
+        latent layer; leading dimensions come from vectorised particles) and the
+        validated ``x`` ``(N, ...)``. The observed site must have batch shape
+        ``z.shape[:-1]``. Autoregressive models override this to condition on ``x``
+        (teacher forcing).
+        """
+        return pyro.sample(self.observed_site, self.decode(z), obs=x)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, *, greedy: bool = False) -> torch.Tensor:
+        """Observations decoded from latents ``z`` of shape ``(n, latent_dim)`` (no gradients).
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            Shape ``(n, latent_dim)`` (for multi-layer models: the layer that
+            :meth:`decode` takes).
+        greedy : bool
+            ``False``: a draw x ~ p(x|z). ``True``: the decoder's point prediction: the
+            mean of p(x|z) for factorised decoders, the most probable value step by step
+            for autoregressive ones.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(n, *event_shape)``.
+        """
+        z = self.check_latent(z, dim=self.decoder_latent_dim, matrix=True)
+        d = self.decode(z)
+        return d.mean if greedy else d.sample()
+
+    @property
+    def decoder_latent_dim(self) -> int:
+        """Width of the latent that :meth:`decode` takes (``latent_dim`` unless the model
+        has several layers)."""
+        return self.latent_dim
+
+    def check_latent(
+        self, z: object, *, dim: int | None = None, name: str = "z", matrix: bool = False
+    ) -> torch.Tensor:
+        """Validate latents of shape ``(..., n, dim)`` (default ``dim``: ``latent_dim``).
+
+        Leading batch dimensions (e.g. Pyro's vectorised particles) are allowed unless
+        ``matrix`` asks for exactly ``(n, dim)``.
+        """
+        dim = self.latent_dim if dim is None else dim
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {z.dtype}")
+        if z.dim() < 2 or z.shape[-1] != dim or (matrix and z.dim() != 2):
+            shape = f"(n, {dim})" if matrix else f"(..., n, {dim})"
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(z.shape)}")
+        return z
+
+    @staticmethod
+    def pair_with_context(
+        z: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
+        """Flatten latents and their context rows for networks that need one batch axis.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            Shape ``batch_shape + (D,)`` whose last batch dimension indexes the rows of
+            ``x`` (extra leading dimensions, e.g. vectorised particles, are shared).
+        x : torch.Tensor
+            Shape ``(N, ...)`` with ``N == batch_shape[-1]``.
+
+        Returns
+        -------
+        (z_flat, x_flat, batch_shape)
+            ``(prod(batch_shape), D)``, ``(prod(batch_shape), ...)`` and ``batch_shape``.
+        """
+        batch = z.shape[:-1]
+        if batch[-1] != x.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[0]} rows but z has batch shape {tuple(batch)}; the last batch "
+                "dimension of z must index the rows of x"
+            )
+        rest = x.shape[1:]
+        x_flat = x.expand(*batch, *rest).reshape(-1, *rest)
+        return z.reshape(-1, z.shape[-1]), x_flat, batch
+
     # -- Pyro programs -----------------------------------------------------------------
     @pyro_method
     def model(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +230,7 @@ class VAE(PyroModule):
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):
             z = self.prior(self.latent_sites[0])
-            return pyro.sample(self.observed_site, self.decode(z), obs=x)
+            return self.observe(z, x)
 
     @pyro_method
     def guide(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,15 +247,64 @@ class VAE(PyroModule):
     def sample(self, n: int) -> torch.Tensor:
         """Draw ``n`` observations from the model: z ~ p(z), x ~ p(x|z). Shape ``(n, *event_shape)``."""
         z = self.prior.sample(check_int("n", n, minimum=1))
-        return self.decode(z).sample()
+        return self.generate(z)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x | z = E_q[z|x]), shape ``(N, *event_shape)``."""
+        """Decode the posterior mean: ``generate(E_q[z|x], greedy=True)``.
+
+        For factorised decoders this is the mean of p(x | z = E_q[z|x]); for
+        autoregressive ones the greedy step-by-step decoding. Shape ``(N, *event_shape)``.
+        """
         x = self.check_input(x)
-        return self.decode(self.encode(x).mean).mean
+        return self.generate(self.encode(x).mean, greedy=True)
 
 
 def make_model(name: str, **options: Any) -> VAE:
     """Build a ready model by its short name (see :data:`MODELS`)."""
     return MODELS.get(name)(**options)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers for ``from_dataset``
+# --------------------------------------------------------------------------------------
+def check_dataset(dataset: object, model: str) -> Dataset:
+    """Return ``dataset`` if it is a :class:`pyrocollapse.data.Dataset`."""
+    from pyrocollapse.data import Dataset
+
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"model {model!r}: dataset must be a pyrocollapse.data.Dataset (e.g. "
+            f"load_dataset('digits')), got {type(dataset).__name__}"
+        )
+    return dataset
+
+
+def vector_input_dim(dataset: object, model: str) -> int:
+    """Feature count of a dataset of flat float vectors, for vector models.
+
+    Raises ``ValueError`` naming a fitting model for token data or non-flat events.
+    """
+    ds = check_dataset(dataset, model)
+    if ds.kind == "tokens":
+        raise ValueError(
+            f"model {model!r} needs vector data; for token sequences use --model sequence"
+        )
+    if len(ds.event_shape) != 1:
+        raise ValueError(f"model {model!r} needs flat vectors, got event shape {ds.event_shape}")
+    return ds.event_shape[0]
+
+
+def default_likelihood(dataset: Dataset) -> str:
+    """``"gaussian"`` for real-valued data, ``"bernoulli"`` for binary or [0, 1] data."""
+    return "gaussian" if dataset.kind == "real" else "bernoulli"
+
+
+def reject_dataset_options(options: dict[str, Any], model: str, names: tuple[str, ...]) -> None:
+    """Raise if ``options`` sets an argument that ``from_dataset`` reads off the dataset."""
+    clash = [n for n in names if n in options]
+    if clash:
+        raise ValueError(
+            f"model {model!r} takes {', '.join(clash)} from the dataset; do not pass "
+            f"{'it' if len(clash) == 1 else 'them'} as a model option"
+        )

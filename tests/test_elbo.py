@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -170,3 +172,143 @@ def test_every_registered_elbo_is_a_pyro_elbo():
         assert issubclass(ELBOS.get(name), BaseELBO) and issubclass(
             ELBOS.get(name), pyro.infer.ELBO
         )
+
+
+def test_weights_are_reported_with_every_evaluation():
+    from pyrocollapse.elbo import FreeBitsELBO
+
+    model, guide, x = toy()
+    elbo = FreeBitsELBO(0.2, kl_weight=Linear(4))
+    elbo.step_count = 1
+    elbo.loss(model, guide, x)
+    assert elbo.weights == {"kl_weight": 0.25, "free_bits": 0.2}
+    assert elbo.last.weights == elbo.weights
+    assert {k: elbo.last.components[k] for k in elbo.weights} == elbo.weights
+
+
+def test_hyperparameters_describe_the_objective():
+    import json
+
+    from pyrocollapse.elbo import InfoVAEELBO
+
+    spec = InfoVAEELBO(0.5, 10.0, kernel="rbf", kl_weight=Linear(7)).hyperparameters()
+    assert spec == {
+        "class": "InfoVAEELBO",
+        "name": "infovae",
+        "kl_weight": {"name": "linear", "warmup_steps": 7, "start": 0.0, "end": 1.0},
+        "num_particles": 1,
+        "alpha": 0.5,
+        "lambda_": 10.0,
+        "kernel": "rbf",
+        "bandwidth": None,
+    }
+    assert json.loads(json.dumps(spec)) == spec
+
+
+def vectorisable_toy(n=5, d=3):
+    x = torch.randn(n, 4)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(d), 1.0).to_event(1))
+            loc = z.sum(-1, keepdim=True).expand(*z.shape[:-1], 4)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.linspace(-1, 1, n * d).reshape(n, d))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 0.5).to_event(1))
+
+    return model, guide, x
+
+
+def test_vectorised_particles_are_averaged_not_summed():
+    from pyrocollapse.elbo import IWAEELBO
+
+    model, guide, x = vectorisable_toy()
+    plain, iwae = PlainELBO(), IWAEELBO(7)
+    plain.loss(model, guide, x)
+    iwae.loss(model, guide, x)
+    # the analytic KL does not depend on the draws: per-particle averages must agree
+    assert iwae.last.components["kl"] == pytest.approx(plain.last.components["kl"], rel=1e-6)
+    assert iwae.last.components["num_data"] == 5.0
+    torch.testing.assert_close(
+        iwae.breakdown(model, guide, x)["z"], plain.breakdown(model, guide, x)["z"]
+    )
+    assert iwae.last.terms[0].latent["z"].kl.shape == (7, 5)
+
+
+def test_guessing_plate_nesting_leaves_the_rng_alone():
+    # the first call of a vectorised objective guesses max_plate_nesting by running the
+    # model once; it must not shift the draws of that call
+    from pyrocollapse.elbo import IWAEELBO
+
+    model, guide, x = vectorisable_toy()
+    elbo = IWAEELBO(4)
+    first = run_seeded(lambda: elbo.loss(model, guide, x))
+    second = run_seeded(lambda: elbo.loss(model, guide, x))
+    assert first == second
+
+
+def test_num_data_without_latent_sites_comes_from_the_data_plate():
+    def model(x):
+        mu = pyro.param("mu", torch.zeros(()))
+        with pyro.plate("data", 10, subsample_size=4) as idx:
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x[idx])
+
+    elbo = PlainELBO()
+    elbo.loss(model, lambda x: None, torch.randn(10))
+    assert elbo.last.components["num_data"] == pytest.approx(10.0)
+
+
+def test_minibatch_estimators_explain_unsupported_site_shapes():
+    from pyrocollapse.elbo import MIRegularizedELBO
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            with pyro.plate("dims", 2, dim=-2):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.sum(-2), 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]), pyro.plate("dims", 2, dim=-2):
+            pyro.sample("z", dist.Normal(0.5, 1.0))
+
+    message = r"MIRegularizedELBO: latent site 'z' has batch shape \(2, 3\) and event shape \(\).*to_event\(1\)"
+    with pytest.raises(ValueError, match=message):
+        MIRegularizedELBO(1.0).loss(model, guide, torch.randn(3))
+
+
+def test_closed_form_kl_only_where_the_guide_draws_the_parents_first():
+    # model p(t) p(z | t), guide q(z) q(t | z): KL(q(z) || p(z | t)) in closed form at a t
+    # drawn given z is biased (by -a s^2 per point here), so z gets the Monte Carlo
+    # estimate; t's parents come first in the guide, so t keeps its closed form
+    m, s, a, r, n = 0.7, 0.6, 0.8, 0.5, 20000
+
+    def model():
+        with pyro.plate("data", n):
+            t = pyro.sample("t", dist.Normal(0.0, 1.0))
+            pyro.sample("z", dist.Normal(t, 1.0))
+
+    def guide():
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Normal(m, s))
+            pyro.sample("t", dist.Normal(a * z, r))
+
+    elbo = PlainELBO()
+    elbo.loss(model, guide)
+    latent = elbo.last.terms[0].latent
+    assert not latent["z"].analytic and latent["t"].analytic
+    per_point = (latent["z"].kl + latent["t"].kl).double()  # -ELBO of each point
+    # exact -ELBO: E[log q(z) + log q(t|z) - log p(t) - log p(z|t)] for Gaussians
+    ez2 = m**2 + s**2
+    exact = (
+        -0.5 * math.log(s**2)
+        - 0.5 * math.log(r**2)
+        - 1.0
+        + 0.5 * (a**2 * ez2 + r**2)
+        + 0.5 * ((1 - a) ** 2 * ez2 + r**2)
+    )
+    se = float(per_point.std()) / math.sqrt(n)
+    assert abs(float(per_point.mean()) - exact) < 4 * se
+    assert a * s**2 > 30 * se  # the closed form would be off by a s^2: far outside

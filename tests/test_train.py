@@ -184,3 +184,225 @@ def test_bad_input(kwargs, exc, match, digits):
     data = args.pop("data")
     with pytest.raises(exc, match=match):
         fit(vae.model, vae.guide, data, **args)
+
+
+# --------------------------------------------------------------------------------------
+# Aggressive inference-network training (He et al. 2019)
+# --------------------------------------------------------------------------------------
+class SpyAdam(torch.optim.Adam):
+    """Records, for every step, which parameters had a gradient (i.e. were updated)."""
+
+    def __init__(self, params, log, **kwargs):
+        super().__init__(params, **kwargs)
+        self.log = log
+
+    def step(self, closure=None):
+        self.log.append(
+            {id(p) for g in self.param_groups for p in g["params"] if p.grad is not None}
+        )
+        return super().step(closure)
+
+
+def test_aggressive_step_updates_encoder_alone_then_decoder_alone(digits):
+    vae = small_vae()
+    log: list[set[int]] = []
+    elbo = AnnealedELBO(Linear(100))
+    hist = fit(
+        vae.model,
+        vae.guide,
+        digits[:64],
+        loss=elbo,
+        optim=lambda params: SpyAdam(params, log, lr=1e-3),
+        epochs=1,
+        batch_size=32,
+        seed=0,
+        progress=False,
+        aggressive=True,
+        aggressive_max_inner=3,
+        monitor=None,
+    )
+    encoder = {id(p) for p in vae.encoder.parameters()}
+    decoder = {id(p) for p in vae.decoder.parameters()}
+    # two outer steps, each: 3 encoder-only steps (the cap), then one decoder-only step
+    assert log == [encoder] * 3 + [decoder] + [encoder] * 3 + [decoder]
+    assert elbo.step_count == 2  # the KL schedule moves once per outer step
+    row = hist.to_dataframe().iloc[0]
+    assert row["aggressive"] == 1.0 and row["inner_steps"] == 3.0
+    assert row["kl_weight"] == pytest.approx(0.02)
+    assert "mi/z" in hist.to_dataframe().columns  # measured for the mode even without monitor
+
+
+class ScriptedLoss:
+    """A loss whose per-data-point value follows a script (to test the inner loop)."""
+
+    def __init__(self, values):
+        self.values = list(values)
+        self.calls = 0
+
+    def differentiable_loss(self, model, guide, x):
+        v = self.values[min(self.calls, len(self.values) - 1)]
+        self.calls += 1
+        return torch.tensor(v * len(x)) + 0.0 * (pyro.param("enc") + pyro.param("dec")).sum()
+
+
+def scripted_pair():
+    def model(x):
+        dec = pyro.param("dec", torch.ones(()))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True) * dec, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        enc = pyro.param("enc", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x * enc, 1.0).expand([x.shape[0], 2]).to_event(1))
+
+    return model, guide
+
+
+@pytest.mark.parametrize(
+    "script, window, max_inner, expected",
+    [
+        # window means 5, 4, 3, 3.5: the fourth window is worse, stop after 8 steps
+        ([5, 5, 4, 4, 3, 3, 3.5, 3.5], 2, 100, 8),
+        # equal windows do not stop the loop (the authors test pre - cur < 0)
+        ([5, 5, 5, 5, 6, 6], 2, 100, 6),
+        # always improving: the cap
+        ([10 - 0.1 * i for i in range(50)], 2, 7, 7),
+        # a window of 1 compares consecutive steps
+        ([3, 2, 2.5], 1, 100, 3),
+    ],
+)
+def test_inner_encoder_loop_stops_when_the_loss_stops_improving(
+    script, window, max_inner, expected
+):
+    model, guide = scripted_pair()
+    loss = ScriptedLoss(script)
+    hist = fit(
+        model,
+        guide,
+        torch.randn(8, 1),
+        loss=loss,
+        epochs=1,
+        batch_size=8,  # one outer step per epoch
+        seed=0,
+        progress=False,
+        aggressive=True,
+        aggressive_window=window,
+        aggressive_max_inner=max_inner,
+        monitor=None,
+    )
+    assert hist[0].values["inner_steps"] == expected
+    assert loss.calls == expected + 1  # then one decoder step
+
+
+def test_aggressive_mode_ends_when_mutual_information_stops_rising(digits, monkeypatch):
+    import pyrocollapse.train as train
+
+    mi = iter([0.2, 0.5, 0.4, 0.9, 1.0])
+    monkeypatch.setattr(
+        train, "_monitor", lambda *args, **kwargs: {"active_units/z": 4.0, "mi/z": next(mi)}
+    )
+    vae = small_vae()
+    hist = fit(
+        vae.model,
+        vae.guide,
+        digits[:64],
+        loss=PlainELBO(),
+        epochs=5,
+        batch_size=32,
+        seed=0,
+        progress=False,
+        aggressive=True,
+        aggressive_max_inner=2,
+    )
+    # epoch 1: 0.2 > 0 (the authors' start), epoch 2: 0.5 > 0.2, epoch 3: 0.4 < 0.5 -> off
+    assert hist.column("aggressive").tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert hist.column("inner_steps").tolist() == [2.0, 2.0, 2.0, 0.0, 0.0]
+
+
+def test_aggressive_fit_is_deterministic_given_seed(digits):
+    runs = []
+    for _ in range(2):
+        vae = small_vae(seed=1)
+        hist = fit(
+            vae.model,
+            vae.guide,
+            digits[:64],
+            loss=PlainELBO(),
+            epochs=2,
+            batch_size=32,
+            seed=3,
+            progress=False,
+            aggressive=True,
+            aggressive_max_inner=10,
+        )
+        runs.append(hist.to_dataframe()[["elbo", "inner_steps", "aggressive", "mi/z"]].to_numpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert (runs[0][:, 1] >= 1).all()
+
+
+def test_plain_epochs_record_no_aggressive_steps(digits):
+    vae = small_vae()
+    hist = fit(
+        vae.model, vae.guide, digits[:64], loss=PlainELBO(), epochs=1, batch_size=32, progress=False
+    )
+    assert hist[0].values["aggressive"] == 0.0 and hist[0].values["inner_steps"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"aggressive": "yes"}, TypeError, "aggressive must be a bool, got str 'yes'"),
+        ({"aggressive_max_inner": 0}, ValueError, "aggressive_max_inner must be >= 1, got 0"),
+        ({"aggressive_window": 0}, ValueError, "aggressive_window must be >= 1, got 0"),
+    ],
+)
+def test_bad_aggressive_settings(kwargs, exc, match, digits):
+    vae = small_vae()
+    with pytest.raises(exc, match=match):
+        fit(vae.model, vae.guide, digits[:32], loss=PlainELBO(), epochs=1, progress=False, **kwargs)
+
+
+def test_aggressive_needs_encoder_and_decoder_parameters():
+    def model(x):
+        mu = pyro.param("mu", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z + mu, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x, 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="the guide has 0 and the model 1 trainable parameters"):
+        fit(
+            model,
+            guide,
+            torch.randn(8, 1),
+            loss=PlainELBO(),
+            epochs=1,
+            progress=False,
+            aggressive=True,
+        )
+
+
+def test_variant_weights_are_recorded_not_averaged(digits):
+    from pyrocollapse.elbo import MIRegularizedELBO
+
+    vae = small_vae()
+    hist = fit(
+        vae.model,
+        vae.guide,
+        digits[:64],
+        loss=MIRegularizedELBO(0.7, kl_weight=Linear(4)),
+        epochs=2,
+        batch_size=32,
+        progress=False,
+        monitor=None,
+    )
+    df = hist.to_dataframe()
+    np.testing.assert_allclose(df["mi_weight"], [0.7, 0.7])
+    np.testing.assert_allclose(df["kl_weight"], [0.5, 1.0])
+    # the minibatch estimate of I_q never exceeds log(batch size)
+    assert (df["mi_batch"] <= np.log(32) + 1e-6).all() and (df["mi_batch"] != 0).all()
