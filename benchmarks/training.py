@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -120,7 +121,7 @@ def matmul_gflops() -> float:
 
 def step_flops(sizes: tuple[int, ...], batch: int) -> float:
     """Forward + backward matmul FLOPs of an MLP with layer widths ``sizes`` (x3 forward)."""
-    return 3 * sum(2 * batch * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    return 3 * sum(2 * batch * a * b for a, b in itertools.pairwise(sizes))
 
 
 def bench(name: str, x: torch.Tensor, hidden: tuple[int, ...], latent: int, steps: int) -> None:
@@ -142,17 +143,32 @@ def bench(name: str, x: torch.Tensor, hidden: tuple[int, ...], latent: int, step
     vae = vae_with()
     floor = median_time(torch_step(vae, x), steps)
     rows.append(("hand-written PyTorch step", floor))
-    rows.append(("pyro Trace_ELBO (SVI)", median_time(pyro_svi_step(vae_with(), x, pyro.infer.Trace_ELBO()), steps)))
     rows.append(
-        ("pyro TraceMeanField_ELBO (SVI)", median_time(pyro_svi_step(vae_with(), x, pyro.infer.TraceMeanField_ELBO()), steps))
+        (
+            "pyro Trace_ELBO (SVI)",
+            median_time(pyro_svi_step(vae_with(), x, pyro.infer.Trace_ELBO()), steps),
+        )
+    )
+    rows.append(
+        (
+            "pyro TraceMeanField_ELBO (SVI)",
+            median_time(pyro_svi_step(vae_with(), x, pyro.infer.TraceMeanField_ELBO()), steps),
+        )
     )
     for elbo_name in ELBOS.names():
         elbo = ELBOS.get(elbo_name)(**ELBO_ARGS.get(elbo_name, {}))
-        rows.append((f"pyrocollapse {elbo_name}", median_time(fit_step(vae_with(), x, elbo), steps)))
+        rows.append(
+            (f"pyrocollapse {elbo_name}", median_time(fit_step(vae_with(), x, elbo), steps))
+        )
     for prior_name in ("mixture", "vamp"):
         if prior_name in PRIORS:
             elbo = ELBOS.get("elbo")()
-            rows.append((f"pyrocollapse elbo + {prior_name} prior", median_time(fit_step(vae_with(prior_name), x, elbo), steps)))
+            rows.append(
+                (
+                    f"pyrocollapse elbo + {prior_name} prior",
+                    median_time(fit_step(vae_with(prior_name), x, elbo), steps),
+                )
+            )
     sizes = (d, *hidden, 2 * latent)
     flops = step_flops(sizes, x.shape[0]) + step_flops((latent, *reversed(hidden), d), x.shape[0])
     phys = flops / (matmul_gflops() * 1e9)

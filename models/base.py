@@ -11,7 +11,7 @@ from pyro.nn import PyroModule, pyro_method
 
 from pyrocollapse._validation import check_data, check_int
 from pyrocollapse.priors import Prior, StandardNormalPrior
-from pyrocollapse.registry import Registry
+from pyrocollapse.registry import Registry, unique_name
 
 if TYPE_CHECKING:
     from pyrocollapse.data import Dataset
@@ -20,20 +20,6 @@ __all__ = ["MODELS", "VAE", "make_model"]
 
 #: Short name -> model class, used by ``pyrocollapse run --model NAME``.
 MODELS: Registry[Any] = Registry("model")
-
-_NAME_COUNTS: dict[str, int] = {}
-
-
-def _unique_name(base: str) -> str:
-    """``base`` for the first instance in this process, then ``base_2``, ``base_3``, ...
-
-    Pyro keeps parameters in a global store keyed by name: two models sharing a name
-    would silently share (or train stale copies of) their weights.
-    """
-    count = _NAME_COUNTS.get(base, 0) + 1
-    _NAME_COUNTS[base] = count
-    return base if count == 1 else f"{base}_{count}"
-
 
 class VAE(PyroModule):
     """Base of the ready VAEs: a Pyro model/guide pair with one latent site per layer.
@@ -91,7 +77,7 @@ class VAE(PyroModule):
     def __init__(
         self, latent_dim: int, prior: Prior | None = None, *, name: str | None = None
     ) -> None:
-        super().__init__(name=_unique_name(type(self).__name__.lower()) if name is None else name)
+        super().__init__(name=unique_name(type(self).__name__.lower()) if name is None else name)
         self.latent_dim = check_int("latent_dim", latent_dim, minimum=1)
         if prior is None:
             prior = StandardNormalPrior(self.latent_dim)

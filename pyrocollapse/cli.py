@@ -1,19 +1,17 @@
 """The ``pyrocollapse`` command line.
 
 ``pyrocollapse run`` trains a VAE on a dataset, prints progress and a collapse report, and
-writes a report folder. User errors print one line and exit with status 2; ``--verbose``
-shows the traceback.
+writes a report folder (see :mod:`pyrocollapse.report_folder`); ``pyrocollapse report DIR``
+re-renders a folder's figures and ``report.html`` from its saved files. User errors print
+one line and exit with status 2; ``--verbose`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = ["main", "parse_options"]
@@ -75,25 +73,17 @@ def parse_options(
     return out
 
 
-def _build_parser() -> argparse.ArgumentParser:
+#: Estimators ``run`` applies to the held-out data by default.
+RUN_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis")
+
+
+def _add_data_model_training(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``compare``: data, model, training, diagnostics."""
     from pyrocollapse.data import DATASETS
-    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.diagnostics import ESTIMATORS
     from pyrocollapse.models import MODELS
-    from pyrocollapse.priors import PRIORS
-    from pyrocollapse.schedules import SCHEDULES
 
-    parser = _Parser(prog="pyrocollapse", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = sub.add_parser(
-        "run",
-        help="train a VAE, print the collapse report, write a report folder",
-        description="Train a VAE on a dataset, print progress and a collapse report, and write "
-        "OUT/metrics.json, OUT/history.csv, OUT/figures/*.png and OUT/model.pt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    g = run.add_argument_group("data")
+    g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS.names())}")
     g.add_argument(
         "--data-path", default=None, help="folder or file for datasets read from disk (mnist, text)"
@@ -111,7 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="held-out fraction, diagnosed after training",
     )
-    g = run.add_argument_group("model")
+    g = p.add_argument_group("model")
     g.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS.names())}")
     g.add_argument("--latent-dim", type=int, default=16, help="latent dimensions")
     g.add_argument(
@@ -121,6 +111,86 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="extra model argument, e.g. hidden=256,128 or likelihood=gaussian (repeatable)",
     )
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=60, help="passes over the training data")
+    g.add_argument("--batch-size", type=int, default=128, help="minibatch size")
+    g.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    g.add_argument(
+        "--aggressive",
+        action="store_true",
+        help="aggressive inference-network training (He et al. 2019) until MI stops rising",
+    )
+    g.add_argument(
+        "--on-collapse",
+        choices=("warn", "aggressive", "rollback"),
+        default=None,
+        help="react when monitored active units or MI drop below --min-active-units/--min-mi",
+    )
+    g.add_argument(
+        "--min-active-units", type=int, default=1, help="collapse threshold on active units"
+    )
+    g.add_argument(
+        "--min-mi", type=float, default=None, help="collapse threshold on I_q(x; z) (nats)"
+    )
+    g = p.add_argument_group("diagnostics (on the held-out data)")
+    g.add_argument(
+        "--estimators",
+        default=",".join(RUN_ESTIMATORS),
+        help=f"comma-separated estimators to run, from: {', '.join(ESTIMATORS)}",
+    )
+    g.add_argument(
+        "--num-samples",
+        type=int,
+        default=8,
+        help="z draws per point for the MI, marginal-KL and sensitivity estimates",
+    )
+    g.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        help="bootstrap replicates for intervals on MI and active units (0: none)",
+    )
+    g.add_argument(
+        "--importance-samples",
+        type=int,
+        default=100,
+        help="draws per point for the IW log-likelihood and PSIS k-hat",
+    )
+    g.add_argument(
+        "--posterior-samples",
+        type=int,
+        default=100,
+        help="guide draws per held-out point saved in OUT/posterior.nc (0: no posterior.nc)",
+    )
+    g.add_argument(
+        "--posterior-points",
+        type=int,
+        default=500,
+        help="held-out points whose draws go into OUT/posterior.nc",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.priors import PRIORS
+    from pyrocollapse.schedules import SCHEDULES
+
+    parser = _Parser(prog="pyrocollapse", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="train a VAE, print the collapse report, write a report folder",
+        description="Train a VAE on a dataset, print progress and a collapse report, and write "
+        "OUT/metrics.json, OUT/history.csv, OUT/posterior.nc, OUT/figures/*.png, OUT/report.html "
+        "and OUT/model.pt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_data_model_training(run)
+    g = run.add_argument_group("prior and objective")
     g.add_argument("--prior", default="standard", help=f"one of: {', '.join(PRIORS.names())}")
     g.add_argument(
         "--prior-option",
@@ -129,42 +199,83 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="extra prior argument, e.g. n_components=10 (repeatable)",
     )
-    g = run.add_argument_group("objective")
     g.add_argument("--elbo", default="annealed", help=f"one of: {', '.join(ELBOS.names())}")
     g.add_argument(
         "--elbo-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra objective argument, e.g. beta=4 (repeatable)",
+        help="extra objective argument, e.g. beta=4 or free_bits=0.5 (repeatable)",
     )
     g.add_argument(
         "--schedule",
-        default="linear",
-        help=f"KL schedule for --elbo annealed: {', '.join(SCHEDULES.names())}",
+        default=None,
+        help=f"KL-weight schedule for any objective: {', '.join(SCHEDULES.names())} "
+        "(default: linear warm-up for 'annealed', a constant weight otherwise)",
     )
     g.add_argument(
         "--schedule-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="schedule argument, e.g. warmup_steps=500 (default warm-up: a third of training)",
+        help="schedule argument, e.g. warmup_steps=500 (default: scaled to the run's length)",
     )
-    g = run.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=60, help="passes over the training data")
-    g.add_argument("--batch-size", type=int, default=128, help="minibatch size")
-    g.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g = run.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="report folder to write")
     g.add_argument(
         "--overwrite", action="store_true", help="replace an existing, non-empty --out folder"
     )
-    g.add_argument(
-        "--num-samples", type=int, default=1, help="z draws per point for the MI estimate"
+
+    cmp = sub.add_parser(
+        "compare",
+        help="train every prior x objective x seed and compare the remedies",
+        description="Train every combination of --priors, --elbos and --seeds (each into "
+        "OUT/runs/<prior>__<elbo>__seed<k>/, a full report folder) and write OUT/runs.csv, "
+        "OUT/comparison.csv (mean and spread over seeds) and OUT/figures/au_vs_nll.png. "
+        "Finished runs are skipped when the grid is started again; a failed run is recorded "
+        "and does not stop the others.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
-    g.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    _add_data_model_training(cmp)
+    g = cmp.add_argument_group("grid")
+    g.add_argument(
+        "--priors", default="standard", help=f"comma-separated, from: {', '.join(PRIORS.names())}"
+    )
+    g.add_argument(
+        "--elbos",
+        default="elbo,annealed",
+        help=f"comma-separated, from: {', '.join(ELBOS.names())}",
+    )
+    g.add_argument(
+        "--prior-option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="option for one prior, e.g. mixture.n_components=10 (repeatable)",
+    )
+    g.add_argument(
+        "--elbo-option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="option for one objective, e.g. freebits.free_bits=0.5 (repeatable)",
+    )
+    g.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 per combination")
+    g.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes")
+    g.add_argument("--out", default="runs/compare", help="grid folder (reused to resume)")
+
+    rep = sub.add_parser(
+        "report",
+        help="re-render a report folder's figures and report.html from its saved files",
+        description="Rebuild OUT/report.html and the figures that come from metrics.json and "
+        "history.csv (figures that need the model, such as traversals, are kept).",
+    )
+    rep.add_argument("folder", help="a report folder written by 'pyrocollapse run'")
+    rep.add_argument(
+        "--no-figures", action="store_true", help="only re-render report.html, not the figures"
+    )
+    rep.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     return parser
 
 
@@ -174,153 +285,156 @@ def _version() -> str:
     return f"pyrocollapse {__version__}"
 
 
-def _build_elbo(args: argparse.Namespace, total_steps: int) -> Any:
-    from pyrocollapse.elbo import ELBOS
-    from pyrocollapse.schedules import SCHEDULES
+def _base_config(args: argparse.Namespace) -> Any:
+    """The :class:`~pyrocollapse.experiment.RunConfig` fields shared by ``run`` and ``compare``."""
+    from pyrocollapse.data import DATASETS
+    from pyrocollapse.experiment import RunConfig
+    from pyrocollapse.models import MODELS
 
-    cls = ELBOS.get(args.elbo)
-    options = parse_options(args.elbo_option, cls.__init__, "elbo")
-    if "schedule" in inspect.signature(cls.__init__).parameters and "schedule" not in options:
-        sched_cls = SCHEDULES.get(args.schedule)
-        sched_opts = parse_options(args.schedule_option, sched_cls.__init__, "schedule")
-        if args.schedule == "linear":
-            sched_opts.setdefault("warmup_steps", max(1, total_steps // 3))
-        elif args.schedule == "cyclical":
-            sched_opts.setdefault("period", max(1, total_steps // 4))
-        elif args.schedule == "sigmoid":
-            sched_opts.setdefault("midpoint", max(1, total_steps // 4))
-            sched_opts.setdefault("steepness", 10.0 / max(1, total_steps))
-        options["schedule"] = sched_cls(**sched_opts)
-    elif args.schedule_option:
-        raise ValueError(
-            f"--schedule-option applies to objectives with a schedule; {args.elbo!r} has none"
-        )
-    return cls(**options)
+    ds_options = parse_options(args.dataset_option, DATASETS.get(args.dataset), "dataset")
+    if args.data_path is not None:
+        ds_options["path"] = args.data_path
+    model_cls = MODELS.get(args.model)
+    return RunConfig(
+        dataset=args.dataset,
+        dataset_options=ds_options,
+        valid_fraction=args.valid_fraction,
+        model=args.model,
+        latent_dim=args.latent_dim,
+        model_options=parse_options(
+            args.model_option, model_cls.__init__, "model", skip=("latent_dim", "prior")
+        ),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_samples=args.num_samples,
+        estimators=_estimators(args.estimators),
+        bootstrap=args.bootstrap,
+        importance_samples=args.importance_samples,
+        posterior_samples=args.posterior_samples,
+        posterior_points=args.posterior_points,
+        aggressive=args.aggressive,
+        on_collapse=args.on_collapse,
+        min_active_units=args.min_active_units,
+        min_mi=args.min_mi,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``run`` sub-command."""
-    import pyro
-    import torch
+    """The ``run`` sub-command: one run through :func:`pyrocollapse.experiment.run_experiment`."""
+    from dataclasses import replace
 
-    from pyrocollapse._io import atomic_directory, atomic_write_text
-    from pyrocollapse._validation import check_float, check_int
-    from pyrocollapse.data import DATASETS, load_dataset
-    from pyrocollapse.diagnostics import diagnose
-    from pyrocollapse.models import MODELS
-    from pyrocollapse.plots import (
-        plot_elbo_decomposition,
-        plot_kl_heatmap,
-        plot_kl_per_dim,
-        plot_training,
-        save_figure,
-    )
+    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.experiment import run_experiment
     from pyrocollapse.priors import PRIORS
-    from pyrocollapse.train import PrintProgress, fit
+    from pyrocollapse.schedules import SCHEDULES
+    from pyrocollapse.train import PrintProgress
 
-    # -- validate everything before any work ------------------------------------------
-    epochs = check_int("--epochs", args.epochs, minimum=1)
-    batch_size = check_int("--batch-size", args.batch_size, minimum=1)
-    latent_dim = check_int("--latent-dim", args.latent_dim, minimum=1)
-    check_float("--lr", args.lr, minimum=0.0, strict_minimum=True)
-    check_float(
-        "--valid-fraction", args.valid_fraction, minimum=0.0, maximum=0.9, strict_minimum=True
+    schedule_target = (
+        SCHEDULES.get(args.schedule).__init__ if args.schedule else SCHEDULES.get("linear").__init__
     )
-    check_int("--num-samples", args.num_samples, minimum=1)
-    ds_factory = DATASETS.get(args.dataset)
-    model_cls = MODELS.get(args.model)
-    prior_cls = PRIORS.get(args.prior)
-    ds_options = parse_options(args.dataset_option, ds_factory, "dataset")
-    if args.data_path is not None:
-        ds_options["path"] = args.data_path
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise FileExistsError(
-            f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite"
-        )
-
-    pyro.set_rng_seed(check_int("--seed", args.seed, minimum=0))
-    dataset = load_dataset(args.dataset, **ds_options)
-    train, valid = dataset.split(args.valid_fraction, seed=args.seed)
-    model_opts = parse_options(
-        args.model_option, model_cls.__init__, "model", skip=("latent_dim", "prior")
-    )
-    prior = prior_cls.from_options(
-        latent_dim,
-        input_shape=dataset.event_shape,
-        **parse_options(args.prior_option, prior_cls.__init__, "prior", skip=("latent_dim",)),
-    )
-    vae = model_cls.from_dataset(dataset, latent_dim=latent_dim, prior=prior, **model_opts)
-    steps_per_epoch = -(-len(train) // batch_size)
-    elbo = _build_elbo(args, epochs * steps_per_epoch)
-
+    config = replace(
+        _base_config(args),
+        prior=args.prior,
+        prior_options=parse_options(
+            args.prior_option, PRIORS.get(args.prior).__init__, "prior", skip=("latent_dim",)
+        ),
+        elbo=args.elbo,
+        elbo_options=parse_options(args.elbo_option, ELBOS.get(args.elbo).__init__, "elbo"),
+        schedule=args.schedule,
+        schedule_options=parse_options(args.schedule_option, schedule_target, "schedule"),
+        seed=args.seed,
+    ).validate()
     progress = not args.no_progress
     callbacks = []
     if progress and not sys.stderr.isatty():
-        callbacks.append(PrintProgress(every=max(1, epochs // 10)))
-    print(
-        f"pyrocollapse run: {args.model} VAE (latent_dim={latent_dim}, prior={args.prior}) on "
-        f"{dataset.name} ({len(train)} train / {len(valid)} held out), objective {args.elbo}, "
-        f"{epochs} epochs",
-        flush=True,
-    )
-    start = time.perf_counter()
-    history = fit(
-        vae.model,
-        vae.guide,
-        train.data,
-        loss=elbo,
-        optim=lambda params: torch.optim.Adam(params, lr=args.lr),
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=args.seed,
+        callbacks.append(PrintProgress(every=max(1, config.epochs // 10)))
+    run_experiment(
+        config,
+        args.out,
+        overwrite=args.overwrite,
         progress=progress,
-        callbacks=callbacks,
+        callbacks=tuple(callbacks),
+        echo=True,
     )
-    train_time = time.perf_counter() - start
-    report = diagnose(
-        vae.model, vae.guide, valid.data, vae.latent_sites, num_samples=args.num_samples
-    )
-    print()
-    print(report)
-
-    metrics = {
-        "report": report.to_dict(),
-        "final_epoch": history[-1].values,
-        "train_seconds": train_time,
-        "config": {k: v for k, v in vars(args).items() if k not in ("func",)},
-        "objective": elbo.hyperparameters()
-        if hasattr(elbo, "hyperparameters")
-        else type(elbo).__name__,
-        "dataset": dataset.describe(),
-    }
-    with atomic_directory(out, overwrite=args.overwrite) as tmp:
-        atomic_write_text(
-            tmp / "metrics.json", json.dumps(metrics, indent=2, default=_json_default)
-        )
-        history.to_csv(str(tmp / "history.csv"))
-        figs = tmp / "figures"
-        figs.mkdir()
-        site = vae.latent_sites[0]
-        save_figure(plot_kl_per_dim(report), str(figs / "kl_per_dim.png"))
-        save_figure(plot_kl_heatmap(history, site), str(figs / "kl_heatmap.png"))
-        save_figure(plot_training(history, site), str(figs / "training.png"))
-        save_figure(plot_elbo_decomposition(history), str(figs / "elbo_decomposition.png"))
-        torch.save(vae.state_dict(), tmp / "model.pt")
-    print(f"\nwrote {out}/: metrics.json, history.csv, figures/*.png, model.pt")
     return 0
 
 
-def _json_default(obj: Any) -> Any:
-    import numpy as np
+def _per_name_options(
+    pairs: Sequence[str], names: Sequence[str], registry: Any, what: str, skip: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
+    """Parse ``NAME.KEY=VALUE`` options into ``{NAME: {KEY: value}}``."""
+    grouped: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        if not dot or "=" not in rest:
+            raise ValueError(
+                f"{what} option {pair!r} must look like NAME.KEY=VALUE, e.g. mixture.n_components=10"
+            )
+        if name not in names:
+            raise ValueError(
+                f"{what} option {pair!r} names {name!r}, which is not in the grid ({', '.join(names)})"
+            )
+        grouped.setdefault(name, []).append(rest)
+    return {
+        n: parse_options(v, registry.get(n).__init__, what, skip=skip) for n, v in grouped.items()
+    }
 
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return repr(obj)
+
+def compare_command(args: argparse.Namespace) -> int:
+    """The ``compare`` sub-command."""
+    from pyrocollapse._validation import check_int
+    from pyrocollapse.compare import compare
+    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.priors import PRIORS
+
+    priors = [n.strip() for n in args.priors.split(",") if n.strip()]
+    elbos = [n.strip() for n in args.elbos.split(",") if n.strip()]
+    for n in priors:
+        PRIORS.get(n)
+    for n in elbos:
+        ELBOS.get(n)
+    summary = compare(
+        priors=priors,
+        elbos=elbos,
+        seeds=check_int("--seeds", args.seeds, minimum=1),
+        out=args.out,
+        base=_base_config(args),
+        prior_options=_per_name_options(
+            args.prior_option, priors, PRIORS, "prior", skip=("latent_dim",)
+        ),
+        elbo_options=_per_name_options(args.elbo_option, elbos, ELBOS, "elbo"),
+        jobs=check_int("--jobs", args.jobs, minimum=1),
+        iw_samples=args.importance_samples,
+        progress=not args.no_progress,
+        echo=True,
+    )
+    n_ok, n_failed = int(summary["n_ok"].sum()), int(summary["n_failed"].sum())
+    print(
+        f"\nwrote {args.out}/: runs.csv, comparison.csv, figures/au_vs_nll.png, runs/ ({n_ok} ok, {n_failed} failed)"
+    )
+    return 0
+
+
+def _estimators(text: str) -> tuple[str, ...]:
+    from pyrocollapse.diagnostics import ESTIMATORS
+
+    names = tuple(t.strip() for t in str(text).split(",") if t.strip())
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if unknown or not names:
+        raise ValueError(
+            f"--estimators {text!r} names unknown estimators {unknown}; valid names: {', '.join(ESTIMATORS)}"
+        )
+    return names
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """The ``report`` sub-command: re-render a report folder from its saved files."""
+    from pyrocollapse.report_folder import rerender
+
+    page, figures = rerender(args.folder, figures=not args.no_figures)
+    print(f"re-rendered {page} ({len(figures)} figures rebuilt)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,7 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser()
         args = parser.parse_args(argv)
-        return {"run": run}[args.command](args)
+        return {"run": run, "compare": compare_command, "report": report_command}[args.command](
+            args
+        )
     except USER_ERRORS as e:
         if verbose:
             raise

@@ -70,7 +70,7 @@ from pyrocollapse._validation import (
     check_hidden,
     check_int,
 )
-from pyrocollapse.registry import Registry
+from pyrocollapse.registry import Registry, unique_name
 
 __all__ = [
     "FLOW_TRANSFORMS",
@@ -88,20 +88,6 @@ __all__ = [
 
 #: Short name -> prior class, used by ``pyrocollapse run --prior NAME``.
 PRIORS: Registry[Any] = Registry("prior")
-
-_NAME_COUNTS: dict[str, int] = {}
-
-
-def _unique_name(base: str) -> str:
-    """``base`` for the first instance in this process, then ``base_2``, ``base_3``, ...
-
-    The name prefixes the prior's sites in Pyro's global parameter store; two priors with
-    one name would share (or silently fail to train) their parameters.
-    """
-    count = _NAME_COUNTS.get(base, 0) + 1
-    _NAME_COUNTS[base] = count
-    return base if count == 1 else f"{base}_{count}"
-
 
 def _inverse_softplus(value: torch.Tensor | float) -> torch.Tensor:
     """``x`` with ``softplus(x) == value``, elementwise, for ``value > 0``."""
@@ -181,7 +167,7 @@ class Prior(PyroModule):
     factorized: bool = True
 
     def __init__(self, latent_dim: int) -> None:
-        super().__init__(name=_unique_name(type(self).__name__.lower()))
+        super().__init__(name=unique_name(type(self).__name__.lower()))
         self.latent_dim = check_int("latent_dim", latent_dim, minimum=1)
 
     # -- the one method to implement -------------------------------------------------

@@ -73,3 +73,18 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+_NAME_COUNTS: dict[str, int] = {}
+
+
+def unique_name(base: str) -> str:
+    """``base`` for the first instance in this process, then ``base_2``, ``base_3``, ...
+
+    Models and priors use it as their prefix in Pyro's global parameter store, which is
+    keyed by name: two modules with one name would share (or silently train stale
+    copies of) their parameters.
+    """
+    count = _NAME_COUNTS.get(base, 0) + 1
+    _NAME_COUNTS[base] = count
+    return base if count == 1 else f"{base}_{count}"

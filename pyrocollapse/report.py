@@ -1,4 +1,9 @@
-"""The :class:`CollapseReport` returned by :func:`pyrocollapse.diagnose`."""
+"""The :class:`CollapseReport` returned by :func:`pyrocollapse.diagnose`.
+
+A report holds numbers only (no model, no tensors): it serialises to JSON and back
+unchanged, renders as a text table, a pandas DataFrame and figures, and compares with
+another report (before and after a remedy).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 __all__ = ["STATUS_RULE", "CollapseReport", "SiteReport"]
 
 ACTIVE, INFORMATIVE, COLLAPSED = "active", "inactive-but-informative", "collapsed"
+STATUSES = (ACTIVE, INFORMATIVE, COLLAPSED)
 
 #: The per-dimension rule, stated in every report.
 STATUS_RULE = (
@@ -20,16 +26,104 @@ STATUS_RULE = (
     "collapsed: otherwise (z_d carries no information about x)"
 )
 
+#: PSIS k-hat above which a guide is a poor importance proposal (Yao et al. 2018).
+KHAT_BAD = 0.7
+#: Fraction of points with k-hat above :data:`KHAT_BAD` that triggers a guide warning.
+KHAT_WARN_FRACTION = 0.1
 
-def _floats(a: np.ndarray | None) -> list[float] | None:
-    return None if a is None else [float(v) for v in np.asarray(a)]
+
+def _floats(a: Any) -> list[Any] | None:
+    """JSON-safe nested lists of floats (NaN and infinities as None)."""
+    if a is None:
+        return None
+    arr = np.asarray(a, dtype=float)
+    return [_num(v) if arr.ndim == 1 else _floats(v) for v in arr]  # type: ignore[misc]
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _array(v: Any) -> np.ndarray | None:
+    if v is None:
+        return None
+    return np.array(v, dtype=float)  # None entries become nan
+
+
+def _float(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _pair(v: Any) -> tuple[float, float] | None:
+    return None if v is None else (float(v[0]), float(v[1]))
+
+
+def _arrays_to_dict(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if d is None else {k: _floats(v) for k, v in d.items()}
+
+
+def _arrays_from_dict(d: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    return None if d is None else {k: _array(v) for k, v in d.items()}  # type: ignore[misc]
 
 
 @dataclass
 class SiteReport:
     """Collapse diagnostics of one latent site (one layer).
 
-    All arrays have shape ``(latent_dim,)``; values in nats per data point.
+    Per-dimension arrays have shape ``(latent_dim,)``; values in nats per data point
+    unless stated. Fields that an estimator not run would fill are ``None`` (or NaN).
+
+    Attributes
+    ----------
+    site : str
+        Site name.
+    kl_per_dim : numpy.ndarray
+        E_x KL(q(z_d|x) || p(z_d)).
+    kl_estimator : str
+        How the KL was computed (see :class:`pyrocollapse.diagnostics.KLPerDimension`).
+    kl_fraction_below : numpy.ndarray
+        Fraction of points whose KL in the dimension is below 0.01 nats.
+    au_variance : numpy.ndarray
+        Cov_x(E_q[z_d]) (squared units of z).
+    au_threshold : float
+        Activity threshold.
+    mi, mi_per_dim : float, numpy.ndarray or None
+        I_q(x; z) and I_q(x; z_d).
+    aggregate_kl, aggregate_kl_per_dim : float, numpy.ndarray or None
+        KL(q(z) || p(z)) and KL(q(z_d) || p(z_d)).
+    status : list[str]
+        Per dimension: ``active``, ``inactive-but-informative`` or ``collapsed``.
+    kl_total : float or None
+        The joint E_x KL(q(z|x) || p(z)) (equals the sum of ``kl_per_dim`` when q and p
+        factorise).
+    conditional_prior : bool
+        Whether p(z) depends on another latent (or on x): then KL, MI and marginal KL use
+        the conditional prior at the guide's draws of the parents.
+    mi_ci, aggregate_kl_ci : tuple or None
+        Bootstrap intervals.
+    mi_per_dim_stderr : numpy.ndarray or None
+        Monte Carlo standard error of ``mi_per_dim``.
+    au_count_ci : tuple or None
+        Bootstrap interval of the active-unit count.
+    au_probability_active : numpy.ndarray or None
+        Fraction of bootstrap replicates in which each dimension is active.
+    au_variance_ci : numpy.ndarray or None
+        Shape ``(2, latent_dim)``: bootstrap interval of ``au_variance``.
+    rhat : numpy.ndarray or None
+        Datapoints-as-chains R-hat (~1: q(z_d|x) does not depend on x).
+    sensitivity : numpy.ndarray or None
+        Decoder sensitivity (Fisher information, nats per squared unit of z).
+    sensitivity_method : str or None
+        ``"score"`` or ``"finite_difference"``.
+    densities : dict or None
+        ``grid`` ``(D, G)``, ``prior`` ``(D, G)`` and ``posterior`` ``(E, D, G)``
+        densities for the overlay plot.
+    mean_space : dict or None
+        ``approximate`` and ``model`` posterior means, each ``(P, D)``.
+    kl_identity_stderr : float or None
+        Monte Carlo standard error of MI + marginal KL, against which
+        :attr:`kl_identity_gap` is judged.
     """
 
     site: str
@@ -43,16 +137,44 @@ class SiteReport:
     aggregate_kl: float
     aggregate_kl_per_dim: np.ndarray | None
     status: list[str]
+    kl_total: float | None = None
+    conditional_prior: bool = False
+    mi_ci: tuple[float, float] | None = None
+    aggregate_kl_ci: tuple[float, float] | None = None
+    mi_per_dim_stderr: np.ndarray | None = None
+    au_count_ci: tuple[float, float] | None = None
+    au_probability_active: np.ndarray | None = None
+    au_variance_ci: np.ndarray | None = None
+    rhat: np.ndarray | None = None
+    sensitivity: np.ndarray | None = None
+    sensitivity_method: str | None = None
+    densities: dict[str, np.ndarray] | None = None
+    mean_space: dict[str, np.ndarray] | None = None
+    kl_identity_stderr: float | None = None
 
     @classmethod
-    def build(cls, site: str, kl: Any, au: Any, mi: Any, *, mi_threshold: float) -> SiteReport:
-        """Assemble from :func:`kl_per_dimension`, :func:`active_units` and
-        :func:`mutual_information` results, applying :data:`STATUS_RULE`."""
+    def build(
+        cls,
+        site: str,
+        kl: Any,
+        au: Any,
+        mi: Any,
+        *,
+        mi_threshold: float,
+        rhat: Any = None,
+        sensitivity: Any = None,
+        densities: Any = None,
+        mean_space: Any = None,
+        conditional_prior: bool = False,
+    ) -> SiteReport:
+        """Assemble from the results of :mod:`pyrocollapse.diagnostics` estimators
+        (``mi`` and the keyword results may be ``None``), applying :data:`STATUS_RULE`."""
+        mi_per_dim = None if mi is None else mi.per_dim
         status = []
         for d in range(len(kl.per_dim)):
             if au.active[d]:
                 status.append(ACTIVE)
-            elif mi.per_dim is not None and mi.per_dim[d] > mi_threshold:
+            elif mi_per_dim is not None and mi_per_dim[d] > mi_threshold:
                 status.append(INFORMATIVE)
             else:
                 status.append(COLLAPSED)
@@ -63,11 +185,33 @@ class SiteReport:
             kl_fraction_below=kl.fraction_below(0.01),
             au_variance=au.variance,
             au_threshold=au.threshold,
-            mi=mi.total,
-            mi_per_dim=mi.per_dim,
-            aggregate_kl=mi.aggregate_kl,
-            aggregate_kl_per_dim=mi.aggregate_kl_per_dim,
+            mi=math.nan if mi is None else mi.total,
+            mi_per_dim=mi_per_dim,
+            aggregate_kl=math.nan if mi is None else mi.aggregate_kl,
+            aggregate_kl_per_dim=None if mi is None else mi.aggregate_kl_per_dim,
             status=status,
+            kl_total=kl.total,
+            conditional_prior=bool(conditional_prior),
+            mi_ci=None if mi is None else mi.ci,
+            aggregate_kl_ci=None if mi is None else mi.aggregate_kl_ci,
+            mi_per_dim_stderr=None if mi is None else mi.per_dim_stderr,
+            au_count_ci=au.count_ci,
+            au_probability_active=au.probability_active,
+            au_variance_ci=au.variance_ci,
+            rhat=None if rhat is None else rhat.per_dim,
+            sensitivity=None if sensitivity is None else sensitivity.per_dim,
+            sensitivity_method=None if sensitivity is None else sensitivity.method,
+            densities=None
+            if densities is None
+            else {
+                "grid": densities.grid,
+                "prior": densities.prior,
+                "posterior": densities.posterior,
+            },
+            mean_space=None
+            if mean_space is None
+            else {"approximate": mean_space.approximate, "model": mean_space.model},
+            kl_identity_stderr=None if mi is None else mi.stderr,
         )
 
     @property
@@ -76,8 +220,16 @@ class SiteReport:
 
     @property
     def kl(self) -> float:
-        """Total E_x KL(q(z|x) || p(z)) summed over dimensions."""
+        """Total E_x KL(q(z|x) || p(z)) (the joint KL where known, else the sum over
+        dimensions)."""
+        if self.kl_total is not None and math.isfinite(self.kl_total):
+            return float(self.kl_total)
         return float(np.sum(self.kl_per_dim))
+
+    @property
+    def kl_identity_gap(self) -> float:
+        """KL - (MI + marginal KL): zero up to Monte Carlo error (Hoffman & Johnson 2016)."""
+        return self.kl - self.mi - self.aggregate_kl
 
     @property
     def active_units(self) -> int:
@@ -92,43 +244,114 @@ class SiteReport:
     def verdict(self) -> str:
         return _verdict(self.collapsed)
 
+    def notes(self) -> list[str]:
+        """Warnings a reader should see next to this site's numbers."""
+        out = []
+        if self.conditional_prior:
+            out.append(
+                f"site {self.site!r} has a conditional prior p({self.site} | parents): its KL, MI "
+                "and marginal KL use that conditional at the guide's draws of the parents"
+            )
+        if math.isfinite(self.mi):
+            gap = self.kl_identity_gap
+            se = self.kl_identity_stderr
+            se = se if se is not None and math.isfinite(se) else 0.0
+            if abs(gap) > max(0.05, 4 * se):
+                out.append(
+                    f"site {self.site!r}: KL = MI + marginal KL misses by {gap:+.3f} nats, more than "
+                    f"Monte Carlo error ({se:.3f}) explains: the guide or prior may not be evaluated "
+                    "consistently (check the KL estimator and conditional priors)"
+                )
+        if self.sensitivity is not None and len(self.sensitivity):
+            sens = np.asarray(self.sensitivity, dtype=float)
+            top = float(np.nanmax(sens)) if np.isfinite(sens).any() else 0.0
+            lagging = [
+                d for d, st in enumerate(self.status) if st == COLLAPSED and sens[d] > 0.25 * top
+            ]
+            unused = [
+                d for d, st in enumerate(self.status) if st == ACTIVE and sens[d] < 1e-3 * top
+            ]
+            if top > 0 and lagging:
+                out.append(
+                    f"site {self.site!r} dims {lagging}: q(z_d|x) ignores x although the decoder is "
+                    "sensitive to z_d (over a quarter of the largest sensitivity): a lagging "
+                    "inference network rather than an unused latent (He et al. 2019)"
+                )
+            if top > 0 and unused:
+                out.append(
+                    f"site {self.site!r} dims {unused}: q(z_d|x) varies with x but the decoder "
+                    "ignores z_d (sensitivity ~0): the model does not use that information"
+                )
+        return out
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dictionary (non-finite numbers become ``None``)."""
         return {
             "site": self.site,
             "latent_dim": self.latent_dim,
             "verdict": self.verdict,
-            "kl": self.kl,
+            "kl": _num(self.kl),
             "kl_estimator": self.kl_estimator,
             "kl_per_dim": _floats(self.kl_per_dim),
             "kl_fraction_below_0.01": _floats(self.kl_fraction_below),
             "active_units": self.active_units,
             "au_variance": _floats(self.au_variance),
             "au_threshold": self.au_threshold,
-            "mi": self.mi,
+            "mi": _num(self.mi),
             "mi_per_dim": _floats(self.mi_per_dim),
-            "aggregate_kl": self.aggregate_kl,
+            "aggregate_kl": _num(self.aggregate_kl),
             "aggregate_kl_per_dim": _floats(self.aggregate_kl_per_dim),
-            "kl_identity_gap": self.kl - self.mi - self.aggregate_kl,
+            "kl_identity_gap": _num(self.kl_identity_gap),
             "status": list(self.status),
+            "kl_total": None if self.kl_total is None else _num(self.kl_total),
+            "conditional_prior": self.conditional_prior,
+            "mi_ci": _floats(self.mi_ci),
+            "aggregate_kl_ci": _floats(self.aggregate_kl_ci),
+            "mi_per_dim_stderr": _floats(self.mi_per_dim_stderr),
+            "au_count_ci": _floats(self.au_count_ci),
+            "au_probability_active": _floats(self.au_probability_active),
+            "au_variance_ci": _floats(self.au_variance_ci),
+            "rhat": _floats(self.rhat),
+            "sensitivity": _floats(self.sensitivity),
+            "sensitivity_method": self.sensitivity_method,
+            "densities": _arrays_to_dict(self.densities),
+            "mean_space": _arrays_to_dict(self.mean_space),
+            "kl_identity_stderr": None
+            if self.kl_identity_stderr is None
+            else _num(self.kl_identity_stderr),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SiteReport:
-        def arr(key: str) -> np.ndarray | None:
-            return None if d.get(key) is None else np.asarray(d[key], dtype=float)
-
+        """Inverse of :meth:`to_dict` (also reads reports written by earlier versions)."""
         return cls(
             site=d["site"],
-            kl_per_dim=arr("kl_per_dim"),  # type: ignore[arg-type]
+            kl_per_dim=_array(d["kl_per_dim"]),  # type: ignore[arg-type]
             kl_estimator=d["kl_estimator"],
-            kl_fraction_below=arr("kl_fraction_below_0.01"),  # type: ignore[arg-type]
-            au_variance=arr("au_variance"),  # type: ignore[arg-type]
+            kl_fraction_below=_array(d["kl_fraction_below_0.01"]),  # type: ignore[arg-type]
+            au_variance=_array(d["au_variance"]),  # type: ignore[arg-type]
             au_threshold=float(d["au_threshold"]),
-            mi=float(d["mi"]),
-            mi_per_dim=arr("mi_per_dim"),
-            aggregate_kl=float(d["aggregate_kl"]),
-            aggregate_kl_per_dim=arr("aggregate_kl_per_dim"),
+            mi=_float(d["mi"]),
+            mi_per_dim=_array(d.get("mi_per_dim")),
+            aggregate_kl=_float(d["aggregate_kl"]),
+            aggregate_kl_per_dim=_array(d.get("aggregate_kl_per_dim")),
             status=list(d["status"]),
+            kl_total=None if d.get("kl_total") is None else float(d["kl_total"]),
+            conditional_prior=bool(d.get("conditional_prior", False)),
+            mi_ci=_pair(d.get("mi_ci")),
+            aggregate_kl_ci=_pair(d.get("aggregate_kl_ci")),
+            mi_per_dim_stderr=_array(d.get("mi_per_dim_stderr")),
+            au_count_ci=_pair(d.get("au_count_ci")),
+            au_probability_active=_array(d.get("au_probability_active")),
+            au_variance_ci=_array(d.get("au_variance_ci")),
+            rhat=_array(d.get("rhat")),
+            sensitivity=_array(d.get("sensitivity")),
+            sensitivity_method=d.get("sensitivity_method"),
+            densities=_arrays_from_dict(d.get("densities")),
+            mean_space=_arrays_from_dict(d.get("mean_space")),
+            kl_identity_stderr=None
+            if d.get("kl_identity_stderr") is None
+            else float(d["kl_identity_stderr"]),
         )
 
 
@@ -149,17 +372,23 @@ class CollapseReport:
     sites : dict[str, SiteReport]
         One report per latent site (layer).
     elbo : dict[str, float]
-        Per-data-point ``elbo``, ``reconstruction`` and ``kl``.
+        Per-data-point ELBO decomposition: ``elbo``, ``reconstruction``, ``kl`` and
+        ``kl/<site>``; with the IW estimator also ``log_likelihood``,
+        ``log_likelihood_stderr`` and ``inference_gap``.
     num_points : int
         Data points diagnosed.
     settings : dict
         Thresholds and estimator settings used.
+    guide_quality : dict or None
+        PSIS k-hat summary (``mean``, ``median``, ``max``, ``fraction_above_0.5``,
+        ``fraction_above_0.7``, ``num_samples``) and per-point values (``khat``).
     """
 
     sites: dict[str, SiteReport]
     elbo: dict[str, float]
     num_points: int
     settings: dict[str, Any] = field(default_factory=dict)
+    guide_quality: dict[str, Any] | None = None
 
     @property
     def verdict(self) -> str:
@@ -171,39 +400,86 @@ class CollapseReport:
         return sum(s.active_units for s in self.sites.values())
 
     def __getitem__(self, site: str) -> SiteReport:
+        if site not in self.sites:
+            raise KeyError(f"no latent site {site!r} in this report; sites: {list(self.sites)}")
         return self.sites[site]
+
+    def _site(self, site: str | None) -> SiteReport:
+        return self[site] if site is not None else next(iter(self.sites.values()))
+
+    def notes(self) -> list[str]:
+        """Warnings about the guide and each site (shown by ``str`` and the HTML page)."""
+        out = []
+        g = self.guide_quality
+        if g is not None and g.get("fraction_above_0.7", 0.0) > KHAT_WARN_FRACTION:
+            out.append(
+                f"PSIS k-hat > {KHAT_BAD} for {100 * g['fraction_above_0.7']:.0f}% of points: the "
+                "guide is a poor approximation of the posterior there, so a dimension that looks "
+                "collapsed may reflect the guide rather than the model (Yao et al. 2018)"
+            )
+        for s in self.sites.values():
+            out.extend(s.notes())
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary (``to_json`` writes exactly this)."""
+        g = None
+        if self.guide_quality is not None:
+            g = {k: (_floats(v) if k == "khat" else _num(v)) for k, v in self.guide_quality.items()}
         return {
             "verdict": self.verdict,
             "active_units": self.active_units,
             "rule": STATUS_RULE,
             "num_points": self.num_points,
-            "elbo": dict(self.elbo),
+            "elbo": {k: _num(v) for k, v in self.elbo.items()},
             "settings": dict(self.settings),
+            "guide_quality": g,
+            "notes": self.notes(),
             "sites": {k: v.to_dict() for k, v in self.sites.items()},
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CollapseReport:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            sites={k: SiteReport.from_dict(v) for k, v in d["sites"].items()},
-            elbo=dict(d["elbo"]),
-            num_points=int(d["num_points"]),
-            settings=dict(d.get("settings", {})),
-        )
+        """Inverse of :meth:`to_dict`.
+
+        Raises ``ValueError`` naming the first missing or malformed entry.
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"a report must be a dict, got {type(d).__name__}")
+        try:
+            g = d.get("guide_quality")
+            if g is not None:
+                g = {k: (_array(v) if k == "khat" else _float(v)) for k, v in g.items()}
+            return cls(
+                sites={k: SiteReport.from_dict(v) for k, v in d["sites"].items()},
+                elbo={k: _float(v) for k, v in d["elbo"].items()},
+                num_points=int(d["num_points"]),
+                settings=dict(d.get("settings", {})),
+                guide_quality=g,
+            )
+        except KeyError as e:
+            raise ValueError(f"malformed report: missing entry {e}") from None
+        except (TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"malformed report: {e}") from None
 
     def to_json(self, path: str) -> None:
         """Write :meth:`to_dict` as JSON, atomically (temp file + rename)."""
         from pyrocollapse._io import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=True))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False))
+
+    @classmethod
+    def from_json(cls, path: str) -> CollapseReport:
+        """Read a report written by :meth:`to_json`."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
 
     def to_dataframe(self) -> Any:
-        """One row per (site, dimension) with KL, AU variance, MI and status."""
+        """One row per (site, dimension): KL, AU variance, MI, R-hat, sensitivity, status."""
         import pandas as pd
+
+        def at(a: np.ndarray | None, d: int) -> float:
+            return math.nan if a is None else float(a[d])
 
         rows = []
         for s in self.sites.values():
@@ -214,18 +490,45 @@ class CollapseReport:
                         "dim": d,
                         "kl": float(s.kl_per_dim[d]),
                         "au_variance": float(s.au_variance[d]),
-                        "mi": float(s.mi_per_dim[d]) if s.mi_per_dim is not None else math.nan,
+                        "mi": at(s.mi_per_dim, d),
+                        "mi_stderr": at(s.mi_per_dim_stderr, d),
+                        "aggregate_kl": at(s.aggregate_kl_per_dim, d),
+                        "rhat": at(s.rhat, d),
+                        "sensitivity": at(s.sensitivity, d),
+                        "p_active": at(s.au_probability_active, d),
                         "kl_fraction_below": float(s.kl_fraction_below[d]),
                         "status": s.status[d],
                     }
                 )
         return pd.DataFrame(rows)
 
-    def plot(self) -> Any:
-        """Bar chart of KL per dimension, collapsed dimensions marked; returns the Figure."""
-        from pyrocollapse.plots import plot_kl_per_dim
+    def plot(self, kind: str = "kl", *, site: str | None = None) -> Any:
+        """A figure of this report; returns the matplotlib Figure.
 
-        return plot_kl_per_dim(self)
+        Parameters
+        ----------
+        kind : {"kl", "dimensions", "densities", "mean_space", "khat"}
+            ``"kl"``: KL per dimension, collapsed ones marked; ``"dimensions"``: every
+            per-dimension metric; ``"densities"``: q(z_d|x) over p(z_d);
+            ``"mean_space"``: approximate vs model posterior means; ``"khat"``: PSIS k-hat.
+        site : str or None
+            Latent site (default the first).
+        """
+        from pyrocollapse import plots
+
+        kinds = {
+            "kl": plots.plot_kl_per_dim,
+            "dimensions": plots.plot_dimensions,
+            "densities": plots.plot_posterior_densities,
+            "mean_space": plots.plot_posterior_mean_space,
+        }
+        if kind == "khat":
+            return plots.plot_khat(self)
+        if kind not in kinds:
+            raise ValueError(
+                f"kind must be one of {', '.join(map(repr, [*kinds, 'khat']))}; got {kind!r}"
+            )
+        return kinds[kind](self, site=site)
 
     def __str__(self) -> str:
         lines = [f"Posterior collapse report ({self.num_points} points): {self.verdict.upper()}"]
@@ -234,26 +537,59 @@ class CollapseReport:
             f"ELBO {e['elbo']:.3f} = reconstruction {e['reconstruction']:.3f} - KL {e['kl']:.3f}"
             " (nats per point)"
         )
+        if "log_likelihood" in e:
+            lines.append(
+                f"IW log-likelihood {e['log_likelihood']:.3f} (+- {e.get('log_likelihood_stderr', math.nan):.3f}); "
+                f"inference gap {e['inference_gap']:.3f}"
+            )
+        g = self.guide_quality
+        if g is not None:
+            lines.append(
+                f"guide quality: PSIS k-hat mean {g['mean']:.2f}, max {g['max']:.2f}, "
+                f"{100 * g['fraction_above_0.7']:.1f}% of points > {KHAT_BAD}"
+            )
         for s in self.sites.values():
             lines.append("")
-            lines.append(
-                f"site {s.site!r}: {s.active_units}/{s.latent_dim} active, verdict {s.verdict}; "
-                f"KL {s.kl:.3f} = MI {s.mi:.3f} + marginal KL {s.aggregate_kl:.3f} "
-                f"(gap {s.kl - s.mi - s.aggregate_kl:+.3f})"
-            )
-            lines.append(f"{'dim':>4} {'KL':>8} {'AU var':>9} {'MI':>8}  status")
-            for d in range(s.latent_dim):
-                mi = f"{s.mi_per_dim[d]:8.3f}" if s.mi_per_dim is not None else f"{'-':>8}"
+            head = f"site {s.site!r}: {s.active_units}/{s.latent_dim} active, verdict {s.verdict}"
+            if s.au_count_ci is not None:
+                head += f" (AU {ci_text(s.au_count_ci, '.0f')})"
+            lines.append(head)
+            if math.isfinite(s.mi):
+                mi = f"MI {s.mi:.3f}" + (f" {ci_text(s.mi_ci)}" if s.mi_ci else "")
                 lines.append(
-                    f"{d:>4} {s.kl_per_dim[d]:8.3f} {s.au_variance[d]:9.4f} {mi}  {s.status[d]}"
+                    f"  KL {s.kl:.3f} = {mi} + marginal KL {s.aggregate_kl:.3f} "
+                    f"(gap {s.kl_identity_gap:+.3f}, Monte Carlo s.e. {s.kl_identity_stderr or math.nan:.3f}); "
+                    f"KL estimator {s.kl_estimator}"
                 )
+            else:
+                lines.append(f"  KL {s.kl:.3f}; KL estimator {s.kl_estimator}")
+            cols = [("KL", s.kl_per_dim, 8, ".3f"), ("AU var", s.au_variance, 9, ".4f")]
+            cols += [("MI", s.mi_per_dim, 8, ".3f"), ("R-hat", s.rhat, 7, ".3f")]
+            cols += [("sens", s.sensitivity, 9, ".3g")]
+            cols = [c for c in cols if c[1] is not None]
+            lines.append(f"{'dim':>4} " + " ".join(f"{n:>{w}}" for n, _, w, _ in cols) + "  status")
+            for d in range(s.latent_dim):
+                vals = " ".join(f"{float(a[d]):{w}{f}}" for _, a, w, f in cols)
+                lines.append(f"{d:>4} {vals}  {s.status[d]}")
+        notes = self.notes()
+        if notes:
+            lines.append("")
+            lines.extend(f"note: {n}" for n in notes)
         lines.append("")
         lines.append(f"rule: {STATUS_RULE}")
         return "\n".join(lines)
 
     def compare(self, other: CollapseReport) -> Any:
         """Side-by-side per-dimension table of this report (``before``) and ``other``
-        (``after``), e.g. before and after a remedy; a pandas DataFrame."""
-        return self.to_dataframe().merge(
+        (``after``), e.g. before and after a remedy; a pandas DataFrame with a
+        ``status_changed`` column."""
+        table = self.to_dataframe().merge(
             other.to_dataframe(), on=["site", "dim"], how="outer", suffixes=("_before", "_after")
         )
+        table["status_changed"] = table["status_before"] != table["status_after"]
+        return table
+
+
+def ci_text(ci: tuple[float, float] | None, fmt: str = ".3f") -> str:
+    """``"[lo, hi]"`` for an interval, ``""`` for ``None``."""
+    return "" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"

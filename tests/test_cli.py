@@ -47,7 +47,37 @@ def test_end_to_end_run_writes_report_folder(tmp_path, capsys):
     for fig in ("kl_per_dim", "kl_heatmap", "training", "elbo_decomposition"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     assert (out / "model.pt").exists()
+    # the diagnostics of issue 6: every estimator ran on the held-out data
+    rep = metrics["report"]
+    assert rep["settings"]["estimators"] == ["kl", "au", "mi", "rhat", "sensitivity", "psis", "iw"]
+    assert {"log_likelihood", "inference_gap"} <= set(rep["elbo"])
+    assert len(rep["guide_quality"]["khat"]) == rep["num_points"] == 180
+    site = rep["sites"]["z"]
+    assert len(site["rhat"]) == len(site["sensitivity"]) == 3 and site["mi_ci"] is not None
+    for fig in (
+        "dimensions",
+        "posterior_densities",
+        "posterior_mean_space",
+        "khat",
+        "traversals",
+        "reconstructions",
+    ):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+    from pyrocollapse.summaries import load_inference_data
+
+    idata = load_inference_data(out / "posterior.nc")
+    assert idata.posterior["z"].dims == ("chain", "draw", "obs", "z_dim")
+    assert idata.posterior["z"].shape == (1, 100, 180, 3)
+    assert idata.log_likelihood["x"].shape == (1, 100, 180)
+    page = (out / "report.html").read_text()
+    assert "Posterior collapse report" in page and page.count("<img ") == 10
+    assert "report.html" in printed and "posterior.nc" in printed
+    # the report can be re-rendered from the saved files alone
+    (out / "report.html").unlink()
+    assert main(["report", str(out), "--no-figures"]) == 0
+    assert (out / "report.html").read_text().count("<img ") == 10
     # a second run into the same folder is refused, and the folder is left as it was
+    capsys.readouterr()
     code = main(["run", "--epochs", "1", "--out", str(out), "--no-progress"])
     assert code == 2
     assert "exists and is not empty" in capsys.readouterr().err
@@ -75,8 +105,16 @@ def test_help_lists_every_option():
         "--model-option",
         "--no-progress",
         "--verbose",
+        "--num-samples",
+        "--estimators",
+        "--bootstrap",
+        "--importance-samples",
+        "--posterior-samples",
+        "--posterior-points",
     ):
         assert opt in res.stdout, opt
+    res = run_cli("report", "--help")
+    assert res.returncode == 0 and "--no-figures" in res.stdout and "folder" in res.stdout
 
 
 @pytest.mark.parametrize(
@@ -99,6 +137,27 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(args, message, tmp_pa
     err = res.stderr.strip()
     assert message in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--estimators", "kl,mutual"],
+            "--estimators 'kl,mutual' names unknown estimators ['mutual']",
+        ),
+        (["--importance-samples", "10"], "--importance-samples must be >= 50 with the 'psis'"),
+        (["--bootstrap", "1"], "--bootstrap must be 0 or >= 2, got 1"),
+        (["--posterior-samples", "-1"], "--posterior-samples must be >= 0, got -1"),
+    ],
+)
+def test_diagnostic_options_are_validated_before_any_work(args, message, tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "o"), "--no-progress", *args]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert "pyrocollapse run:" not in captured.out  # failed before loading data or training
     assert not (tmp_path / "o").exists()
 
 

@@ -29,15 +29,6 @@ from pyrocollapse.train import fit
 LOG_2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: intra-op threads only add synchronisation cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _adam(lr):
     return functools.partial(torch.optim.Adam, lr=lr)
 

@@ -134,15 +134,6 @@ def test_constructor_validation():
 N = 12  # rows per test batch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: intra-op threads only add synchronisation cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass(frozen=True)
 class Case:
     """One small model: ``build(prior)`` makes it, ``data()`` gives a fitting batch."""
@@ -235,24 +226,7 @@ INCOMPATIBLE = {
     ("sequence", "vamp"): "VampPrior encodes continuous pseudo-inputs; token ids are discrete",
 }
 
-#: Priors that train with every model but that ``diagnose`` cannot yet handle: a gap in
-#: pyrocollapse.diagnostics (reported), not in the models. Non-strict, and only for the
-#: named exception, so any other failure still fails.
-DIAGNOSE_GAPS = {
-    "flow": "diagnose: no per-dimension marginal of a flow prior's TransformedDistribution "
-    "(diagnostics.marginal_log_prob); fails the same way for MLPVAE",
-}
-PRIOR_PARAMS = [
-    pytest.param(
-        name,
-        marks=pytest.mark.xfail(
-            raises=NotImplementedError, strict=False, reason=DIAGNOSE_GAPS[name]
-        ),
-    )
-    if name in DIAGNOSE_GAPS
-    else name
-    for name in PRIORS.names()
-]
+PRIOR_PARAMS = PRIORS.names()
 
 
 def _traces(vae: VAE, x: torch.Tensor):

@@ -731,17 +731,6 @@ def test_usage_errors():
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
-_NO_MARGINAL = (
-    "diagnostics.marginal_log_prob has no per-dimension marginal for a flow's "
-    "TransformedDistribution"
-)
-
-
-def _blocked(name: str, *reasons: str) -> object:
-    """A CLI case that fails in files outside issue 4; strict, so fixing them flags it."""
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="; ".join(reasons)))
-
-
 #: Command-line options exercising each prior's own arguments.
 CLI_OPTIONS = {
     "standard": [],
@@ -775,18 +764,7 @@ def test_cli_builds_every_prior_from_its_short_name_and_options(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        "standard",
-        "learnable",
-        "mixture",
-        "vamp",
-        "hierarchical",
-        "ard",
-        _blocked("flow", _NO_MARGINAL),
-    ],
-)
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_cli_runs_with_every_prior(name, tmp_path, capsys):
     from pyrocollapse.cli import main
 

@@ -1,0 +1,273 @@
+"""The remedy comparison grid: which prior x objective fixes collapse on my data?
+
+:func:`compare` trains every combination of priors, objectives and seeds with the same
+engine as ``pyrocollapse run`` (:func:`pyrocollapse.experiment.run_experiment`), each run
+into its own report folder, and summarises them in one table.
+
+Runs are independent: a finished run (its ``metrics.json`` exists) is skipped when the grid
+is started again, so an interrupted grid resumes; a failed run is recorded with its error
+(``runs/<id>/error.json``) and does not stop the others; ``jobs > 1`` runs them in
+parallel worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pyrocollapse._validation import check_int
+from pyrocollapse.experiment import RunConfig
+
+__all__ = ["METRICS", "RANKING", "compare", "run_id", "summarize_runs"]
+
+#: Per-run metrics in the comparison table (all per held-out data point, nats where applicable).
+METRICS = ("active_units", "mi", "kl", "elbo", "iw_log_likelihood", "wall_time")
+
+#: How the printed table is ranked: held-out IW log-likelihood, higher first; ties by
+#: more active units.
+RANKING = "held-out importance-weighted log-likelihood (higher is better), then active units"
+
+
+def run_id(prior: str, elbo: str, seed: int) -> str:
+    """Folder name of one grid cell, e.g. ``"mixture__freebits__seed1"``."""
+    return f"{prior}__{elbo}__seed{seed}"
+
+
+def _one_run(config_dict: dict[str, Any], out: str, threads: int | None) -> dict[str, Any]:
+    """Train one cell into ``out`` and return its metric row (a worker when jobs > 1)."""
+    import torch
+
+    from pyrocollapse.experiment import run_experiment
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    result = run_experiment(RunConfig.from_dict(config_dict), out, overwrite=True, progress=False)
+    return {**_row_from_metrics(result.metrics), "wall_time": time.perf_counter() - start}
+
+
+def _row_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    rep = metrics["report"]
+    return {
+        "active_units": rep["active_units"],
+        "mi": sum(s["mi"] for s in rep["sites"].values()),
+        "kl": rep["elbo"]["kl"],
+        "elbo": rep["elbo"]["elbo"],
+        "iw_log_likelihood": rep["elbo"].get("log_likelihood", math.nan),
+        "wall_time": metrics.get("train_seconds", math.nan),
+        "verdict": rep["verdict"],
+    }
+
+
+def compare(
+    *,
+    priors: Sequence[str] = ("standard",),
+    elbos: Sequence[str] = ("elbo",),
+    seeds: int | Sequence[int] = 3,
+    out: str | Path,
+    base: RunConfig | None = None,
+    prior_options: dict[str, dict[str, Any]] | None = None,
+    elbo_options: dict[str, dict[str, Any]] | None = None,
+    jobs: int = 1,
+    iw_samples: int = 50,
+    progress: bool = True,
+    echo: bool = False,
+) -> Any:
+    """Train every prior x objective x seed combination and compare them.
+
+    Parameters
+    ----------
+    priors, elbos : sequence of str
+        Registry names (``pyrocollapse.priors.PRIORS``, ``pyrocollapse.elbo.ELBOS``).
+    seeds : int or sequence of int
+        ``n`` means seeds ``0..n-1``.
+    out : path
+        Grid folder: ``runs/<prior>__<elbo>__seed<k>/`` per run (a full report folder),
+        ``runs.csv`` (one row per run), ``comparison.csv`` (mean and spread per cell),
+        ``figures/au_vs_nll.png``.
+    base : RunConfig or None
+        Everything else (dataset, model, latent_dim, epochs, ...); its ``prior``, ``elbo``
+        and ``seed`` are replaced per run.
+    prior_options, elbo_options : dict or None
+        Per-name options, e.g. ``{"mixture": {"n_components": 10}}``.
+    jobs : int
+        Worker processes (1: run in this process).
+    iw_samples : int
+        K of the held-out importance-weighted log-likelihood.
+    progress : bool
+        Overall progress bar over runs (on a terminal).
+    echo : bool
+        Print the ranked table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (prior, elbo): ``<metric>_mean`` and ``<metric>_std`` over the seeds
+        that finished for every metric in :data:`METRICS`, ``n_ok``, ``n_failed`` and the
+        first ``error``; ranked by :data:`RANKING`.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from pyrocollapse._io import atomic_write_text
+
+    base = RunConfig() if base is None else base
+    if isinstance(priors, str) or isinstance(elbos, str):
+        raise TypeError("priors and elbos must be sequences of names, e.g. ['standard', 'mixture']")
+    if not priors or not elbos:
+        raise ValueError("priors and elbos must each name at least one entry")
+    seed_list = (
+        list(range(check_int("seeds", seeds, minimum=1)))
+        if isinstance(seeds, int)
+        else [check_int("seeds[i]", s, minimum=0) for s in seeds]
+    )
+    jobs = check_int("jobs", jobs, minimum=1)
+    iw_samples = check_int("iw_samples", iw_samples, minimum=1)
+    prior_options, elbo_options = prior_options or {}, elbo_options or {}
+    cells = []
+    for p in priors:
+        for e in elbos:
+            for s in seed_list:
+                cfg = replace(
+                    base,
+                    prior=p,
+                    elbo=e,
+                    seed=s,
+                    importance_samples=iw_samples,
+                    estimators=tuple(dict.fromkeys((*base.estimators, "iw"))),
+                    prior_options={**base.prior_options, **prior_options.get(p, {})},
+                    elbo_options={**base.elbo_options, **elbo_options.get(e, {})},
+                )
+                cfg.validate()  # every name and option checked before any training
+                cells.append((run_id(p, e, s), cfg))
+    out = Path(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / "grid.json",
+        json.dumps(
+            {
+                "base": base.to_dict(),
+                "priors": list(priors),
+                "elbos": list(elbos),
+                "seeds": seed_list,
+            },
+            indent=2,
+        ),
+    )
+
+    rows: dict[str, dict[str, Any]] = {}
+    todo = []
+    for rid, cfg in cells:
+        metrics_path = runs_dir / rid / "metrics.json"
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+            rows[rid] = {**_row_from_metrics(metrics), "status": "ok", "resumed": True}
+            continue
+        todo.append((rid, cfg))
+    bar = tqdm(
+        total=len(cells), initial=len(rows), desc="grid", unit="run", disable=(not progress) or None
+    )
+
+    def record(rid: str, fn: Any) -> None:
+        try:
+            rows[rid] = {**fn(), "status": "ok", "resumed": False}
+            (runs_dir / f"{rid}.error.json").unlink(missing_ok=True)
+        except Exception as e:  # a failed run must not stop the grid
+            err = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            atomic_write_text(runs_dir / f"{rid}.error.json", json.dumps(err, indent=2))
+            rows[rid] = {"status": "failed", "error": err["error"], "resumed": False}
+        bar.update(1)
+
+    if jobs == 1:
+        for rid, cfg in todo:
+            record(
+                rid,
+                lambda cfg=cfg, rid=rid: _one_run(cfg.to_dict(), str(runs_dir / rid), None),
+            )
+    else:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_one_run, cfg.to_dict(), str(runs_dir / rid), 1): rid
+                for rid, cfg in todo
+            }
+            for fut in as_completed(futures):
+                record(futures[fut], fut.result)
+    bar.close()
+
+    table = pd.DataFrame(
+        [
+            {"run": rid, "prior": cfg.prior, "objective": cfg.elbo, "seed": cfg.seed, **rows[rid]}
+            for rid, cfg in cells
+        ]
+    )
+    atomic_write_text(out / "runs.csv", table.to_csv(index=False))
+    summary = summarize_runs(table)
+    atomic_write_text(out / "comparison.csv", summary.to_csv(index=False))
+    from pyrocollapse.plots import plot_comparison, save_figure
+
+    (out / "figures").mkdir(exist_ok=True)
+    save_figure(plot_comparison(summary), str(out / "figures" / "au_vs_nll.png"))
+    if echo:
+        print(format_summary(summary))
+    return summary
+
+
+def summarize_runs(table: Any) -> Any:
+    """Mean and standard deviation over seeds per (prior, elbo), ranked by :data:`RANKING`."""
+    import pandas as pd
+
+    out = []
+    for (prior, elbo), g in table.groupby(["prior", "objective"], sort=False):
+        ok = g[g["status"] == "ok"]
+        row: dict[str, Any] = {
+            "prior": prior,
+            "objective": elbo,
+            "n_ok": len(ok),
+            "n_failed": int((g["status"] != "ok").sum()),
+        }
+        for m in METRICS:
+            vals = pd.to_numeric(ok[m], errors="coerce") if m in ok else pd.Series(dtype=float)
+            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
+            row[f"{m}_std"] = (
+                float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
+            )
+        errors = g["error"].dropna() if "error" in g else []
+        row["error"] = errors.iloc[0] if len(errors) else ""
+        out.append(row)
+    summary = pd.DataFrame(out)
+    return summary.sort_values(
+        ["iw_log_likelihood_mean", "active_units_mean"],
+        ascending=[False, False],
+        na_position="last",
+    ).reset_index(drop=True)
+
+
+def format_summary(summary: Any) -> str:
+    """The ranked comparison as a fixed-width text table."""
+    lines = [
+        f"ranked by {RANKING}",
+        f"{'#':>2} {'prior':<13} {'objective':<10} {'AU':>10} {'MI':>12} {'KL':>12} {'ELBO':>14} {'IW log p(x)':>16} {'time s':>8} ok/fail",
+    ]
+    for i, r in summary.iterrows():
+
+        def ms(m: str, w: int, p: int = 2, r: Any = r) -> str:
+            return f"{r[m + '_mean']:.{p}f}±{r[m + '_std']:.{p}f}".rjust(w)
+
+        lines.append(
+            f"{i + 1:>2} {r['prior']:<13} {r['objective']:<10} {ms('active_units', 10, 1)} {ms('mi', 12)} {ms('kl', 12)} "
+            f"{ms('elbo', 14)} {ms('iw_log_likelihood', 16)} {r['wall_time_mean']:8.1f} {r['n_ok']}/{r['n_failed']}"
+        )
+        if r["error"]:
+            lines.append(f"   first error: {r['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,393 @@
+"""One training run, end to end: the engine behind ``pyrocollapse run`` and ``compare``.
+
+A :class:`RunConfig` names everything by its registry name and plain options (so it
+serialises to JSON and travels to worker processes); :func:`build` turns it into the
+dataset, model and objective; :func:`run_experiment` trains, diagnoses and writes the
+report folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyrocollapse._validation import check_choice, check_float, check_int
+
+__all__ = ["Built", "RunConfig", "RunResult", "build", "run_experiment"]
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs, by name and plain options.
+
+    Attributes mirror ``pyrocollapse run``'s options (``--dataset``, ``--model``, ...);
+    ``*_options`` are keyword arguments for the registered dataset, model, prior, objective
+    and schedule.
+
+    ``schedule`` is the KL-weight schedule: ``None`` means the objective's own default
+    (a linear warm-up over a third of training for ``annealed``, a constant weight for the
+    others); a name (``linear``, ``cyclical``, ``sigmoid``, ``constant``) anneals any
+    objective. ``schedule_options`` missing ``warmup_steps``/``period``/``midpoint`` get
+    defaults scaled to the total number of steps.
+
+    ``aggressive`` turns on aggressive inference-network training (He et al. 2019);
+    ``on_collapse`` (``"warn"``, ``"aggressive"``, ``"rollback"`` or ``None``) adds the
+    matching :mod:`pyrocollapse.callbacks` callback with thresholds ``min_active_units``
+    and ``min_mi``.
+    """
+
+    dataset: str = "digits"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    valid_fraction: float = 0.1
+    model: str = "mlp"
+    latent_dim: int = 16
+    model_options: dict[str, Any] = field(default_factory=dict)
+    prior: str = "standard"
+    prior_options: dict[str, Any] = field(default_factory=dict)
+    elbo: str = "annealed"
+    elbo_options: dict[str, Any] = field(default_factory=dict)
+    schedule: str | None = None
+    schedule_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    num_samples: int = 8
+    estimators: tuple[str, ...] = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis")
+    bootstrap: int = 200
+    importance_samples: int = 100
+    posterior_samples: int = 100
+    posterior_points: int = 500
+    aggressive: bool = False
+    on_collapse: str | None = None
+    min_active_units: int | None = 1
+    min_mi: float | None = None
+
+    def validate(self) -> RunConfig:
+        """Check every value and name before any work; returns ``self``.
+
+        Raises ``ValueError``/``TypeError`` naming the option (as on the command line).
+        """
+        from pyrocollapse.data import DATASETS
+        from pyrocollapse.elbo import ELBOS
+        from pyrocollapse.models import MODELS
+        from pyrocollapse.priors import PRIORS
+        from pyrocollapse.schedules import SCHEDULES
+
+        check_int("--epochs", self.epochs, minimum=1)
+        check_int("--batch-size", self.batch_size, minimum=1)
+        check_int("--latent-dim", self.latent_dim, minimum=1)
+        check_int("--seed", self.seed, minimum=0)
+        check_int("--num-samples", self.num_samples, minimum=1)
+        check_int("--bootstrap", self.bootstrap, minimum=0)
+        if self.bootstrap == 1:
+            raise ValueError("--bootstrap must be 0 or >= 2, got 1")
+        check_int("--importance-samples", self.importance_samples, minimum=1)
+        check_int("--posterior-samples", self.posterior_samples, minimum=0)
+        check_int("--posterior-points", self.posterior_points, minimum=1)
+        from pyrocollapse.diagnostics import ESTIMATORS
+
+        self.estimators = tuple(self.estimators)
+        unknown = [e for e in self.estimators if e not in ESTIMATORS]
+        if unknown or not self.estimators:
+            raise ValueError(
+                f"--estimators names unknown estimators {unknown}; valid names: {', '.join(ESTIMATORS)}"
+            )
+        if "psis" in self.estimators and self.importance_samples < 50:
+            raise ValueError(
+                f"--importance-samples must be >= 50 with the 'psis' estimator, got {self.importance_samples}"
+            )
+        check_float("--lr", self.lr, minimum=0.0, strict_minimum=True)
+        check_float(
+            "--valid-fraction", self.valid_fraction, minimum=0.0, maximum=0.9, strict_minimum=True
+        )
+        _check_options("dataset", DATASETS.get(self.dataset), self.dataset_options)
+        _check_options(
+            "model",
+            MODELS.get(self.model).__init__,
+            self.model_options,
+            skip=("latent_dim", "prior"),
+        )
+        _check_options(
+            "prior", PRIORS.get(self.prior).__init__, self.prior_options, skip=("latent_dim",)
+        )
+        elbo_cls = ELBOS.get(self.elbo)
+        _check_options("elbo", elbo_cls.__init__, self.elbo_options)
+        schedule = self.schedule_name
+        if schedule is not None:
+            _check_options("schedule", SCHEDULES.get(schedule).__init__, self.schedule_options)
+            if _schedule_argument(elbo_cls) is None:
+                raise ValueError(f"objective {self.elbo!r} takes no KL schedule; drop --schedule")
+        elif self.schedule_options:
+            raise ValueError("schedule options need --schedule NAME for this objective")
+        if not isinstance(self.aggressive, bool):
+            raise TypeError(f"aggressive must be a bool, got {self.aggressive!r}")
+        if self.on_collapse is not None:
+            check_choice("--on-collapse", self.on_collapse, ON_COLLAPSE)
+        if self.min_active_units is not None:
+            check_int("--min-active-units", self.min_active_units, minimum=0)
+        if self.min_mi is not None:
+            check_float("--min-mi", self.min_mi, minimum=0.0)
+        if self.on_collapse is not None and self.min_active_units is None and self.min_mi is None:
+            raise ValueError("--on-collapse needs --min-active-units or --min-mi")
+        return self
+
+    @property
+    def schedule_name(self) -> str | None:
+        """The schedule to build: ``schedule``, or ``"linear"`` for ``annealed`` by default."""
+        if (
+            self.schedule is None
+            and self.elbo == "annealed"
+            and "schedule" not in self.elbo_options
+        ):
+            return "linear"
+        return self.schedule
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown run option(s) {sorted(unknown)}; accepted: {sorted(names)}")
+        return cls(**d)
+
+
+def _check_options(
+    what: str, target: Any, options: dict[str, Any], skip: tuple[str, ...] = ()
+) -> None:
+    if not isinstance(options, dict):
+        raise TypeError(f"{what} options must be a dict, got {type(options).__name__}")
+    params = [
+        p.name
+        for p in inspect.signature(target).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", *skip)
+    ]
+    for key in options:
+        if key not in params:
+            raise ValueError(
+                f"unknown {what} option {key!r}; accepted: {', '.join(params) or 'none'}"
+            )
+
+
+def _schedule_argument(elbo_cls: type) -> str | None:
+    """The constructor argument that takes a KL schedule (``schedule`` or ``kl_weight``)."""
+    params = inspect.signature(elbo_cls.__init__).parameters
+    for name in ("schedule", "kl_weight"):
+        if name in params:
+            return name
+    return None
+
+
+#: ``on_collapse`` choices -> callback class names in :mod:`pyrocollapse.callbacks`.
+ON_COLLAPSE = {
+    "warn": "CollapseWarning",
+    "aggressive": "AggressiveOnCollapse",
+    "rollback": "RollbackOnCollapse",
+}
+
+
+@dataclass
+class Built:
+    """The objects a :class:`RunConfig` describes."""
+
+    config: RunConfig
+    dataset: Any
+    train: Any
+    valid: Any
+    vae: Any
+    elbo: Any
+
+
+def build(config: RunConfig) -> Built:
+    """Seed, load and split the data, and build the prior, model and objective."""
+    import pyro
+
+    from pyrocollapse.data import load_dataset
+    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.models import MODELS
+    from pyrocollapse.priors import PRIORS
+    from pyrocollapse.schedules import SCHEDULES
+
+    config.validate()
+    pyro.set_rng_seed(config.seed)
+    dataset = load_dataset(config.dataset, **config.dataset_options)
+    train, valid = dataset.split(config.valid_fraction, seed=config.seed)
+    prior = PRIORS.get(config.prior).from_options(
+        config.latent_dim, input_shape=dataset.event_shape, **config.prior_options
+    )
+    vae = MODELS.get(config.model).from_dataset(
+        dataset, latent_dim=config.latent_dim, prior=prior, **config.model_options
+    )
+    elbo_cls = ELBOS.get(config.elbo)
+    options = dict(config.elbo_options)
+    schedule = config.schedule_name
+    if schedule is not None:
+        total = config.epochs * -(-len(train) // config.batch_size)
+        sched = dict(config.schedule_options)
+        defaults = {
+            "linear": {"warmup_steps": max(1, total // 3)},
+            "cyclical": {"period": max(1, total // 4)},
+            "sigmoid": {"midpoint": max(1, total // 4), "steepness": 10.0 / max(1, total)},
+        }
+        for k, v in defaults.get(schedule, {}).items():
+            sched.setdefault(k, v)
+        options[_schedule_argument(elbo_cls)] = SCHEDULES.get(schedule)(**sched)
+    return Built(config, dataset, train, valid, vae, elbo_cls(**options))
+
+
+def collapse_callbacks(config: RunConfig) -> list[Any]:
+    """The :mod:`pyrocollapse.callbacks` callback that ``config.on_collapse`` asks for."""
+    if config.on_collapse is None:
+        return []
+    from pyrocollapse import callbacks
+
+    cls = getattr(callbacks, ON_COLLAPSE[config.on_collapse])
+    return [cls(min_active_units=config.min_active_units, min_mi=config.min_mi)]
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_experiment` returns: the built objects, history, report and metrics."""
+
+    built: Built
+    history: Any
+    report: Any
+    metrics: dict[str, Any]
+
+
+def run_experiment(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: tuple[Any, ...] = (),
+    echo: bool = False,
+) -> RunResult:
+    """Train, diagnose on the held-out split, and (if ``out``) write the report folder.
+
+    Parameters
+    ----------
+    config : RunConfig
+    out : path or None
+        Report folder, written atomically (see :func:`write_run_folder`).
+    overwrite : bool
+        Replace a non-empty ``out``.
+    progress : bool
+        Progress bar (on a terminal).
+    callbacks : tuple of Callback
+        Extra :func:`~pyrocollapse.train.fit` callbacks.
+    echo : bool
+        Print a header and the collapse report.
+    """
+    import torch
+
+    from pyrocollapse.diagnostics import diagnose
+    from pyrocollapse.train import fit
+
+    config.validate()
+    if out is not None:
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise FileExistsError(
+                f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite"
+            )
+    built = build(config)
+    if echo:
+        print(
+            f"pyrocollapse run: {config.model} VAE (latent_dim={config.latent_dim}, prior={config.prior}) "
+            f"on {built.dataset.name} ({len(built.train)} train / {len(built.valid)} held out), "
+            f"objective {config.elbo}, {config.epochs} epochs",
+            flush=True,
+        )
+    start = time.perf_counter()
+    vae = built.vae
+    history = fit(
+        vae.model,
+        vae.guide,
+        built.train.data,
+        loss=built.elbo,
+        optim=lambda params: torch.optim.Adam(params, lr=config.lr),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=progress,
+        callbacks=[*collapse_callbacks(config), *callbacks],
+        aggressive=config.aggressive,
+    )
+    train_time = time.perf_counter() - start
+    report = diagnose(
+        vae.model,
+        vae.guide,
+        built.valid.data,
+        vae.latent_sites,
+        estimators=config.estimators,
+        num_samples=config.num_samples,
+        bootstrap=config.bootstrap,
+        importance_samples=config.importance_samples,
+        seed=config.seed,
+    )
+    if echo:
+        print()
+        print(report)
+    metrics = {
+        "report": report.to_dict(),
+        "final_epoch": history[-1].values,
+        "train_seconds": train_time,
+        "config": config.to_dict(),
+        "objective": built.elbo.hyperparameters()
+        if hasattr(built.elbo, "hyperparameters")
+        else type(built.elbo).__name__,
+        "dataset": built.dataset.describe(),
+    }
+    result = RunResult(built, history, report, metrics)
+    if out is not None:
+        written = write_run_folder(result, out, overwrite=overwrite)
+        if echo:
+            print(f"\nwrote {out}/: {', '.join(written)}")
+    return result
+
+
+def write_run_folder(result: RunResult, out: str | Path, *, overwrite: bool = False) -> list[str]:
+    """Write the report folder of a run atomically; returns the names written.
+
+    ``metrics.json``, ``history.csv``, ``posterior.nc``, ``figures/*.png``, ``report.html``
+    and ``model.pt`` (see :func:`pyrocollapse.report_folder.write_report_folder`).
+    """
+    import json
+
+    from pyrocollapse.report_folder import write_report_folder
+
+    config = result.built.config
+    metrics = json.loads(json.dumps(result.metrics, default=_json_default))
+    return write_report_folder(
+        out,
+        metrics=metrics,
+        report=result.report,
+        history=result.history,
+        vae=result.built.vae,
+        held_out=result.built.valid,
+        posterior_samples=config.posterior_samples,
+        posterior_points=config.posterior_points,
+        seed=config.seed,
+        overwrite=overwrite,
+    )
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
