@@ -129,7 +129,7 @@ class RunConfig:
         if self.on_collapse is not None:
             check_choice("--on-collapse", self.on_collapse, ON_COLLAPSE)
         if self.min_active_units is not None:
-            check_int("--min-active-units", self.min_active_units, minimum=0)
+            check_int("--min-active-units", self.min_active_units, minimum=1)
         if self.min_mi is not None:
             check_float("--min-mi", self.min_mi, minimum=0.0)
         if self.on_collapse is not None and self.min_active_units is None and self.min_mi is None:

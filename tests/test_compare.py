@@ -1,0 +1,259 @@
+"""The remedy comparison grid: resume, failure isolation, parallel jobs, CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from pyrocollapse.cli import main
+from pyrocollapse.compare import compare, format_summary, run_id
+from pyrocollapse.experiment import RunConfig
+
+TINY = RunConfig(
+    epochs=1,
+    latent_dim=2,
+    batch_size=256,
+    model_options={"hidden": (16,)},
+    bootstrap=0,
+    importance_samples=50,
+    posterior_samples=5,
+    posterior_points=20,
+    estimators=("kl", "au", "mi"),
+)
+
+
+def test_grid_trains_every_cell_and_resumes(tmp_path):
+    out = tmp_path / "grid"
+    summary = compare(
+        priors=["standard", "learnable"],
+        elbos=["elbo", "beta"],
+        seeds=2,
+        out=out,
+        base=TINY,
+        elbo_options={"beta": {"beta": 2.0}},
+        iw_samples=50,
+        progress=False,
+    )
+    assert len(summary) == 4 and set(summary["n_ok"]) == {2}
+    assert set(zip(summary["prior"], summary["objective"])) == {
+        ("standard", "elbo"),
+        ("standard", "beta"),
+        ("learnable", "elbo"),
+        ("learnable", "beta"),
+    }
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 8 and (runs["status"] == "ok").all()
+    assert runs["iw_log_likelihood"].notna().all() and (runs["iw_log_likelihood"] < 0).all()
+    # ranking: by held-out IW log-likelihood, best first
+    assert list(summary["iw_log_likelihood_mean"]) == sorted(
+        summary["iw_log_likelihood_mean"], reverse=True
+    )
+    # each cell's std is over its two seeds
+    cell = runs[(runs.prior == "standard") & (runs.objective == "beta")]
+    row = summary[(summary.prior == "standard") & (summary.objective == "beta")].iloc[0]
+    assert row["elbo_mean"] == pytest.approx(cell["elbo"].mean())
+    assert row["elbo_std"] == pytest.approx(cell["elbo"].std(ddof=1))
+    metrics = json.loads(
+        (out / "runs" / run_id("standard", "beta", 1) / "metrics.json").read_text()
+    )
+    assert metrics["config"]["elbo_options"] == {"beta": 2.0} and metrics["config"]["seed"] == 1
+    assert (out / "runs" / run_id("learnable", "elbo", 0) / "report.html").exists()
+    assert (out / "figures" / "au_vs_nll.png").stat().st_size > 1000
+    text = format_summary(summary)
+    assert text.startswith("ranked by held-out importance-weighted log-likelihood")
+    # resume: a removed run is re-trained, the others are read back
+    import shutil
+
+    shutil.rmtree(out / "runs" / run_id("standard", "elbo", 0))
+    again = compare(
+        priors=["standard", "learnable"],
+        elbos=["elbo", "beta"],
+        seeds=2,
+        out=out,
+        base=TINY,
+        elbo_options={"beta": {"beta": 2.0}},
+        iw_samples=50,
+        progress=False,
+    )
+    runs2 = pd.read_csv(out / "runs.csv")
+    assert runs2["resumed"].sum() == 7
+    assert bool(runs2.loc[runs2.run == run_id("standard", "elbo", 0), "resumed"].item()) is False
+    pd.testing.assert_frame_equal(
+        again.sort_values(["prior", "objective"]).reset_index(drop=True)[
+            ["prior", "objective", "n_ok"]
+        ],
+        summary.sort_values(["prior", "objective"]).reset_index(drop=True)[
+            ["prior", "objective", "n_ok"]
+        ],
+    )
+
+
+def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path):
+    # free bits per dimension cannot work with a mixture prior (no per-dimension KL)
+    summary = compare(
+        priors=["standard", "mixture"],
+        elbos=["freebits"],
+        seeds=1,
+        out=tmp_path,
+        base=TINY,
+        elbo_options={"freebits": {"free_bits": 0.1}},
+        iw_samples=50,
+        progress=False,
+    )
+    by_prior = summary.set_index("prior")
+    assert by_prior.loc["standard", "n_ok"] == 1 and by_prior.loc["mixture", "n_failed"] == 1
+    assert "no KL per dimension" in by_prior.loc["mixture", "error"]
+    err = json.loads(
+        (tmp_path / "runs" / f"{run_id('mixture', 'freebits', 0)}.error.json").read_text()
+    )
+    assert "Traceback" in err["traceback"]
+    assert not (tmp_path / "runs" / run_id("mixture", "freebits", 0)).exists()
+
+
+@pytest.mark.slow
+def test_parallel_jobs_give_the_same_results_as_serial(tmp_path):
+    kw = dict(
+        priors=["standard"],
+        elbos=["elbo", "annealed"],
+        seeds=1,
+        base=TINY,
+        iw_samples=50,
+        progress=False,
+    )
+    serial = (
+        compare(out=tmp_path / "a", jobs=1, **kw).sort_values("objective").reset_index(drop=True)
+    )
+    parallel = (
+        compare(out=tmp_path / "b", jobs=2, **kw).sort_values("objective").reset_index(drop=True)
+    )
+    for col in ("active_units_mean", "kl_mean", "elbo_mean"):
+        assert parallel[col].tolist() == pytest.approx(serial[col].tolist(), rel=1e-4), col
+
+
+def test_bad_grid_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown prior 'vampp'"):
+        compare(priors=["vampp"], elbos=["elbo"], seeds=1, out=tmp_path, base=TINY, progress=False)
+    with pytest.raises(TypeError, match="priors and elbos must be sequences of names"):
+        compare(priors="standard", elbos=["elbo"], seeds=1, out=tmp_path, base=TINY, progress=False)
+    with pytest.raises(ValueError, match="seeds must be >= 1"):
+        compare(
+            priors=["standard"], elbos=["elbo"], seeds=0, out=tmp_path, base=TINY, progress=False
+        )
+    with pytest.raises(ValueError, match="unknown elbo option 'beta'"):
+        compare(
+            priors=["standard"],
+            elbos=["elbo"],
+            seeds=1,
+            out=tmp_path,
+            base=TINY,
+            elbo_options={"elbo": {"beta": 2}},
+            progress=False,
+        )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_compare(tmp_path, capsys):
+    out = tmp_path / "grid"
+    code = main(
+        [
+            "compare",
+            "--priors",
+            "standard",
+            "--elbos",
+            "elbo,freebits",
+            "--elbo-option",
+            "freebits.free_bits=0.2",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--latent-dim",
+            "2",
+            "--model-option",
+            "hidden=16",
+            "--bootstrap",
+            "0",
+            "--estimators",
+            "kl,au,mi",
+            "--importance-samples",
+            "50",
+            "--posterior-samples",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ranked by" in printed and "(2 ok, 0 failed)" in printed
+    assert len(pd.read_csv(out / "comparison.csv")) == 2
+    code = main(
+        ["compare", "--elbos", "elbo", "--elbo-option", "mi.alpha=1", "--out", str(tmp_path / "x")]
+    )
+    assert code == 2
+    assert "names 'mi', which is not in the grid" in capsys.readouterr().err
+
+
+def test_run_engine_options_reach_fit_and_callbacks(tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings():  # the collapse warning may fire on a 2-epoch run
+        warnings.simplefilter("ignore")
+        code = main(
+            [
+                "run",
+                "--epochs",
+                "2",
+                "--latent-dim",
+                "2",
+                "--model-option",
+                "hidden=16",
+                "--elbo",
+                "freebits",
+                "--elbo-option",
+                "free_bits=0.1",
+                "--schedule",
+                "linear",
+                "--schedule-option",
+                "warmup_steps=4",
+                "--aggressive",
+                "--on-collapse",
+                "warn",
+                "--min-active-units",
+                "1",
+                "--bootstrap",
+                "0",
+                "--estimators",
+                "kl,au,mi",
+                "--posterior-samples",
+                "0",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+            ]
+        )
+    assert code == 0
+    hist = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert "aggressive" in hist.columns and "free_bits" in hist.columns
+    assert hist["kl_weight"].iloc[-1] == pytest.approx(1.0)  # 26 steps, warm-up over 4
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["config"]["aggressive"] is True and metrics["config"]["schedule"] == "linear"
+    capsys.readouterr()
+    code = main(
+        [
+            "run",
+            "--elbo",
+            "elbo",
+            "--schedule-option",
+            "warmup_steps=4",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
+    assert code == 2 and "schedule options need --schedule NAME" in capsys.readouterr().err
+    code = main(
+        ["run", "--min-active-units", "0", "--on-collapse", "warn", "--out", str(tmp_path / "t")]
+    )
+    assert code == 2 and "--min-active-units must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
