@@ -406,3 +406,52 @@ def test_variant_weights_are_recorded_not_averaged(digits):
     np.testing.assert_allclose(df["kl_weight"], [0.5, 1.0])
     # the minibatch estimate of I_q never exceeds log(batch size)
     assert (df["mi_batch"] <= np.log(32) + 1e-6).all() and (df["mi_batch"] != 0).all()
+
+
+def test_validation_runs_on_the_first_step_only_unless_asked(digits):
+    import pyro.infer.util
+
+    seen = []
+
+    class Spy(PlainELBO):
+        def evaluate(self, model, guide, *args, **kwargs):
+            seen.append(pyro.infer.util.is_validation_enabled())
+            return super().evaluate(model, guide, *args, **kwargs)
+
+    vae = small_vae()
+    fit(
+        vae.model,
+        vae.guide,
+        digits[:96],
+        loss=Spy(),
+        epochs=1,
+        batch_size=32,
+        progress=False,
+        monitor=None,
+    )
+    assert seen == [True, False, False]
+    assert pyro.infer.util.is_validation_enabled()  # restored after training
+    seen.clear()
+    fit(
+        vae.model,
+        vae.guide,
+        digits[:96],
+        loss=Spy(),
+        epochs=1,
+        batch_size=32,
+        progress=False,
+        monitor=None,
+        validate=True,
+    )
+    assert seen == [True, True, True]
+    # a malformed batch is still caught on the first step
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 64\)"):
+        fit(
+            vae.model,
+            vae.guide,
+            torch.rand(8, 5),
+            loss=Spy(),
+            epochs=1,
+            progress=False,
+            monitor=None,
+        )
