@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyrocollapse._io import json_default
 from pyrocollapse._validation import check_choice, check_float, check_int
 
 __all__ = ["Built", "RunConfig", "RunResult", "build", "run_experiment"]
@@ -366,7 +367,7 @@ def write_run_folder(result: RunResult, out: str | Path, *, overwrite: bool = Fa
     from pyrocollapse.report_folder import write_report_folder
 
     config = result.built.config
-    metrics = json.loads(json.dumps(result.metrics, default=_json_default))
+    metrics = json.loads(json.dumps(result.metrics, default=json_default))
     return write_report_folder(
         out,
         metrics=metrics,
@@ -379,15 +380,3 @@ def write_run_folder(result: RunResult, out: str | Path, *, overwrite: bool = Fa
         seed=config.seed,
         overwrite=overwrite,
     )
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return repr(obj)

@@ -508,18 +508,6 @@ def write_html(folder: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return repr(obj)
-
-
 def _optional(what: str, make: Callable[[], Any]) -> bool:
     """Build an optional artefact; where the model cannot provide it, warn and go on."""
     try:
@@ -569,15 +557,13 @@ def write_report_folder(
     list[str]
         What was written, e.g. ``["metrics.json", "history.csv", "posterior.nc", ...]``.
     """
-    from pyrocollapse._io import atomic_directory, atomic_write_text
+    from pyrocollapse._io import atomic_directory, atomic_write_text, json_default
 
     if not isinstance(metrics, dict) or "report" not in metrics:
         raise ValueError("metrics must be a dict with a 'report' entry (report.to_dict())")
     written = ["metrics.json"]
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        atomic_write_text(
-            tmp / "metrics.json", json.dumps(metrics, indent=2, default=_json_default)
-        )
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2, default=json_default))
         if history is not None:
             history.to_csv(str(tmp / "history.csv"))
             written.append("history.csv")
