@@ -19,6 +19,9 @@ _LAZY = {
     "load_dataset": "pyrocollapse.data",
     "to_inference_data": "pyrocollapse.summaries",
     "summarize": "pyrocollapse.summaries",
+    "compare": "pyrocollapse.comparison",
+    "RunConfig": "pyrocollapse.experiment",
+    "run_experiment": "pyrocollapse.experiment",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -384,7 +384,7 @@ def _per_name_options(
 def compare_command(args: argparse.Namespace) -> int:
     """The ``compare`` sub-command."""
     from pyrocollapse._validation import check_int
-    from pyrocollapse.compare import compare
+    from pyrocollapse.comparison import compare
     from pyrocollapse.elbo import ELBOS
     from pyrocollapse.priors import PRIORS
 

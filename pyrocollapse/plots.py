@@ -527,7 +527,7 @@ def plot_comparison(summary: Any, ax: Any = None) -> Any:
     Parameters
     ----------
     summary : pandas.DataFrame
-        :func:`pyrocollapse.compare.compare`'s table: ``prior``, ``objective`` and the
+        :func:`pyrocollapse.comparison`'s table: ``prior``, ``objective`` and the
         ``<metric>_mean`` / ``<metric>_std`` columns over seeds. Error bars are one standard
         deviation over seeds; the negative log-likelihood is the IW estimate where it was
         computed, else the negative ELBO.

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pyrocollapse.cli import main
-from pyrocollapse.compare import compare, format_summary, run_id
+from pyrocollapse.comparison import compare, format_summary, run_id
 from pyrocollapse.experiment import RunConfig
 
 TINY = RunConfig(
@@ -257,3 +257,11 @@ def test_run_engine_options_reach_fit_and_callbacks(tmp_path, capsys):
     )
     assert code == 2 and "--min-active-units must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_compare_is_a_top_level_function():
+    import pyrocollapse
+    from pyrocollapse.comparison import compare as grid
+
+    assert pyrocollapse.compare is grid and callable(pyrocollapse.compare)
+    assert pyrocollapse.RunConfig is RunConfig
