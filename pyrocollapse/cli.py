@@ -1,4 +1,4 @@
-"""The ``pyrocollapse`` command line.
+"""pyrocollapse: train VAEs against posterior collapse, diagnose it, compare remedies.
 
 ``pyrocollapse run`` trains a VAE on a dataset, prints progress and a collapse report, and
 writes a report folder (see :mod:`pyrocollapse.report_folder`); ``pyrocollapse report DIR``
