@@ -1,0 +1,108 @@
+"""The tutorial notebooks: they run top to bottom in smoke mode, and the committed files are
+exactly what ``tutorials/build_notebooks.py`` writes (no outputs).
+
+Executing a notebook starts a Jupyter kernel (the ``python3`` kernel of this environment)
+with ``PYROCOLLAPSE_SMOKE=1``, which shrinks every budget in the notebooks, and
+``MPLBACKEND=Agg``. Any cell error fails the test with the cell and its traceback.
+Kernel-side warnings do not affect pytest; the notebooks' files go to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+pytestmark = [
+    pytest.mark.notebooks,
+    # jupyter_client's and zmq's event-loop plumbing, raised in this process, not ours
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:zmq.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_client.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:jupyter_core.*"),
+]
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+NOTEBOOKS = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
+#: Seconds one notebook may take in smoke mode before the test fails (the target is ~30).
+SMOKE_BUDGET = 120
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location(
+        "build_notebooks", TUTORIALS / "build_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(name: str):
+    return nbformat.read(TUTORIALS / name, as_version=4)
+
+
+def test_every_notebook_is_built_by_the_generator():
+    assert NOTEBOOKS, f"no notebooks in {TUTORIALS}"
+    assert NOTEBOOKS == sorted(_builder().NOTEBOOKS), (
+        "tutorials/*.ipynb and build_notebooks.NOTEBOOKS differ; add the notebook to "
+        "build_notebooks.py (or delete the stray file) and run python tutorials/build_notebooks.py"
+    )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_in_sync_and_has_no_outputs(name):
+    committed = _read(name)
+    built = _builder().build(name)
+    assert [(c.cell_type, c.source) for c in committed.cells] == [
+        (c.cell_type, c.source) for c in built.cells
+    ], f"{name} differs from build_notebooks.py; run python tutorials/build_notebooks.py"
+    assert committed.metadata["kernelspec"]["name"] == "python3"
+    for cell in committed.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{name} has outputs; run python tutorials/build_notebooks.py to strip them"
+            )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_follows_the_conventions(name):
+    nb = _read(name)
+    assert re.match(r"# \d\. ", nb.cells[0].source), "the first cell is the '# N. Title' heading"
+    setup = next(c for c in nb.cells if c.cell_type == "code").source
+    for line in (
+        'SMOKE = os.environ.get("PYROCOLLAPSE_SMOKE") == "1"',
+        "pyro.set_rng_seed(0)",
+        "torch.set_num_threads(2)",
+        "%matplotlib inline",
+    ):
+        assert line in setup, f"the set-up cell of {name} lacks {line!r}"
+    readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
+    assert f"({name})" in readme, f"tutorials/README.md does not link {name}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_smoke_mode(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROCOLLAPSE_SMOKE", "1")  # read by the kernel we start; restored after
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = _read(name)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
+    seconds = time.perf_counter() - start
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any(o.get("data", {}).get("image/png") for o in outputs), (
+        f"{name} displayed no figure: a Figure left as a cell's last expression should render"
+    )
+    assert "smoke mode: True" in "".join(o.get("text", "") for o in outputs)
+    assert seconds < SMOKE_BUDGET, f"{name} took {seconds:.0f} s in smoke mode"
+    assert not any(tmp_path.iterdir()), f"{name} left files in its working folder"
