@@ -12,6 +12,7 @@ import itertools
 
 import pyro.distributions as dist
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional as F
 
@@ -157,8 +158,16 @@ def likelihood_point(
 
 
 def check_likelihood_support(name: str, x: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """Check that ``x`` lies in [0, 1] when ``likelihood`` needs it; return ``x``."""
-    if likelihood != "gaussian" and (bool((x < 0).any()) or bool((x > 1).any())):
+    """Check that ``x`` lies in [0, 1] when ``likelihood`` needs it; return ``x``.
+
+    The check reads every value, so, like Pyro's own support checks, it runs only while
+    Pyro's validation is enabled (``fit`` keeps it for its first step).
+    """
+    if (
+        likelihood != "gaussian"
+        and is_validation_enabled()
+        and (bool((x < 0).any()) or bool((x > 1).any()))
+    ):
         raise ValueError(
             f"{name} must lie in [0, 1] for likelihood={likelihood!r} "
             f"(got range [{float(x.min()):.3g}, {float(x.max()):.3g}]); "

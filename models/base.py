@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
 
 from pyrocollapse._validation import check_data, check_int
@@ -66,6 +67,18 @@ class VAE(PyroModule):
         Whether p(x|z) is autoregressive: then ``decode(z)`` alone is not a distribution
         over x (it needs the context ``x``), and :meth:`sample` / :meth:`reconstruct`
         decode step by step.
+    device : torch.device
+        Where the parameters are (see Notes).
+
+    Notes
+    -----
+    Devices and dtypes follow PyTorch: build the model, then ``vae.to("cuda")`` (or
+    ``vae.to(torch.float64)``) moves every parameter and buffer, the prior's included;
+    the programs create every other tensor on the device and dtype of the parameters or
+    the data, so ``model``, ``guide``, :meth:`sample`, :meth:`generate` and
+    :meth:`reconstruct` then run there and return tensors there. Observations and
+    latents passed in must be on :attr:`device` (``x.to(vae.device)``); one on another
+    device raises ``ValueError`` naming the argument.
     """
 
     latent_sites: tuple[str, ...] = ("z",)
@@ -96,6 +109,30 @@ class VAE(PyroModule):
         """Call after the encoder exists: lets the prior bind to the model (VampPrior)."""
         self.prior.attach(self)
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (and buffers), e.g. ``device(type='cpu')``.
+
+        Move the model with ``vae.to(device)``; inputs must then be on this device.
+        """
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def check_on_device(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Return ``t`` if it is on :attr:`device`, else raise ``ValueError`` naming ``name``."""
+        here = self.device
+        if t.device.type != here.type or (
+            t.device.index != here.index and None not in (t.device.index, here.index)
+        ):
+            raise ValueError(
+                f"{name} is on {t.device} but the model is on {here}; move it with "
+                f"{name}.to(vae.device), or move the model with vae.to({str(t.device)!r})"
+            )
+        return t
+
     @classmethod
     def from_dataset(
         cls, dataset: Dataset, *, latent_dim: int, prior: Prior | None = None, **options: Any
@@ -118,8 +155,14 @@ class VAE(PyroModule):
         raise NotImplementedError
 
     def check_input(self, x: object, name: str = "x") -> torch.Tensor:
-        """Validate a batch of observations of shape ``(N, *event_shape)``."""
-        return check_data(name, x, event_shape=self.event_shape)
+        """Validate a batch of observations of shape ``(N, *event_shape)`` on :attr:`device`.
+
+        Type, shape and device are always checked; the scan for NaN and infinite values
+        (a pass over the batch) only while Pyro's validation is enabled, which ``fit``
+        keeps for its first step (it checks tensor data whole before training).
+        """
+        x = check_data(name, x, event_shape=self.event_shape, finite=is_validation_enabled())
+        return self.check_on_device(name, x)
 
     # -- hooks with defaults -----------------------------------------------------------
     def observe(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +221,7 @@ class VAE(PyroModule):
         if z.dim() < 2 or z.shape[-1] != dim or (matrix and z.dim() != 2):
             shape = f"(n, {dim})" if matrix else f"(..., n, {dim})"
             raise ValueError(f"{name} must have shape {shape}, got {tuple(z.shape)}")
-        return z
+        return self.check_on_device(name, z)
 
     @staticmethod
     def pair_with_context(
@@ -231,7 +274,10 @@ class VAE(PyroModule):
     # -- conveniences --------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """Draw ``n`` observations from the model: z ~ p(z), x ~ p(x|z). Shape ``(n, *event_shape)``."""
+        """Draw ``n`` observations from the model: z ~ p(z), x ~ p(x|z).
+
+        Shape ``(n, *event_shape)``, on :attr:`device`.
+        """
         z = self.prior.sample(check_int("n", n, minimum=1))
         return self.generate(z)
 

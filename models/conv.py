@@ -131,6 +131,10 @@ class ConvVAE(VAE):
         c, h, w = (check_int(f"image_shape[{i}]", v, minimum=1) for i, v in enumerate(image_shape))
         self.image_shape = (c, h, w)
         self.channels = check_hidden("channels", channels)
+        if not self.channels:
+            raise ValueError(
+                "channels must name at least one convolution layer, e.g. (32, 64); got ()"
+            )
         need = 2 ** len(self.channels)
         if h < need or w < need:
             raise ValueError(
@@ -213,7 +217,7 @@ class ConvVAE(VAE):
 
     def check_input(self, x: object, name: str = "x") -> torch.Tensor:
         """Validate images, flattened ``(N, C*H*W)`` or ``(N, C, H, W)``; return them flat."""
-        x = check_data(name, x)
+        x = self.check_on_device(name, check_data(name, x))
         return check_likelihood_support(name, self._images(x, name).flatten(1), self.likelihood)
 
     # -- encoder / decoder -----------------------------------------------------------------
@@ -284,7 +288,7 @@ class ConvVAE(VAE):
             return super().generate(z, greedy=greedy)
         c, h, w = self.image_shape
         features = self._features(z)
-        canvas = torch.zeros(z.shape[0], c, h, w, dtype=z.dtype)
+        canvas = z.new_zeros(z.shape[0], c, h, w)
         raw = self._raw_scale()
         raw_img = None if raw is None else raw.reshape(c, h, w)
         for i in range(h):

@@ -23,13 +23,26 @@ __all__ = ["LinearVAE", "PPCASolution"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
+#: Default relative tolerance of the collapse rule ``lambda_i <= beta sigma^2``.
+COLLAPSE_RTOL = 1e-6
+#: Default absolute tolerance of the collapse rule (in units of the eigenvalues).
+COLLAPSE_ATOL = 0.0
+
+
+def _collapse_rule(lam: torch.Tensor, threshold: float, rtol: object, atol: object) -> torch.Tensor:
+    """``lam <= threshold * (1 + rtol) + atol``, elementwise, with the tolerances checked."""
+    rtol = check_float("rtol", rtol, minimum=0.0)
+    atol = check_float("atol", atol, minimum=0.0)
+    return lam <= threshold * (1.0 + rtol) + atol
+
 
 @dataclass(frozen=True, eq=False)
 class PPCASolution:
     """The closed-form optimum of probabilistic PCA and of the linear (beta-)VAE.
 
-    Made by :meth:`LinearVAE.ppca_optimum`. All tensors are float64; equality is by
-    identity (tensors have no single truth value).
+    Made by :meth:`LinearVAE.ppca_optimum`. All tensors are float64, on the device of
+    the data they were computed from; equality is by identity (tensors have no single
+    truth value).
 
     Attributes
     ----------
@@ -77,20 +90,53 @@ class PPCASolution:
 
     @property
     def collapsed(self) -> torch.Tensor:
-        """Boolean mask ``(k,)``: ``lambda_i <= beta sigma^2`` (the analytic collapse rule)."""
-        return self.leading_eigenvalues <= self.effective_noise_variance
+        """Boolean mask ``(k,)``: ``lambda_i <= beta sigma^2`` (the analytic collapse rule),
+        with the default tolerances of :meth:`collapsed_dimensions`."""
+        return self.collapsed_dimensions()
+
+    def collapsed_dimensions(
+        self, *, rtol: float = COLLAPSE_RTOL, atol: float = COLLAPSE_ATOL
+    ) -> torch.Tensor:
+        """The analytic collapse rule with a tolerance for ties at the boundary.
+
+        Direction i collapses iff ``lambda_i <= beta sigma^2 (1 + rtol) + atol``. At the
+        boundary ``lambda_i = beta sigma^2`` the direction is collapsed (zero loading, zero
+        KL), but the two sides are computed differently (an eigenvalue of the sample
+        covariance against the noise MLE or a squared ``noise``) and can differ in their
+        last bits either way; the tolerance counts such ties as collapsed.
+
+        Parameters
+        ----------
+        rtol : float
+            Relative tolerance on ``beta sigma^2`` (>= 0; default 1e-6, far above float64
+            rounding and far below any difference that matters for the optimum: a
+            direction with ``lambda_i = beta sigma^2 (1 + rtol)`` has an expected KL of
+            ``log(1 + rtol) / 2 ~ 5e-7`` nats).
+        atol : float
+            Absolute tolerance in units of the eigenvalues (>= 0; default 0).
+
+        Returns
+        -------
+        torch.Tensor
+            Boolean, shape ``(k,)``.
+        """
+        return _collapse_rule(self.leading_eigenvalues, self.effective_noise_variance, rtol, atol)
 
     @property
     def kl_per_dim(self) -> torch.Tensor:
         """E_x KL(q(z_i|x) || p(z_i)) at the optimum, shape ``(k,)``:
-        ``max(0, log(lambda_i / (beta sigma^2)) / 2)``."""
+        ``max(0, log(lambda_i / (beta sigma^2)) / 2)``, exactly 0 where :attr:`collapsed`."""
         ratio = self.leading_eigenvalues / self.effective_noise_variance
-        return 0.5 * torch.log(ratio.clamp(min=1.0))
+        return torch.where(self.collapsed, 0.0, 0.5 * torch.log(ratio.clamp(min=1.0)))
 
     @property
     def posterior_scale(self) -> torch.Tensor:
-        """Scale of q(z_i|x) at the optimum, ``sqrt(min(beta sigma^2 / lambda_i, 1))``."""
-        return torch.sqrt((self.effective_noise_variance / self.leading_eigenvalues).clamp(max=1.0))
+        """Scale of q(z_i|x) at the optimum, ``sqrt(min(beta sigma^2 / lambda_i, 1))``,
+        exactly 1 where :attr:`collapsed`."""
+        scale = torch.sqrt(
+            (self.effective_noise_variance / self.leading_eigenvalues).clamp(max=1.0)
+        )
+        return torch.where(self.collapsed, 1.0, scale)
 
     @property
     def encoder_weight(self) -> torch.Tensor:
@@ -98,12 +144,13 @@ class PPCASolution:
         ``M^{-1} W^T`` with ``M = W^T W + beta sigma^2 I``."""
         lam = self.leading_eigenvalues
         gain = torch.sqrt((lam - self.effective_noise_variance).clamp(min=0.0)) / lam
+        gain = torch.where(self.collapsed, 0.0, gain)
         return gain[:, None] * self.basis.T
 
     @property
     def covariance(self) -> torch.Tensor:
         """Model covariance ``W W^T + sigma^2 I``, shape ``(D, D)``."""
-        eye = torch.eye(self.loading.shape[0], dtype=self.loading.dtype)
+        eye = torch.eye(self.loading.shape[0], dtype=self.loading.dtype, device=self.loading.device)
         return self.loading @ self.loading.T + self.noise_variance * eye
 
 
@@ -285,7 +332,8 @@ class LinearVAE(VAE):
         x = self.check_input(x)
         m, s = self._gaussian_prior()
         w = self.loading
-        cov = (w * s**2) @ w.T + self.noise_std**2 * torch.eye(self.input_dim, dtype=w.dtype)
+        eye = torch.eye(self.input_dim, dtype=w.dtype, device=w.device)
+        cov = (w * s**2) @ w.T + self.noise_std**2 * eye
         return dist.MultivariateNormal(w @ m + self.loc, covariance_matrix=cov).log_prob(x)
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
@@ -428,7 +476,11 @@ class LinearVAE(VAE):
                 raise ValueError("covariance must be symmetric")
             cov = 0.5 * (x + x.T)
             d = cov.shape[0]
-            mu = torch.zeros(d, dtype=torch.float64) if mean is None else mean.detach().double()
+            mu = (
+                torch.zeros(d, dtype=torch.float64, device=x.device)
+                if mean is None
+                else mean.detach().to(device=x.device, dtype=torch.float64)
+            )
             if mu.shape != (d,):
                 raise ValueError(f"mean must have shape ({d},), got {tuple(mu.shape)}")
         else:
@@ -466,8 +518,14 @@ class LinearVAE(VAE):
         else:
             var = check_float("noise", noise, minimum=0.0, strict_minimum=True) ** 2
         basis = evecs[:, :k]
-        loading = basis * torch.sqrt((evals[:k] - beta * var).clamp(min=0.0))
-        model_cov = loading @ loading.T + var * torch.eye(d, dtype=torch.float64)
+        # ties at the boundary count as collapsed (exactly zero loading), as in the rule
+        gap = torch.where(
+            _collapse_rule(evals[:k], beta * var, COLLAPSE_RTOL, COLLAPSE_ATOL),
+            0.0,
+            evals[:k] - beta * var,
+        )
+        loading = basis * torch.sqrt(gap)
+        model_cov = loading @ loading.T + var * torch.eye(d, dtype=torch.float64, device=x.device)
         logdet = torch.logdet(model_cov)
         fit = torch.trace(torch.linalg.solve(model_cov, cov))
         log_lik = -0.5 * (d * _LOG_2PI + logdet + fit)
@@ -475,9 +533,18 @@ class LinearVAE(VAE):
 
     @staticmethod
     def collapsed_dimensions(
-        eigenvalues: torch.Tensor | list[float], noise: float, *, beta: float = 1.0
+        eigenvalues: torch.Tensor | list[float],
+        noise: float,
+        *,
+        beta: float = 1.0,
+        rtol: float = COLLAPSE_RTOL,
+        atol: float = COLLAPSE_ATOL,
     ) -> torch.Tensor:
         """The analytic collapse rule: direction i collapses iff ``lambda_i <= beta sigma^2``.
+
+        Ties at the boundary count as collapsed: the comparison is ``lambda_i <= beta
+        sigma^2 (1 + rtol) + atol``, so that ``noise = sqrt(lambda_i)`` (whose square
+        rounds below ``lambda_i``) gives a collapsed direction, as the optimum has it.
 
         Parameters
         ----------
@@ -488,6 +555,9 @@ class LinearVAE(VAE):
             The decoder's standard deviation sigma (> 0).
         beta : float
             KL weight (> 0).
+        rtol, atol : float
+            Relative tolerance on ``beta sigma^2`` and absolute tolerance in units of the
+            eigenvalues (>= 0); see :meth:`PPCASolution.collapsed_dimensions`.
 
         Returns
         -------
@@ -505,7 +575,7 @@ class LinearVAE(VAE):
             raise ValueError("eigenvalues must be finite and >= 0")
         sigma = check_float("noise", noise, minimum=0.0, strict_minimum=True)
         beta = check_float("beta", beta, minimum=0.0, strict_minimum=True)
-        return lam <= beta * sigma**2
+        return _collapse_rule(lam, beta * sigma**2, rtol, atol)
 
     def extra_repr(self) -> str:
         noise = "learned" if self.learned_noise else f"{float(self.fixed_noise):g}"

@@ -193,6 +193,7 @@ class SequenceVAE(VAE):
             )
         if x.shape[0] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one row")
+        self.check_on_device(name, x)
         outside = (x < 0) | (x >= self.vocab_size)
         if bool(outside.any()):
             r, t = (int(i) for i in torch.nonzero(outside)[0])
@@ -323,10 +324,10 @@ class SequenceVAE(VAE):
         z = self.check_latent(z, matrix=True)
         length = self.max_len if max_len is None else check_int("max_len", max_len, minimum=2)
         n = z.shape[0]
-        out = torch.full((n, length), PAD_ID, dtype=torch.long)
+        out = torch.full((n, length), PAD_ID, dtype=torch.long, device=z.device)
         out[:, 0] = BOS_ID
         state = self._initial_state(z)
-        done = torch.zeros(n, dtype=torch.bool)
+        done = torch.zeros(n, dtype=torch.bool, device=z.device)
         for t in range(1, length):
             logits, state = self._run(z, out[:, t - 1 : t], state)
             logits = logits[:, 0]

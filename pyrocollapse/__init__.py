@@ -16,6 +16,7 @@ _LAZY = {
     "CollapseReport": "pyrocollapse.report",
     "fit": "pyrocollapse.train",
     "History": "pyrocollapse.train",
+    "NonFiniteLossError": "pyrocollapse.train",
     "load_dataset": "pyrocollapse.data",
     "to_inference_data": "pyrocollapse.summaries",
     "summarize": "pyrocollapse.summaries",

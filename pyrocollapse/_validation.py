@@ -74,11 +74,13 @@ def check_data(
     event_shape: tuple[int, ...] | None = None,
     floating: bool = True,
     allow_empty: bool = False,
+    finite: bool = True,
 ) -> torch.Tensor:
     """Validate a data tensor of shape ``(N, *event_shape)``.
 
     Checks that ``x`` is a tensor, of a floating dtype (or integer where ``floating`` is
-    False), non-empty, finite, and with the trailing shape ``event_shape``.
+    False), non-empty, and with the trailing shape ``event_shape``; and, unless
+    ``finite=False`` (for hot loops: the scan reads every value), that it is finite.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -95,7 +97,104 @@ def check_data(
             )
     if not allow_empty and x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one row")
-    if floating and not bool(torch.isfinite(x).all()):
+    if finite and floating and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite values")
     return x
+
+
+def check_device(name: str, device: object) -> torch.device | None:
+    """Return ``device`` as a :class:`torch.device` that exists on this machine, or ``None``.
+
+    Accepts ``None`` (returned unchanged: the caller keeps the data's device), a string
+    such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``, or a :class:`torch.device`. Raises
+    ``TypeError`` for any other type and ``ValueError`` naming ``name`` for a string that
+    is not a device, for the ``meta`` device (it holds no values), and for a device this
+    machine does not have (``"cuda"`` without a GPU, ``"cuda:3"`` with one GPU), so that
+    the mistake surfaces before any work instead of deep inside a traced program.
+    """
+    if device is None:
+        return None
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"{name} {device!r} is not a torch device; use None (the data's device), "
+                "'cpu', 'cuda' or 'cuda:<index>'"
+            ) from None
+    if not isinstance(device, torch.device):
+        raise TypeError(
+            f"{name} must be None, a str such as 'cpu' or 'cuda:0', or a torch.device; got "
+            f"{type(device).__name__} {device!r}"
+        )
+    if device.type == "meta":
+        raise ValueError(f"{name} 'meta' holds no values; use 'cpu' or an accelerator")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"{name} {str(device)!r} is not available: torch finds no CUDA device on this "
+                "machine (torch.cuda.is_available() is False); use 'cpu' or None"
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"{name} {str(device)!r} is not available: this machine has {count} CUDA "
+                f"device(s), 'cuda:0' to 'cuda:{count - 1}'"
+            )
+        return device
+    if device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise ValueError(
+                f"{name} {str(device)!r} is not available on this machine ({reason}); use "
+                "'cpu' or None"
+            ) from None
+    return device
+
+
+def module_device(obj: object) -> torch.device | None:
+    """The device of the tensors of a module (or of the module a bound method belongs to).
+
+    ``obj`` may be an :class:`torch.nn.Module` or a bound method of one (``vae.model``);
+    the device of its first parameter or buffer is returned, or ``None`` when ``obj`` is
+    neither or holds no tensors (a plain function, a parameter-free module).
+    """
+    module = getattr(obj, "__self__", obj)
+    if not isinstance(module, torch.nn.Module):
+        return None
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return None
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_type(name: str, value: object, types: type | tuple[type, ...], expected: str) -> object:
+    """Return ``value`` if it is an instance of ``types``; ``expected`` reads e.g. ``"a History"``."""
+    if not isinstance(value, types):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def check_columns(name: str, table: object, columns: Iterable[str]) -> object:
+    """Return ``table`` if it is a pandas DataFrame holding every one of ``columns``."""
+    import pandas as pd
+
+    check_type(name, table, pd.DataFrame, "a pandas DataFrame")
+    missing = [c for c in columns if c not in table.columns]  # type: ignore[attr-defined]
+    if missing:
+        raise ValueError(
+            f"{name} lacks the column(s) {', '.join(map(repr, missing))}; it has "
+            f"{', '.join(map(repr, table.columns)) or 'none'}"  # type: ignore[attr-defined]
+        )
+    return table

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from pyrocollapse._validation import check_choice, check_float, check_int
+from pyrocollapse._validation import check_bool, check_choice, check_float, check_int, check_type
 from pyrocollapse.train import Callback, EpochRecord, TrainState
 
 __all__ = [
@@ -98,8 +98,12 @@ class CollapseCallback(Callback):
             else check_int("min_active_units", min_active_units, minimum=1)
         )
         self.min_mi = None if min_mi is None else check_float("min_mi", min_mi, minimum=0.0)
-        if not isinstance(site, str) or not site:
-            raise TypeError(f"site must be a latent site name (str), got {site!r}")
+        if not isinstance(site, str):
+            raise TypeError(
+                f"site must be a latent site name (str), got {type(site).__name__} {site!r}"
+            )
+        if not site:
+            raise ValueError("site must be a non-empty latent site name such as 'z', got ''")
         self.site = site
         self.patience = check_int("patience", patience, minimum=1)
         self.streak = 0
@@ -259,6 +263,7 @@ class Checkpoint:
     @classmethod
     def take(cls, state: TrainState) -> Checkpoint:
         """Copy ``state`` now."""
+        check_type("state", state, TrainState, "a TrainState (the state fit hands to callbacks)")
         with torch.no_grad():
             params = [p.detach().clone() for p in state.guide_params + state.model_params]
         return cls(
@@ -335,9 +340,7 @@ class RollbackOnCollapse(CollapseCallback):
         )
         self.then = check_choice("then", then, ("stop", "continue", "aggressive"))
         self.max_rollbacks = check_int("max_rollbacks", max_rollbacks, minimum=1)
-        if not isinstance(restore_schedule, bool):
-            raise TypeError(f"restore_schedule must be a bool, got {restore_schedule!r}")
-        self.restore_schedule = restore_schedule
+        self.restore_schedule = check_bool("restore_schedule", restore_schedule)
         self.checkpoint: Checkpoint | None = None
         self.rollbacks = 0
 

@@ -2,8 +2,12 @@
 
 ``pyrocollapse run`` trains a VAE on a dataset, prints progress and a collapse report, and
 writes a report folder (see :mod:`pyrocollapse.report_folder`); ``pyrocollapse report DIR``
-re-renders a folder's figures and ``report.html`` from its saved files. User errors print
-one line and exit with status 2; ``--verbose`` shows the traceback.
+re-renders a folder's figures and ``report.html`` from its saved files.
+
+Exit status: 0 on success; 2 for a user error (a bad option, name or value, a missing or
+unsuitable file or folder), printed as one line ``pyrocollapse: error: ...`` on stderr;
+1 for an unexpected failure while running; 130 when interrupted (Ctrl-C). No traceback
+is printed unless ``--verbose`` is given, which adds it above the one-line message.
 """
 
 from __future__ import annotations
@@ -11,12 +15,23 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 __all__ = ["main", "parse_options"]
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotImplementedError)
+#: Exceptions that mean "the user asked for something that cannot be done": exit status 2.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    NotImplementedError,
+)
 
 
 class UsageError(Exception):
@@ -25,7 +40,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"pyrocollapse: error: {message} (see '{self.prog} --help')\n")
 
 
 def _coerce(text: str) -> Any:
@@ -54,6 +69,10 @@ def parse_options(
     Values become bool/None/int/float/tuple (comma-separated) where they parse as such.
     Unknown keys raise ``ValueError`` listing the accepted ones.
     """
+    if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)):
+        raise TypeError(
+            f"pairs must be a list of KEY=VALUE strings, got {type(pairs).__name__} {pairs!r}"
+        )
     params = [
         p.name
         for p in inspect.signature(target).parameters.values()
@@ -291,8 +310,19 @@ def _base_config(args: argparse.Namespace) -> Any:
     from pyrocollapse.experiment import RunConfig
     from pyrocollapse.models import MODELS
 
-    ds_options = parse_options(args.dataset_option, DATASETS.get(args.dataset), "dataset")
+    loader = DATASETS.get(args.dataset)
+    ds_options = parse_options(args.dataset_option, loader, "dataset")
     if args.data_path is not None:
+        if "path" not in inspect.signature(loader).parameters:
+            takes_path = [
+                n
+                for n in DATASETS.names()
+                if "path" in inspect.signature(DATASETS.get(n)).parameters
+            ]
+            raise ValueError(
+                f"--data-path is for datasets read from disk ({', '.join(takes_path)}); "
+                f"dataset {args.dataset!r} takes no path"
+            )
         ds_options["path"] = args.data_path
     model_cls = MODELS.get(args.model)
     return RunConfig(
@@ -439,6 +469,11 @@ def report_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyrocollapse`` console script; returns the exit status."""
+    if isinstance(argv, str) or not (argv is None or isinstance(argv, (list, tuple))):
+        raise TypeError(
+            f"argv must be a list of strings such as ['run', '--epochs', '5'], got "
+            f"{type(argv).__name__} {argv!r}"
+        )
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     try:
@@ -447,22 +482,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"run": run, "compare": compare_command, "report": report_command}[args.command](
             args
         )
+    except SystemExit as e:  # argparse: --help, --version, usage errors (already printed)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except USER_ERRORS as e:
-        if verbose:
-            raise
-        print(f"pyrocollapse: error: {e}", file=sys.stderr)
+        _report_error(e, verbose)
         return 2
     except KeyboardInterrupt:
-        print("pyrocollapse: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # pragma: no cover - unexpected failures
         if verbose:
-            raise
-        print(
-            f"pyrocollapse: unexpected {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
-            file=sys.stderr,
-        )
+            traceback.print_exc()
+        print("pyrocollapse: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # unexpected failures
+        _report_error(e, verbose, unexpected=True)
         return 1
+
+
+def _report_error(e: BaseException, verbose: bool, *, unexpected: bool = False) -> None:
+    """One line on stderr (the traceback above it with ``verbose``)."""
+    if verbose:
+        traceback.print_exc()
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = lines[0] if lines else type(e).__name__
+    if unexpected:
+        message = f"unexpected {type(e).__name__}: {message}"
+    if len(lines) > 1 or unexpected:
+        message += " (rerun with --verbose for the details)" if not verbose else ""
+    print(f"pyrocollapse: error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import traceback
 from collections.abc import Sequence
@@ -37,6 +38,15 @@ RANKING = "held-out importance-weighted log-likelihood (higher is better), then 
 
 def run_id(prior: str, elbo: str, seed: int) -> str:
     """Folder name of one grid cell, e.g. ``"mixture__freebits__seed1"``."""
+    for what, name in (("prior", prior), ("elbo", elbo)):
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must be a registry name (str), got {type(name).__name__}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or "__" in name:
+            raise ValueError(
+                f"{what} must be a registry name of letters, digits, '-' and single '_', "
+                f"got {name!r}"
+            )
+    seed = check_int("seed", seed, minimum=0)
     return f"{prior}__{elbo}__seed{seed}"
 
 
@@ -53,14 +63,19 @@ def _one_run(config_dict: dict[str, Any], out: str, threads: int | None) -> dict
     return {**_row_from_metrics(result.metrics), "wall_time": time.perf_counter() - start}
 
 
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _row_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     rep = metrics["report"]
     return {
         "active_units": rep["active_units"],
-        "mi": sum(s["mi"] for s in rep["sites"].values()),
-        "kl": rep["elbo"]["kl"],
-        "elbo": rep["elbo"]["elbo"],
-        "iw_log_likelihood": rep["elbo"].get("log_likelihood", math.nan),
+        # estimators left out of a run (and non-finite values) are None in metrics.json
+        "mi": sum(_number(s.get("mi")) for s in rep["sites"].values()),
+        "kl": _number(rep["elbo"].get("kl")),
+        "elbo": _number(rep["elbo"].get("elbo")),
+        "iw_log_likelihood": _number(rep["elbo"].get("log_likelihood")),
         "wall_time": metrics.get("train_seconds", math.nan),
         "verdict": rep["verdict"],
     }
@@ -96,7 +111,10 @@ def compare(
         Everything else (dataset, model, latent_dim, epochs, ...); its ``prior``, ``elbo``
         and ``seed`` are replaced per run.
     prior_options, elbo_options : dict or None
-        Per-name options, e.g. ``{"mixture": {"n_components": 10}}``.
+        Per-name options, e.g. ``{"mixture": {"n_components": 10}}``. Every key must
+        be a registered prior (objective) name; options for a registered name that is
+        not in this grid are ignored, so one options dict can serve grids of different
+        sizes. (The command line, where both are typed together, refuses them.)
     jobs : int
         Worker processes (1: run in this process).
     iw_samples : int
@@ -118,19 +136,41 @@ def compare(
 
     from pyrocollapse._io import atomic_write_text
 
+    if base is not None and not isinstance(base, RunConfig):
+        raise TypeError(f"base must be a RunConfig or None, got {type(base).__name__}")
     base = RunConfig() if base is None else base
     if isinstance(priors, str) or isinstance(elbos, str):
         raise TypeError("priors and elbos must be sequences of names, e.g. ['standard', 'mixture']")
+    priors, elbos = list(priors), list(elbos)
     if not priors or not elbos:
         raise ValueError("priors and elbos must each name at least one entry")
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, Sequence)) or isinstance(seeds, str):
+        raise TypeError(
+            f"seeds must be an int (seeds 0..n-1) or a sequence of ints, got {type(seeds).__name__}"
+        )
     seed_list = (
         list(range(check_int("seeds", seeds, minimum=1)))
         if isinstance(seeds, int)
-        else [check_int("seeds[i]", s, minimum=0) for s in seeds]
+        else [check_int(f"seeds[{i}]", s, minimum=0) for i, s in enumerate(seeds)]
     )
+    if not seed_list:
+        raise ValueError("seeds must name at least one seed, got an empty sequence")
     jobs = check_int("jobs", jobs, minimum=1)
     iw_samples = check_int("iw_samples", iw_samples, minimum=1)
-    prior_options, elbo_options = prior_options or {}, elbo_options or {}
+    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.priors import PRIORS
+
+    prior_options = _grid_options("prior_options", prior_options, PRIORS)
+    elbo_options = _grid_options("elbo_options", elbo_options, ELBOS)
+    for p in priors:
+        run_id(p, "elbo", 0)  # names usable as folder names
+    for e in elbos:
+        run_id("standard", e, 0)
+    from pyrocollapse.experiment import check_output_folder
+
+    if not isinstance(out, (str, Path)):
+        raise TypeError(f"out must be a str or a Path, got {type(out).__name__}")
+    out = check_output_folder("out", out)
     cells = []
     for p in priors:
         for e in elbos:
@@ -147,7 +187,6 @@ def compare(
                 )
                 cfg.validate()  # every name and option checked before any training
                 cells.append((run_id(p, e, s), cfg))
-    out = Path(out)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
@@ -223,9 +262,30 @@ def compare(
     return summary
 
 
+def _grid_options(name: str, options: Any, registry: Any) -> dict[str, dict[str, Any]]:
+    """``{name: {option: value}}``, every key a name registered in ``registry``."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise TypeError(
+            f"{name} must be a dict of name -> options dict, e.g. {{'mixture': {{'n_components': 10}}}}, "
+            f"got {options!r}"
+        )
+    for key in options:
+        try:
+            registry.get(key)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return options
+
+
 def summarize_runs(table: Any) -> Any:
     """Mean and standard deviation over seeds per (prior, elbo), ranked by :data:`RANKING`."""
     import pandas as pd
+
+    from pyrocollapse._validation import check_columns
+
+    check_columns("table", table, ["prior", "objective", "status"])
 
     out = []
     for (prior, elbo), g in table.groupby(["prior", "objective"], sort=False):

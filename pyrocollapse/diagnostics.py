@@ -36,10 +36,16 @@ matrix products. Vectorised model runs hold at most ``2**14`` (draws x points) r
 
 Devices and reproducibility
 ---------------------------
-``device`` moves each data chunk to that device before tracing; the model and guide are
-*not* moved (put their parameters on the device first). Results come back as NumPy
-arrays. Estimators draw from torch's global RNG (seed it with ``pyro.set_rng_seed``);
-:func:`diagnose` seeds it itself and restores the previous state.
+Every estimator takes ``device``: ``None`` (default) runs where the data are; a device
+(``"cpu"``, ``"cuda"``, ``"cuda:1"``, a :class:`torch.device`) moves each chunk of
+``batch_size`` points there just before it is traced, so the data set itself may stay in
+host memory. The model and guide are *not* moved: put their parameters on the device
+first (``vae.to("cuda")``). A device this machine lacks raises ``ValueError`` before any
+work, and so does a model (a ``PyroModule`` whose bound ``model`` / ``guide`` are passed)
+whose parameters sit on another device than the one the chunks go to. Results always
+come back on the host, as NumPy arrays, whatever the device. Estimators draw from
+torch's global RNG (seed it with ``pyro.set_rng_seed``); :func:`diagnose` seeds it
+itself (CPU and, when it runs there, the CUDA device) and restores the previous state.
 """
 
 from __future__ import annotations
@@ -58,7 +64,14 @@ from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from pyrocollapse._validation import check_choice, check_data, check_float, check_int
+from pyrocollapse._validation import (
+    check_choice,
+    check_data,
+    check_device,
+    check_float,
+    check_int,
+    module_device,
+)
 
 __all__ = [
     "DEFAULT_ESTIMATORS",
@@ -126,19 +139,46 @@ def _check_inputs(data: object, batch_size: object) -> tuple[torch.Tensor, int]:
 
 
 def _check_device(device: object) -> torch.device | None:
-    if device is None or isinstance(device, torch.device):
-        return device
-    if isinstance(device, str):
-        try:
-            return torch.device(device)
-        except RuntimeError as e:
+    """``device`` checked with :func:`pyrocollapse._validation.check_device`."""
+    return check_device("device", device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same, ``"cuda"`` meaning the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
+def _setup_device(
+    model: Callable, guide: Callable, x: torch.Tensor, device: object
+) -> torch.device | None:
+    """Check ``device`` and that the programs' modules live where the chunks will go.
+
+    Returns the checked device (``None``: the data's device). Only programs that are
+    modules or bound methods of modules (``vae.model``) can be checked; for plain
+    functions a mismatch surfaces as torch's own error.
+    """
+    dev = _check_device(device)
+    target = x.device if dev is None else dev
+    for label, fn in (("model", model), ("guide", guide)):
+        where = module_device(fn)
+        if where is not None and not _same_device(where, target):
+            source = "the data's device (device=None)" if dev is None else f"device={str(dev)!r}"
             raise ValueError(
-                f"device {device!r} is not a torch device ({e}); use e.g. 'cpu' or 'cuda:0'"
-            ) from None
-    raise TypeError(
-        "device must be None, a str such as 'cuda:0' or a torch.device; "
-        f"got {type(device).__name__} {device!r}"
-    )
+                f"the {label}'s parameters are on {where} but the data chunks go to {target}, "
+                f"{source}. Try one of the following fixes:\n"
+                f"- move the model first: vae.to({str(target)!r})\n"
+                f"- or run where the model is: pass device={str(where)!r}"
+            )
+    return dev
+
+
+def _effective_device(x: torch.Tensor, device: torch.device | None) -> torch.device:
+    return x.device if device is None else device
 
 
 def _chunks(
@@ -149,18 +189,27 @@ def _chunks(
 
 
 class _seeded:
-    """Context manager: seed torch's RNG for reproducible diagnostics, then restore it."""
+    """Context manager: seed torch's RNG for reproducible diagnostics, then restore it.
 
-    def __init__(self, seed: int | None) -> None:
+    ``torch.manual_seed`` seeds the CPU generator and every CUDA generator; the state of
+    the CPU generator and, when ``device`` is a CUDA device, of that device's generator
+    is restored on exit.
+    """
+
+    def __init__(self, seed: int | None, device: torch.device | None = None) -> None:
         self.seed = None if seed is None else check_int("seed", seed, minimum=0)
+        self.cuda = device if device is not None and device.type == "cuda" else None
 
     def __enter__(self) -> None:
         self.state = torch.get_rng_state()
+        self.cuda_state = None if self.cuda is None else torch.cuda.get_rng_state(self.cuda)
         if self.seed is not None:
             torch.manual_seed(self.seed)
 
     def __exit__(self, *exc: object) -> None:
         torch.set_rng_state(self.state)
+        if self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state, self.cuda)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -244,10 +293,52 @@ def _observed_names(model_tr: Any) -> list[str]:
     return [name for name, site in _sample_sites(model_tr) if site["is_observed"]]
 
 
-def _layout(model: Callable, guide: Callable, x: torch.Tensor) -> _Layout:
-    """Probe the programs on two points: plate nesting and the data plate."""
-    with torch.no_grad():
-        model_tr, guide_tr = _run(model, guide, x[:2])
+#: Exceptions of a failed probe run that get the probe's context added to their message.
+_PROBE_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
+
+
+def _expected_shape(model: Callable) -> str:
+    """``" (the model takes (N, 64))"`` when the program belongs to a ready model."""
+    shape = getattr(getattr(model, "__self__", None), "event_shape", None)
+    if isinstance(shape, tuple) and all(isinstance(v, int) for v in shape) and shape:
+        return f"; the model takes (N, {', '.join(map(str, shape))})"
+    return ""
+
+
+def _probe(
+    model: Callable, guide: Callable, x: torch.Tensor, device: torch.device | None = None
+) -> tuple[Any, Any]:
+    """Trace guide and model on the first two points of ``x`` (moved to ``device``).
+
+    The probe finds the latent sites and the plates; when it fails, the error keeps its
+    type and message and says what was traced and how to fix the usual causes (data of
+    the wrong shape, a plate sized by a fixed number instead of ``x.shape[0]``).
+    """
+    probe = x[:2] if device is None else x[:2].to(device)
+    try:
+        with torch.no_grad():
+            return _run(model, guide, probe)
+    except _PROBE_ERRORS as e:
+        if type(e) not in _PROBE_ERRORS:
+            raise
+        raise type(e)(
+            f"{e}\n\nWhile tracing the model and guide on data[:2] (shape "
+            f"{tuple(probe.shape)}; data has shape {tuple(x.shape)}{_expected_shape(model)}), "
+            "which the diagnostics do to find the latent sites and plates before running on "
+            "chunks of batch_size points. Try one of the following fixes:\n"
+            "- pass data with one observation per row of dim 0, with the trailing shape the "
+            "model takes (e.g. data.reshape(len(data), -1) for a model of flat vectors)\n"
+            "- size the data plate from the batch, pyro.plate('data', x.shape[0]), not from a "
+            "fixed number of points: the programs must run on any number of rows"
+        ) from e
+
+
+def _layout(
+    model: Callable, guide: Callable, x: torch.Tensor, traces: tuple[Any, Any] | None = None
+) -> _Layout:
+    """Probe the programs on two points (or read ``traces`` of such a probe): plate
+    nesting and the data plate."""
+    model_tr, guide_tr = _probe(model, guide, x) if traces is None else traces
     nesting = 1
     for tr in (model_tr, guide_tr):
         for _, site in _sample_sites(tr):
@@ -321,11 +412,27 @@ def _per_point(
     return values.sum(drop) if drop else values
 
 
-def latent_site_names(model: Callable, guide: Callable, data: torch.Tensor) -> list[str]:
-    """Latent sites shared by guide and model, in guide order (traced on 2 data points)."""
+def latent_site_names(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    device: str | torch.device | None = None,
+) -> list[str]:
+    """Latent sites shared by guide and model, in guide order (traced on 2 data points).
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs taking a chunk ``x``.
+    data : torch.Tensor
+        Shape ``(N, ...)``; only ``data[:2]`` is traced.
+    device : str, torch.device or None
+        Device the two points are moved to (``None``: where the data are).
+    """
     x, _ = _check_inputs(data, 1)
-    with torch.no_grad():
-        return _latent_names(*_run(model, guide, x[:2]))
+    dev = _setup_device(model, guide, x, device)
+    return _latent_names(*_probe(model, guide, x, dev))
 
 
 @dataclass
@@ -353,8 +460,13 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
     if len(q.event_shape) != 1 or tuple(q.batch_shape) != (batch,):
         raise ValueError(
             f"latent site {site!r} must have batch shape (N,) from one data plate over dim -1 "
-            f"and event shape (latent_dim,); got batch {tuple(q.batch_shape)}, event "
-            f"{tuple(q.event_shape)} for N={batch}. Try .to_event(1) on the site's distribution."
+            f"and event shape (latent_dim,); on a chunk of N={batch} points it has batch "
+            f"shape {tuple(q.batch_shape)} and event shape {tuple(q.event_shape)}. Try one of "
+            "the following fixes:\n"
+            "- declare the latent dimensions as an event: .to_event(1) on the site's "
+            "distribution\n"
+            "- sample the site inside pyro.plate('data', x.shape[0]), sized by the chunk, not "
+            "by a fixed number of points (diagnostics run on chunks of batch_size points)"
         )
     return SiteDraw(q, p, z)
 
@@ -370,7 +482,7 @@ def site_draws(
 ) -> Iterator[SiteDraw]:
     """Yield :class:`SiteDraw` for ``site`` over consecutive chunks of ``data``."""
     x, batch_size = _check_inputs(data, batch_size)
-    device = _check_device(device)
+    device = _setup_device(model, guide, x, device)
     for xb in _chunks(x, batch_size, device):
         with torch.no_grad():
             model_tr, guide_tr = _run(model, guide, xb)
@@ -480,6 +592,8 @@ def marginal_log_prob(d: dist.Distribution, z: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         Shape ``broadcast(z.shape)`` with the last axis over dimensions (nats).
     """
+    if not isinstance(d, dist.Distribution):
+        raise TypeError(f"d must be a torch Distribution, got {type(d).__name__}")
     base = _marginal(d)
     if base is not None:
         return base.log_prob(z)
@@ -536,10 +650,11 @@ class _PriorMarginals:
         dim = first.z.shape[-1]
         per_call = max(1, first.z[..., 0].numel())
         samples = first.p.sample((-(-num_draws // per_call),)).reshape(-1, dim)[:num_draws]
-        samples = samples.detach().double().cpu()
+        samples = samples.detach().double().cpu()  # the estimate lives on the host
         m = samples.shape[0]
         sd = samples.std(0)
-        q = torch.quantile(samples, torch.tensor([0.25, 0.75], dtype=samples.dtype), dim=0)
+        quartiles = torch.tensor([0.25, 0.75], dtype=samples.dtype, device=samples.device)
+        q = torch.quantile(samples, quartiles, dim=0)
         spread = torch.minimum(sd, (q[1] - q[0]) / 1.34)
         spread = torch.where(spread > 0, spread, sd).clamp_min(1e-6)
         self.kde = (samples.T.contiguous(), 0.9 * spread * m ** (-0.2))  # (D, M), (D,)
@@ -548,7 +663,7 @@ class _PriorMarginals:
         h = self.kde[1]
         lo = torch.minimum(samples.min(0).values - 8 * h, samples.mean(0) - 10 * sd)
         hi = torch.maximum(samples.max(0).values + 8 * h, samples.mean(0) + 10 * sd)
-        t = torch.linspace(0, 1, self._GRID, dtype=torch.float64)
+        t = torch.linspace(0, 1, self._GRID, dtype=torch.float64, device=samples.device)
         grid = lo[:, None] + (hi - lo)[:, None] * t  # (D, G)
         self.lo, self.step = lo, (hi - lo) / (self._GRID - 1)
         self.table = self._exact(grid.T).T.contiguous()  # (D, G)
@@ -581,7 +696,7 @@ class _PriorMarginals:
         inside = (pos >= 0) & (pos <= self._GRID - 1)
         i0 = pos.floor().clamp(0, self._GRID - 2).long()
         w = (pos - i0).clamp(0, 1)
-        offset = torch.arange(flat.shape[1]) * self._GRID
+        offset = torch.arange(flat.shape[1], device=flat.device) * self._GRID
         table = self.table.reshape(-1)
         out = torch.lerp(table[i0 + offset], table[i0 + 1 + offset], w)
         if not bool(inside.all()):
@@ -717,7 +832,9 @@ def kl_per_dimension(
     batch_size : int
         Points per chunk.
     device : str, torch.device or None
-        Device the chunks are moved to (the model is not moved).
+        Device each chunk is moved to before tracing; ``None``: where the data are. The
+        model is not moved (``vae.to(device)`` first); results come back as NumPy arrays.
+        ``ValueError`` for a device this machine lacks or a model on another device.
 
     Returns
     -------
@@ -753,7 +870,7 @@ def _interval(
     """Bootstrap interval from replicates ``values`` (first axis): the percentile interval,
     or with ``estimate`` the basic (pivotal) interval ``2 * estimate - quantiles``, which
     corrects to first order a plug-in estimator's bias that the replicates reproduce."""
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64, device="cpu")
     lo, hi = (float(v) for v in torch.quantile(values.double().cpu(), q, dim=0))
     if estimate is None:
         return lo, hi
@@ -822,7 +939,11 @@ def _au_from_draws(
     means = torch.cat([_posterior_mean(d.q, num_samples) for d in draws]).double()
     means = means - means.mean(0)
     n = means.shape[0]
-    var = means.pow(2).mean(0) if n > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
+    var = (
+        means.pow(2).mean(0)
+        if n > 1
+        else torch.zeros(means.shape[1], dtype=torch.float64, device=means.device)
+    )
     if bootstrap == 0 or n < 2:
         return ActiveUnits(_numpy(var), threshold)
     counts = _bootstrap_counts(n, bootstrap, means.device)
@@ -830,7 +951,7 @@ def _au_from_draws(
     var_r = counts @ means.pow(2) / n - m1.pow(2)
     active_r = var_r > threshold
     count_ci = _interval(active_r.sum(1).double(), ci_level)
-    q = torch.tensor([(1 - ci_level) / 2, (1 + ci_level) / 2], dtype=torch.float64)
+    q = torch.tensor([(1 - ci_level) / 2, (1 + ci_level) / 2], dtype=torch.float64, device="cpu")
     return ActiveUnits(
         _numpy(var),
         threshold,
@@ -1082,7 +1203,23 @@ class MutualInformation:
     per_dim : numpy.ndarray or None
         I_q(x; z_d) per dimension (shape ``(D,)``), where q has univariate marginals.
     aggregate_kl : float
-        KL(q(z) || p(z)), the "marginal KL" of ELBO surgery (Hoffman & Johnson 2016).
+        KL(q(z) || p(z)), the "marginal KL" of ELBO surgery (Hoffman & Johnson 2016): the
+        Monte Carlo mean of log q(z) - log p(z) over the draws, *not* clipped at 0, so that
+        ``KL = total + aggregate_kl`` holds draw for draw. For an unconditional prior the
+        quantity estimated is a divergence (>= 0) and a negative estimate is Monte Carlo
+        noise: judge it against :attr:`aggregate_kl_stderr`. For a conditional prior
+        (:attr:`conditional_prior`, e.g. the ``"z"`` site of a
+        :class:`~pyrocollapse.priors.HierarchicalPrior`) it is
+        ``E_x E_q[log q(z) - log p(z | parents)]`` at the guide's draws of the parents,
+        which is not a divergence and can be genuinely negative (a conditional prior can
+        be closer to q(z|x) than the aggregate q(z) is).
+    aggregate_kl_stderr : float
+        Monte Carlo standard error of :attr:`aggregate_kl` (the standard deviation of the
+        per-draw terms over the square root of their number; ``nan`` for a single draw).
+        It holds the aggregate posterior fixed, so it does not include the bias of
+        log q(z) at small N.
+    conditional_prior : bool
+        Whether p(z) differs between data points (it depends on other latents).
     aggregate_kl_per_dim : numpy.ndarray or None
         KL(q(z_d) || p(z_d)) per dimension, where per-dimension marginals exist.
     num_samples : int
@@ -1108,6 +1245,8 @@ class MutualInformation:
     per_dim_stderr: np.ndarray | None = None
     per_dim_draws: int = 0
     stderr: float = math.nan
+    aggregate_kl_stderr: float = math.nan
+    conditional_prior: bool = False
 
 
 def _mi_from_draws(
@@ -1147,7 +1286,10 @@ def _mi_from_draws(
         weights = torch.cat([weights, _bootstrap_counts(n, bootstrap, z.device)])
     log_q = agg.log_prob(z, weights)  # (M, 1 + R)
     mi = float((cond_t - log_q[:, 0]).mean())
-    agg_kl = float((log_q[:, 0] - prior_t).mean())
+    agg_terms = log_q[:, 0] - prior_t
+    agg_kl = float(agg_terms.mean())
+    agg_se = float(agg_terms.std() / math.sqrt(m)) if m > 1 else math.nan
+    conditional = any(_varies_over_points(d.p, d.z) for d in draws)
     ci = agg_ci = None
     if bootstrap:
         c = weights[1:, point]  # (R, M)
@@ -1171,7 +1313,18 @@ def _mi_from_draws(
     diff = cond_t - prior_t
     total_se = float(diff.std() / math.sqrt(m)) if m > 1 else math.nan
     return MutualInformation(
-        mi, mi_d, agg_kl, agg_kl_d, num_samples, ci, agg_ci, stderr, used, total_se
+        mi,
+        mi_d,
+        agg_kl,
+        agg_kl_d,
+        num_samples,
+        ci,
+        agg_ci,
+        stderr,
+        used,
+        total_se,
+        agg_se,
+        conditional,
     )
 
 
@@ -1261,7 +1414,10 @@ def aggregate_posterior_kl(
     """KL(q(z) || p(z)) between the aggregate posterior and the prior (nats).
 
     Estimated as E_{q(z)}[log q(z) - log p(z)] with the blockwise aggregate posterior of
-    :func:`mutual_information`; see there for details.
+    :func:`mutual_information`; see there for details. The Monte Carlo estimate is not
+    clipped at 0: near 0 it can come out slightly negative, and for a conditional prior
+    it is not a divergence at all (see :attr:`MutualInformation.aggregate_kl`);
+    ``mutual_information(...).aggregate_kl_stderr`` gives its standard error.
 
     References
     ----------
@@ -1725,8 +1881,8 @@ def _importance_setup(
     model: Callable, guide: Callable, data: object, batch_size: object, device: object
 ) -> tuple[torch.Tensor, int, torch.device | None, _Layout]:
     x, batch_size = _check_inputs(data, batch_size)
-    device = _check_device(device)
-    return x, batch_size, device, _layout(model, guide, x if device is None else x[:2].to(device))
+    device = _setup_device(model, guide, x, device)
+    return x, batch_size, device, _layout(model, guide, x, _probe(model, guide, x, device))
 
 
 def iw_log_likelihood(
@@ -1853,7 +2009,16 @@ def posterior_mean_space(
     Posterior Collapse in Variational Autoencoders. ICLR.
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
-    x, batch_size, device, layout = _importance_setup(model, guide, data, batch_size, device)
+    x, batch_size = _check_inputs(data, batch_size)
+    device = _setup_device(model, guide, x, device)
+    traces = _probe(model, guide, x, device)
+    names = _latent_names(*traces)
+    if site not in names:
+        raise ValueError(
+            f"site must be a latent site of both guide and model, got {site!r}; "
+            f"latent sites found: {', '.join(map(repr, names)) or 'none'}"
+        )
+    layout = _layout(model, guide, x, traces)
     res = _importance_pass(
         model, guide, x, num_samples, batch_size, device, layout, mean_sites=(site,)
     )
@@ -2202,7 +2367,7 @@ def latent_traversal(
         raise ValueError(
             f"x must hold exactly one observation, shape (1, ...); got {tuple(x.shape)}. Pass data[:1]"
         )
-    device = _check_device(device)
+    device = _setup_device(model, guide, x, device)
     x = x if device is None else x.to(device)
     vals = (
         torch.linspace(-3, 3, 7) if values is None else torch.as_tensor(values, dtype=torch.float32)
@@ -2263,7 +2428,7 @@ def reconstruction_means(
         Shape ``(N, *event_shape)`` of the observed site.
     """
     x, batch_size = _check_inputs(data, batch_size)
-    device = _check_device(device)
+    device = _setup_device(model, guide, x, device)
     out = []
     with torch.no_grad():
         for xb in _chunks(x, batch_size, device):
@@ -2338,7 +2503,9 @@ def diagnose(
     batch_size : int
         Points per chunk.
     device : str, torch.device or None
-        Device the data chunks are moved to; the model and guide are not moved.
+        Device each chunk is moved to (``None``: where the data are); the model and guide
+        are not moved, so put them there first (``vae.to(device)``). The report holds
+        host (NumPy) values whatever the device.
     au_threshold : float
         Active-unit threshold on Cov_x(E_q[z_d]) (Burda et al. 2016: 0.01).
     mi_threshold : float
@@ -2400,7 +2567,7 @@ def diagnose(
 
     x, batch_size = _check_inputs(data, batch_size)
     chosen = _check_estimators(estimators)
-    dev = _check_device(device)
+    dev = _setup_device(model, guide, x, device)
     num_samples = check_int("num_samples", num_samples, minimum=1)
     au_threshold = check_float("au_threshold", au_threshold, minimum=0.0)
     mi_threshold = check_float("mi_threshold", mi_threshold, minimum=0.0)
@@ -2424,16 +2591,17 @@ def diagnose(
         raise TypeError(
             f"latent_sites must be a sequence of site names, e.g. ('z',); got {latent_sites!r}"
         )
-    with _seeded(seed):
+    with _seeded(seed, _effective_device(x, dev)):
         if max_points is not None and x.shape[0] > max_points:
-            x = x[torch.randperm(x.shape[0])[:max_points]]
-        probe = x[:2] if dev is None else x[:2].to(dev)
+            # the subset comes from the CPU generator, the same whatever the device
+            x = x[torch.randperm(x.shape[0], device="cpu")[:max_points].to(x.device)]
+        traces = _probe(model, guide, x, dev)
         if latent_sites is None:
-            latent_sites = latent_site_names(model, guide, probe)
+            latent_sites = _latent_names(*traces)
         latent_sites = list(latent_sites)
         if not latent_sites:
             raise ValueError("latent_sites is empty; name at least one latent site")
-        layout = _layout(model, guide, probe)
+        layout = _layout(model, guide, x, traces)
         sweep = _sweep(model, guide, x, latent_sites, batch_size, dev)
         sites = {}
         with torch.no_grad():

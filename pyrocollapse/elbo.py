@@ -40,6 +40,18 @@ call the same :meth:`BaseELBO.evaluate`, so they can never disagree (Pyro's own
 ``Trace_ELBO.loss`` takes a separate code path from its gradient). A KL weight of exactly
 0 works: weights multiply terms; nothing relies on ``poutine.scale``.
 
+Speed
+-----
+Without validation (as in ``fit`` after its first step) the traces compute only the
+log-probabilities the terms read (:func:`importance_traces`): no log q(z) and log p(z)
+beside an analytic KL. Each term is computed once and shared by ``combine`` and the
+breakdown, and the breakdown stays on the device as one tensor until
+:attr:`Evaluation.components` is read. ``jit=True`` (every variant takes it) compiles
+the whole evaluation with :func:`torch.jit.trace`, once per input signature, with the
+KL weight as a tensor input so that schedules never recompile; see
+:mod:`pyrocollapse.jit`. ``benchmarks/training.py`` times both against a hand-written
+PyTorch step.
+
 The minibatch estimators the variants share are plain functions of a :class:`LocalSite`
 (q(z|x), p(z) and the draw z of one latent site over the batch), vectorised over the
 batch: :func:`log_density_matrix`, :func:`log_aggregate_posterior`,
@@ -65,18 +77,23 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
+from pyro import poutine
 from pyro.distributions import Distribution, Independent
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, warn_if_nan
+from torch.distributions import Normal
 
 from pyrocollapse._validation import check_choice, check_float, check_int
 from pyrocollapse.registry import Registry
@@ -100,6 +117,7 @@ __all__ = [
     "MIRegularizedELBO",
     "PlainELBO",
     "importance_log_weights",
+    "importance_traces",
     "imq_kernel",
     "local_site",
     "log_aggregate_posterior",
@@ -171,15 +189,28 @@ class LatentTerm:
         """The guide's draw z, shape ``batch_shape + event_shape``."""
         return self.guide_site["value"]
 
-    @property
+    @cached_property
     def total(self) -> torch.Tensor:
-        """Scaled KL summed over the batch: the amount subtracted from the ELBO."""
-        return (self.kl * self.scale).sum() / self.particles
+        """Scaled KL summed over the batch: the amount subtracted from the ELBO.
+
+        Computed once per term (every variant and the step's breakdown share it).
+        """
+        unit = not _is_tensor(self.scale) and self.scale == 1.0
+        total = (self.kl if unit else self.kl * self.scale).sum()
+        return total / self.particles if self.particles != 1 else total
 
     @property
     def weight(self) -> torch.Tensor:
         """Number of data points the batch stands for (sum of scales), a scalar."""
         return (torch.ones_like(self.kl) * self.scale).sum() / self.particles
+
+    @property
+    def num_data(self) -> float:
+        """:attr:`weight` as a float; without a tensor scale, computed on the host
+        (no device synchronisation)."""
+        if _is_tensor(self.scale):
+            return float(self.weight)
+        return self.kl.numel() * float(self.scale) / self.particles
 
     @property
     def mean_per_dim(self) -> torch.Tensor:
@@ -200,6 +231,9 @@ class LatentTerm:
         """Scaled KL summed over the batch, per dimension, shape ``(latent_dim,)``."""
         if self.kl_per_dim is None:
             return self.mean_per_dim  # raises the explanatory error
+        if not _is_tensor(self.scale) and self.scale == 1.0:
+            total = self.kl_per_dim.reshape(-1, self.kl_per_dim.shape[-1]).sum(0)
+            return total / self.particles if self.particles != 1 else total
         scale = torch.as_tensor(self.scale, dtype=self.kl.dtype, device=self.kl.device)
         weighted = self.kl_per_dim * scale.expand_as(self.kl).unsqueeze(-1)
         return weighted.reshape(-1, self.kl_per_dim.shape[-1]).sum(0) / self.particles
@@ -224,7 +258,9 @@ class ELBOTerms:
     score : torch.Tensor
         Sum of the score-function terms of non-reparameterised guide sites.
     model_trace, guide_trace : pyro.poutine.Trace
-        The traces, with log-probabilities computed.
+        The traces. Without validation only the log-probabilities the terms read are
+        computed (see :func:`importance_traces`); ``trace.compute_log_prob()`` adds the
+        others (memoised).
     particles : int
         Number of vectorised particles in the traces (1 unless vectorised).
     """
@@ -237,19 +273,19 @@ class ELBOTerms:
     guide_trace: Any = field(repr=False)
     particles: int = 1
 
-    @property
+    @cached_property
     def reconstruction(self) -> torch.Tensor:
-        """Sum over observed sites of the scaled log-likelihood."""
-        return sum(self.observed.values(), torch.zeros(()))
+        """Sum over observed sites of the scaled log-likelihood (computed once)."""
+        return _sum(self.observed.values())
 
-    @property
+    @cached_property
     def kl(self) -> torch.Tensor:
-        """Total KL over latent sites."""
-        return sum((t.total for t in self.latent.values()), torch.zeros(()))
+        """Total KL over latent sites (computed once)."""
+        return _sum(t.total for t in self.latent.values())
 
-    @property
+    @cached_property
     def elbo(self) -> torch.Tensor:
-        """The plain (unweighted) ELBO estimate."""
+        """The plain (unweighted) ELBO estimate (computed once)."""
         return self.reconstruction - self.kl - self.auxiliary
 
     @property
@@ -261,13 +297,25 @@ class ELBOTerms:
         scale; else 1.
         """
         for term in self.latent.values():
-            return float(term.weight)
+            return term.num_data
         for name in self.observed:
             site = self.model_trace.nodes[name]
             for frame in site["cond_indep_stack"]:
                 if frame.dim == -1 and frame.name != _PARTICLE_PLATE:
                     return float(frame.size * torch.as_tensor(site["scale"]).mean())
         return 1.0
+
+
+def _is_tensor(x: object) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Sum of scalar tensors without the extra ``zeros(())`` operand; ``zeros(())`` if empty."""
+    total: torch.Tensor | None = None
+    for t in tensors:
+        total = t if total is None else total + t
+    return torch.zeros(()) if total is None else total
 
 
 def _factor(d: Any) -> Any:
@@ -312,6 +360,12 @@ def latent_term(
         if per_dim.shape != q1.batch_shape:
             per_dim = per_dim.expand(q1.batch_shape)
         kl = per_dim.sum(-1)
+    elif (
+        not closed_form and "unscaled_log_prob" in guide_site and "unscaled_log_prob" in model_site
+    ):
+        # the traces already hold log q(z) and log p(z) (validation computes them): reuse
+        kl, analytic = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"], False
+        kl = kl.expand(q.batch_shape) if kl.shape != q.batch_shape else kl
     else:
         kl, analytic = _kl(q, p, z, closed_form)
         if not torch.is_tensor(kl):
@@ -324,13 +378,48 @@ def latent_term(
     return LatentTerm(name, kl, per_dim, scale, analytic, guide_site, model_site, particles)
 
 
+def importance_traces(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, max_plate_nesting: float
+) -> tuple[Any, Any]:
+    """The guide's trace and the model's trace replayed on it, pruned of subsample sites.
+
+    Under validation (or for a ``GuideMessenger`` guide) this is exactly
+    :func:`pyro.infer.enum.get_importance_trace`: every site's log-probability and score
+    parts are computed and site shapes are checked. Without validation it is the lean
+    path of the training loop: it computes only what :func:`compute_terms` reads, the
+    log-likelihood of observed sites, log q of guide-only sites and score parts of
+    non-reparameterised guide sites. A latent site's log q(z) and log p(z) are not
+    computed when its KL is analytic (they would be discarded); call
+    ``trace.compute_log_prob()`` (memoised) to get them.
+
+    Returns
+    -------
+    (model_trace, guide_trace)
+    """
+    if is_validation_enabled() or isinstance(poutine.unwrap(guide), Messenger):
+        return get_importance_trace("flat", max_plate_nesting, model, guide, args, kwargs)
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    model_trace = prune_subsample_sites(model_trace)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace.compute_log_prob(lambda name, site: site["is_observed"])
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and (
+            not site["fn"].has_rsample or name not in model_trace.nodes
+        ):
+            guide_trace.compute_score_parts()  # rare: score-function or auxiliary sites
+            break
+    return model_trace, guide_trace
+
+
 def compute_terms(model_trace: Any, guide_trace: Any, particles: int = 1) -> ELBOTerms:
     """Compute :class:`ELBOTerms` from a guide trace and the model trace replayed on it.
 
-    Both traces must already carry log-probabilities (``compute_log_prob`` on the model,
-    ``compute_score_parts`` on the guide), as :func:`pyro.infer.enum.get_importance_trace`
-    leaves them. ``particles`` is the size of a vectorised particle plate (sums are
-    divided by it), 1 otherwise.
+    The traces must carry the log-probabilities of observed sites (model) and the score
+    parts of guide-only and non-reparameterised sites (guide), as
+    :func:`importance_traces` and :func:`pyro.infer.enum.get_importance_trace` leave
+    them. ``particles`` is the size of a vectorised particle plate (sums are divided by
+    it), 1 otherwise.
 
     The closed-form KL of a site z integrates over q(z | ...) with p(z | parents) held
     fixed, which is valid only when z's model parents are drawn before z in the guide.
@@ -346,22 +435,24 @@ def compute_terms(model_trace: Any, guide_trace: Any, particles: int = 1) -> ELB
         if site["type"] != "sample":
             continue
         if site["is_observed"]:
-            observed[name] = site["log_prob_sum"] / particles
+            observed[name] = (
+                site["log_prob_sum"] / particles if particles != 1 else site["log_prob_sum"]
+            )
         elif name in guide_trace.nodes:
             position = guide_order[name]
             latent[name] = latent_term(
                 name, guide_trace.nodes[name], site, particles, closed_form=latest < position
             )
             latest = max(latest, position)
-    auxiliary = torch.zeros(())
-    score = torch.zeros(())
+    auxiliary_parts, score_parts = [], []
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample":
             continue
         if name not in model_trace.nodes:
-            auxiliary = auxiliary + site["log_prob_sum"] / particles
+            auxiliary_parts.append(site["log_prob_sum"] / particles)
         if not site["fn"].has_rsample:
-            score = score + site["score_parts"].score_function.sum()
+            score_parts.append(site["score_parts"].score_function.sum())
+    auxiliary, score = _sum(auxiliary_parts), _sum(score_parts)
     return ELBOTerms(observed, latent, auxiliary, score, model_trace, guide_trace, particles)
 
 
@@ -418,6 +509,8 @@ def local_site(term: LatentTerm, objective: str) -> LocalSite | None:
     ValueError
         For any other shape, naming ``objective``, the site and the fix.
     """
+    if not isinstance(term, LatentTerm):
+        raise TypeError(f"term must be a LatentTerm, got {type(term).__name__}")
     q, z = term.q, term.value
     if q.batch_shape == torch.Size():
         return None
@@ -455,11 +548,29 @@ def log_density_matrix(site: LocalSite, per_dim: bool = False) -> torch.Tensor:
     torch.Tensor
         Shape ``(B, B)``, or ``(B, B, D)`` with ``per_dim=True``. Differentiable in z and
         in q's parameters.
+
+    Notes
+    -----
+    For a diagonal Normal q without validation, the joint densities come from three
+    ``(B, D) x (D, B)`` matrix products in float64 (no ``(B, B, D)`` tensor; on CPU and
+    CUDA), and the per-dimension ones from three passes over the ``(B, B, D)`` tensor,
+    ``-0.5 ((z - mu) / sigma)^2 - log sigma - log(2 pi) / 2``, instead of the six of
+    ``Normal.log_prob``; the values agree with ``Normal.log_prob`` up to float32
+    rounding. With validation, ``q.log_prob`` with its argument checks.
     """
+    if not isinstance(site, LocalSite):
+        raise TypeError(f"site must be a LocalSite, got {type(site).__name__}")
     z = site.z.unsqueeze(-2)  # (B, 1, D) against q's batch (B,)
+    q1 = _factor(site.q)
+    if _is_plain_normal(q1) and not is_validation_enabled():
+        if not per_dim and site.z.device.type in ("cpu", "cuda"):
+            return _normal_pairwise_joint(q1, site.z)
+        # the (B, B, D) tensor dominates: 3 passes over it instead of Normal.log_prob's 6
+        inv_scale = q1.scale.reciprocal()
+        u = (z - q1.loc) * inv_scale
+        return torch.addcmul(inv_scale.log() - _HALF_LOG_2PI, u, u, value=-0.5)
     if not per_dim:
         return site.q.log_prob(z)
-    q1 = _factor(site.q)
     if q1 is None:
         raise ValueError(
             f"latent site {site.name!r}: per-dimension densities need a factorised guide "
@@ -467,6 +578,32 @@ def log_density_matrix(site: LocalSite, per_dim: bool = False) -> torch.Tensor:
             f"got {type(site.q).__name__}"
         )
     return q1.log_prob(z)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _normal_pairwise_joint(q1: Normal, z: torch.Tensor) -> torch.Tensor:
+    """``log q(z_i | x_j)`` summed over dimensions for a diagonal Normal, ``(B, B)``.
+
+    Expands ``sum_d ((z_id - mu_jd) / sigma_jd)^2`` into three ``(B, D) x (D, B)``
+    products, so no ``(B, B, D)`` tensor is formed. The products run in float64: their
+    terms, of order ``(z / sigma)^2``, cancel, and float64 keeps the result accurate to
+    ~1e-8 nats even at sigma = 1e-4.
+    """
+    b, d = z.shape[-2], z.shape[-1]
+    loc, scale = (t.expand(b, d) for t in torch.broadcast_tensors(q1.loc, q1.scale))
+    zd, locd = z.double(), loc.double()
+    w = scale.double().reciprocal().square()  # (B, D): 1 / sigma_j^2
+    m = locd * w
+    quad = zd.square() @ w.T - 2.0 * (zd @ m.T) + (locd * m).sum(-1)
+    bias = -scale.log().sum(-1).double() - d * _HALF_LOG_2PI  # (B,) over j
+    return (bias - 0.5 * quad).to(z.dtype)
+
+
+def _is_plain_normal(d: Any) -> bool:
+    """A ``Normal`` whose ``log_prob`` is torch's (not overridden by a subclass)."""
+    return isinstance(d, Normal) and type(d).log_prob is Normal.log_prob
 
 
 #: Estimators of log q(z_i) from the minibatch, for :func:`log_aggregate_posterior`.
@@ -523,6 +660,15 @@ def log_aggregate_posterior(
     Autoencoders. NeurIPS.
     """
     estimator = check_choice("estimator", estimator, AGGREGATE_ESTIMATORS)
+    if not isinstance(log_q, torch.Tensor):
+        raise TypeError(f"log_q must be a torch.Tensor, got {type(log_q).__name__}")
+    if log_q.dim() not in (2, 3) or log_q.shape[0] != log_q.shape[1]:
+        raise ValueError(
+            f"log_q must have shape (B, B) or (B, B, D), got {tuple(log_q.shape)}; build it "
+            "with log_density_matrix"
+        )
+    if dataset_size is not None:
+        dataset_size = check_float("dataset_size", dataset_size, minimum=0.0, strict_minimum=True)
     b = log_q.shape[0]
     extra = (1,) * (log_q.dim() - 2)
     if mask is not None:
@@ -616,8 +762,44 @@ def total_correlation_decomposition(
     }
 
 
+def _check_samples(x: object, y: object) -> None:
+    """``x`` and ``y`` are tensors of shapes ``(n, D)`` and ``(m, D)``; finite where
+    Pyro's validation is on (the scan costs a pass over the data)."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(
+                f"{name} must have shape (N, D) (one sample per row), got {tuple(t.shape)}"
+            )
+    if x.shape[-1] != y.shape[-1]:  # type: ignore[union-attr]
+        raise ValueError(
+            "x and y must have the same number of columns D, got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"  # type: ignore[union-attr]
+        )
+    if is_validation_enabled() and not torch._C._get_tracing_state():
+        for name, t in (("x", x), ("y", y)):
+            bad = (~torch.isfinite(t)).sum()  # type: ignore[arg-type]
+            if bad:
+                nan = int(torch.isnan(t).sum())  # type: ignore[arg-type]
+                raise ValueError(
+                    f"{name} contains {nan} NaN and {int(bad) - nan} infinite values; "
+                    "the samples must be finite"
+                )
+
+
 def _sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (x.unsqueeze(-2) - y.unsqueeze(-3)).pow(2).sum(-1)
+    """Squared distances ``||x_i - y_j||^2``, ``(n, m)``, from ``(n, D)`` and ``(m, D)``.
+
+    As ``|x|^2 + |y|^2 - 2 x.y`` with one matrix product in float64 (no ``(n, m, D)``
+    tensor; float64 because the terms cancel), clamped at 0; the broadcast difference
+    on devices without fast float64.
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.device.type not in ("cpu", "cuda"):
+        return (x.unsqueeze(-2) - y.unsqueeze(-3)).pow(2).sum(-1)
+    xd, yd = x.double(), y.double()
+    sq = xd.square().sum(-1, keepdim=True) + yd.square().sum(-1) - 2.0 * (xd @ yd.T)
+    return sq.clamp_min(0.0).to(torch.promote_types(x.dtype, y.dtype))
 
 
 def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -625,6 +807,8 @@ def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tens
 
     ``x`` has shape ``(n, D)``, ``y`` shape ``(m, D)``; returns ``(n, m)``.
     """
+    _check_samples(x, y)
+    bandwidth = check_float("bandwidth", bandwidth, minimum=0.0, strict_minimum=True)
     return torch.exp(-_sq_dist(x, y) / bandwidth)
 
 
@@ -638,6 +822,8 @@ def imq_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tens
     ----------
     Tolstikhin, Bousquet, Gelly, Schoelkopf (2018). Wasserstein Auto-Encoders. ICLR.
     """
+    _check_samples(x, y)
+    bandwidth = check_float("bandwidth", bandwidth, minimum=0.0, strict_minimum=True)
     return bandwidth / (bandwidth + _sq_dist(x, y))
 
 
@@ -685,7 +871,12 @@ def mmd(
     Autoencoders. AAAI.
     """
     k = KERNELS[check_choice("kernel", kernel, KERNELS)]
-    c = 2.0 * x.shape[-1] if bandwidth is None else bandwidth
+    _check_samples(x, y)
+    c = (
+        2.0 * x.shape[-1]
+        if bandwidth is None
+        else check_float("bandwidth", bandwidth, minimum=0.0, strict_minimum=True)
+    )
     n, m = x.shape[0], y.shape[0]
 
     def mean_within(s: torch.Tensor, size: int) -> torch.Tensor:
@@ -719,7 +910,12 @@ def importance_log_weights(
         does not factorise over data points), sites with different scales, or a
         non-reparameterised guide site.
     """
+    if not isinstance(terms, ELBOTerms):
+        raise TypeError(f"terms must be an ELBOTerms, got {type(terms).__name__}")
+    kl_weight = check_float("kl_weight", kl_weight, minimum=0.0)
     model_trace, guide_trace = terms.model_trace, terms.guide_trace
+    model_trace.compute_log_prob()  # memoised; the lean trace path leaves latent sites out
+    guide_trace.compute_log_prob()
     particle_dim: int | None = None
     for tr in (model_trace, guide_trace):
         for site in tr.nodes.values():
@@ -803,25 +999,75 @@ class Evaluation:
     ----------
     loss : torch.Tensor
         Scalar to minimise, averaged over particles, differentiable.
-    components : dict[str, float]
-        Per-step breakdown: ``elbo``, ``reconstruction``, ``kl``, ``kl/<site>``,
-        ``loss`` and variant-specific extras, all summed over the batch (divide by
-        ``num_data`` for per-data-point values); plus the current :attr:`weights` and
-        ``num_data``.
+    names : list[str]
+        Names of the breakdown's entries (see :attr:`components`), each with
+        ``counts[i]`` particle values in :attr:`stacked`.
+    counts : list[int]
+        Values per name (the number of particles, 1 under vectorised particles).
+    stacked : torch.Tensor
+        Shape ``(sum(counts),)``, detached: the breakdown's values on the loss's
+        device, particle values of one name next to each other. Kept as one tensor so
+        that a step which does not read the breakdown never waits for the device, and
+        one which does pays a single transfer.
     kl_per_dim : dict[str, torch.Tensor]
         Per latent site, the batch-summed KL per dimension (detached), where available.
     terms : list[ELBOTerms]
-        The terms of every particle.
+        The terms of every particle (empty for a compiled evaluation, ``jit=True``).
     weights : dict[str, float]
         The objective's weights and thresholds at this step (``kl_weight``, ...); they
         are also in ``components`` and are not summed over the batch.
+    num_data : float
+        Data points the batch stands for.
     """
 
     loss: torch.Tensor
-    components: dict[str, float]
+    names: list[str]
+    counts: list[int]
+    stacked: torch.Tensor = field(repr=False)
     kl_per_dim: dict[str, torch.Tensor]
     terms: list[ELBOTerms]
     weights: dict[str, float] = field(default_factory=dict)
+    num_data: float = 1.0
+
+    @property
+    def values(self) -> dict[str, list[torch.Tensor]]:
+        """Per name, the detached scalar value of every particle."""
+        out, i = {}, 0
+        for name, count in zip(self.names, self.counts, strict=True):
+            out[name] = list(self.stacked[i : i + count])
+            i += count
+        return out
+
+    @cached_property
+    def components(self) -> dict[str, float]:
+        """Per-step breakdown as floats: ``elbo``, ``reconstruction``, ``kl``,
+        ``kl/<site>``, ``loss`` and variant-specific extras, all summed over the batch
+        (divide by ``num_data`` for per-data-point values) and averaged over particles;
+        plus the current :attr:`weights` and ``num_data``.
+
+        Materialised on first access with a single host transfer, then cached.
+        """
+        flat = self.stacked.tolist()
+        out: dict[str, float] = {}
+        i = 0
+        for name, count in zip(self.names, self.counts, strict=True):
+            out[name] = flat[i] if count == 1 else math.fsum(flat[i : i + count]) / count
+            i += count
+        out.update(self.weights)
+        out["num_data"] = self.num_data
+        return out
+
+
+def _stack_values(values: dict[str, list[Any]], like: torch.Tensor) -> torch.Tensor:
+    """The breakdown's values as one detached vector on ``like``'s device (float64 when
+    the loss is, else the loss's dtype)."""
+    flat = [
+        v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=like.dtype)
+        for vs in values.values()
+        for v in vs
+    ]
+    flat = [v.to(like.device) if v.device != like.device else v for v in flat]
+    return torch.stack([v.reshape(()) for v in flat]).detach()
 
 
 class BaseELBO(ELBO):
@@ -837,15 +1083,34 @@ class BaseELBO(ELBO):
     max_plate_nesting, vectorize_particles, retain_graph :
         As for :class:`pyro.infer.ELBO`. ``vectorize_particles=True`` is accepted only by
         variants that declare ``supports_vectorized_particles``.
+    jit : bool
+        Compile the evaluation with :func:`torch.jit.trace`, once per input signature
+        (shapes, dtypes and devices of the tensor arguments, values of the others), with
+        the KL weight fed in as a tensor so that a schedule never recompiles; see
+        :mod:`pyrocollapse.jit` for what the program must satisfy. The first call of each
+        signature runs eagerly (with validation if enabled) and returns the eager result.
+        Default ``False``.
 
     Attributes
     ----------
     beta : float
-        The KL weight at the current step.
+        The KL weight at the current step (a 0-dim tensor while a compiled evaluation is
+        being traced).
     step_count : int
         Number of optimisation steps taken.
     last : Evaluation or None
         The most recent evaluation (its ``components`` feed ``fit``'s History).
+    compiled : pyrocollapse.jit.CompiledEvaluation or None
+        The cache of compiled evaluations when ``jit=True``.
+
+    Notes
+    -----
+    The training-loop path costs little beyond the model and guide themselves: without
+    validation the traces compute only the log-probabilities the terms use (no log q(z)
+    or log p(z) next to an analytic KL), each term is computed once and shared by the
+    variant and the breakdown, and the breakdown stays on the device until
+    :attr:`Evaluation.components` is read (one transfer). Validation (Pyro's
+    ``enable_validation``) adds Pyro's full site checks and NaN warnings.
     """
 
     supports_vectorized_particles: ClassVar[bool] = False
@@ -861,6 +1126,7 @@ class BaseELBO(ELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         num_particles = check_int("num_particles", num_particles, minimum=1)
         if vectorize_particles and not self.supports_vectorized_particles:
@@ -868,6 +1134,8 @@ class BaseELBO(ELBO):
                 f"{type(self).__name__} does not support vectorize_particles=True; "
                 "use num_particles with vectorize_particles=False"
             )
+        if not isinstance(jit, bool):
+            raise TypeError(f"jit must be True or False, got {type(jit).__name__} {jit!r}")
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -877,6 +1145,17 @@ class BaseELBO(ELBO):
         self.schedule = make_schedule(kl_weight)
         self.step_count = 0
         self.last: Evaluation | None = None
+        self._beta_override: torch.Tensor | None = None
+        self.compiled: Any = None
+        if jit:
+            from pyrocollapse.jit import CompiledEvaluation
+
+            self.compiled = CompiledEvaluation(self)
+
+    @property
+    def jit(self) -> bool:
+        """Whether evaluations are compiled (the constructor's ``jit``)."""
+        return self.compiled is not None
 
     # -- the hook ----------------------------------------------------------------------
     def combine(self, terms: ELBOTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -895,8 +1174,10 @@ class BaseELBO(ELBO):
 
     # -- shared machinery ----------------------------------------------------------------
     @property
-    def beta(self) -> float:
-        """Current KL weight."""
+    def beta(self) -> Any:
+        """Current KL weight: a float, or a 0-dim tensor input while being compiled."""
+        if self._beta_override is not None:
+            return self._beta_override
         return self.schedule(self.step_count)
 
     @property
@@ -926,8 +1207,8 @@ class BaseELBO(ELBO):
             log.setLevel(level)
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs
+        model_trace, guide_trace = importance_traces(
+            model, guide, args, kwargs, self.max_plate_nesting
         )
         if is_validation_enabled():
             check_if_enumerated(guide_trace)
@@ -939,12 +1220,29 @@ class BaseELBO(ELBO):
         return self._get_traces(model, guide, args, kwargs)
 
     def evaluate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Evaluation:
-        """Compute the loss and its breakdown; the single path behind every loss method."""
+        """Compute the loss and its breakdown; the single path behind every loss method.
+
+        With ``jit=True`` the compiled evaluation of :attr:`compiled` (same value for
+        the same random draws); else the eager :meth:`evaluate_eager`.
+        """
+        if self.compiled is not None:
+            evaluation = self.compiled.evaluate(model, guide, args, kwargs)
+        else:
+            evaluation = self.evaluate_eager(model, guide, *args, **kwargs)
+        if is_validation_enabled():
+            warn_if_nan(evaluation.loss, "loss")
+        self.last = evaluation
+        return evaluation
+
+    def evaluate_eager(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> Evaluation:
+        """Run model and guide and compute the loss and its breakdown, uncompiled."""
         vectorized = self.vectorize_particles and self.num_particles > 1
         particles = self.num_particles if vectorized else 1
         n = 1 if vectorized else self.num_particles
         losses = []
-        parts: dict[str, float] = {}
+        values: dict[str, list[torch.Tensor]] = {}
         per_dim: dict[str, torch.Tensor] = {}
         all_terms = []
         for model_trace, guide_trace in self.particle_traces(model, guide, *args, **kwargs):
@@ -956,28 +1254,33 @@ class BaseELBO(ELBO):
                 loss = loss + surrogate - surrogate.detach()
             losses.append(loss)
             all_terms.append(terms)
-            with torch.no_grad():
-                values = {
-                    "loss": loss,
-                    "elbo": terms.elbo,
-                    "reconstruction": terms.reconstruction,
-                    "kl": terms.kl,
-                    **{f"kl/{k}": t.total for k, t in terms.latent.items()},
-                    **extras,
-                }
-                for k, v in values.items():
-                    parts[k] = parts.get(k, 0.0) + float(v) / n
-                for k, t in terms.latent.items():
-                    if t.kl_per_dim is not None:
-                        pd = t.total_per_dim.detach() / n
-                        per_dim[k] = per_dim[k] + pd if k in per_dim else pd
+            step_values = {
+                "loss": loss,
+                "elbo": terms.elbo,
+                "reconstruction": terms.reconstruction,
+                "kl": terms.kl,
+                **{f"kl/{k}": t.total for k, t in terms.latent.items()},
+                **extras,
+            }
+            for k, v in step_values.items():
+                values.setdefault(k, []).append(v)
+            for k, t in terms.latent.items():
+                if t.kl_per_dim is not None:
+                    pd = t.total_per_dim.detach()
+                    per_dim[k] = per_dim[k] + pd if k in per_dim else pd
+        if n > 1:
+            per_dim = {k: v / n for k, v in per_dim.items()}
         loss = losses[0] if n == 1 else torch.stack(losses).sum() / n
-        weights = self.weights
-        parts.update(weights)
-        parts["num_data"] = all_terms[0].num_data
-        warn_if_nan(loss, "loss")
-        self.last = Evaluation(loss, parts, per_dim, all_terms, weights)
-        return self.last
+        return Evaluation(
+            loss,
+            list(values),
+            [len(v) for v in values.values()],
+            _stack_values(values, loss),
+            per_dim,
+            all_terms,
+            self.weights,
+            all_terms[0].num_data,
+        )
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """The loss as a differentiable scalar tensor (used by ``ELBOModule``)."""
@@ -1009,7 +1312,8 @@ class BaseELBO(ELBO):
             not factorise). Averaged over particles, detached.
         """
         with torch.no_grad():
-            ev = self.evaluate(model, guide, *args, **kwargs)
+            ev = self.evaluate_eager(model, guide, *args, **kwargs)  # needs the terms
+            self.last = ev
             out: dict[str, torch.Tensor] = {}
             for terms in ev.terms:
                 for k, v in terms.observed.items():
@@ -1053,6 +1357,22 @@ class PlainELBO(BaseELBO):
     ``TraceMeanField_ELBO`` (analytic KL) on the same trace, and ``Trace_ELBO`` where no
     closed-form KL exists.
 
+    Parameters
+    ----------
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
+        As for :class:`BaseELBO`.
+
+    Examples
+    --------
+    >>> import pyro, torch
+    >>> from pyrocollapse.models import MLPVAE
+    >>> vae = MLPVAE(8, 2, hidden=(16,))
+    >>> x = torch.rand(32, 8)
+    >>> elbo = PlainELBO(jit=True)  # compiled after the first call of each batch shape
+    >>> losses = [elbo.loss(vae.model, vae.guide, x) for _ in range(3)]
+    >>> elbo.compiled.compilations
+    1
+
     References
     ----------
     Kingma & Welling (2014). Auto-Encoding Variational Bayes. ICLR.
@@ -1065,6 +1385,7 @@ class PlainELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         super().__init__(
             1.0,
@@ -1072,6 +1393,7 @@ class PlainELBO(BaseELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
 
@@ -1086,7 +1408,7 @@ class AnnealedELBO(BaseELBO):
     ----------
     schedule : Schedule or float
         E.g. ``Linear(warmup_steps=1000)`` or ``Cyclical(period=500, n_cycles=4)``.
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
         As for :class:`BaseELBO`.
 
     References
@@ -1103,6 +1425,7 @@ class AnnealedELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         super().__init__(
             schedule,
@@ -1110,6 +1433,7 @@ class AnnealedELBO(BaseELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
 
@@ -1121,7 +1445,7 @@ class BetaELBO(BaseELBO):
     ----------
     beta : float
         KL weight (>= 0; 0 gives a plain autoencoder with a stochastic encoder).
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1147,6 +1471,7 @@ class BetaELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         super().__init__(
             check_float("beta", beta, minimum=0.0),
@@ -1154,6 +1479,7 @@ class BetaELBO(BaseELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
 
@@ -1176,7 +1502,7 @@ class FreeBitsELBO(BaseELBO):
         Group the KL per latent dimension (needs q and p that factorise) or per site.
     kl_weight : Schedule or float
         beta, a constant or a schedule (annealing composes with free bits).
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1202,6 +1528,7 @@ class FreeBitsELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         self.free_bits = check_float("free_bits", free_bits, minimum=0.0)
         self.per = check_choice("per", per, ("dimension", "site"))
@@ -1211,6 +1538,7 @@ class FreeBitsELBO(BaseELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
     @property
@@ -1260,7 +1588,7 @@ class MIRegularizedELBO(BaseELBO):
         the others use the data-set size N read from the plate's subsampling scale.
     kl_weight : Schedule or float
         beta, a constant or a schedule.
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1292,6 +1620,7 @@ class MIRegularizedELBO(BaseELBO):
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         self.alpha = check_float("alpha", alpha, minimum=0.0)
         self.estimator = check_choice("estimator", estimator, AGGREGATE_ESTIMATORS)
@@ -1300,6 +1629,7 @@ class MIRegularizedELBO(BaseELBO):
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
     @property
@@ -1343,7 +1673,7 @@ class InfoVAEELBO(BaseELBO):
         Kernel scale C (> 0); default ``2 * latent_dim``.
     kl_weight : Schedule or float
         beta, a constant or a schedule multiplying the KL term.
-    num_particles, max_plate_nesting, retain_graph :
+    num_particles, max_plate_nesting, retain_graph, jit :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1374,6 +1704,7 @@ class InfoVAEELBO(BaseELBO):
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         self.alpha = check_float("alpha", alpha, maximum=1.0)
         self.lambda_ = check_float("lambda_", lambda_, minimum=0.0)
@@ -1393,6 +1724,7 @@ class InfoVAEELBO(BaseELBO):
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
     @property
@@ -1441,7 +1773,7 @@ class IWAEELBO(BaseELBO):
     kl_weight : Schedule or float
         beta: the weights become ``p(x|z) (p(z)/q(z|x))^beta`` (warm-up for importance
         weighted bounds as in Sønderby et al. 2016); only beta = 1 gives the bound.
-    max_plate_nesting, retain_graph :
+    max_plate_nesting, retain_graph, jit :
         As for :class:`BaseELBO` (the particle plate is added outside the model's plates).
 
     Notes
@@ -1468,6 +1800,7 @@ class IWAEELBO(BaseELBO):
         kl_weight: Schedule | float = 1.0,
         max_plate_nesting: float = float("inf"),
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         super().__init__(
             kl_weight,
@@ -1475,6 +1808,7 @@ class IWAEELBO(BaseELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=True,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
     def combine(self, terms: ELBOTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -1507,7 +1841,7 @@ class BetaTCELBO(BaseELBO):
         shift the reported terms but not the gradients). Needs a factorised guide.
     kl_weight : Schedule or float
         w, a constant or a schedule multiplying all three terms.
-    num_particles, max_plate_nesting, retain_graph :
+    num_particles, max_plate_nesting, retain_graph, jit :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1537,6 +1871,7 @@ class BetaTCELBO(BaseELBO):
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         retain_graph: bool | None = None,
+        jit: bool = False,
     ) -> None:
         self.alpha = check_float("alpha", alpha, minimum=0.0)
         self.tc_weight = check_float("beta", beta, minimum=0.0)
@@ -1547,6 +1882,7 @@ class BetaTCELBO(BaseELBO):
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
             retain_graph=retain_graph,
+            jit=jit,
         )
 
     def hyperparameters(self) -> dict[str, Any]:

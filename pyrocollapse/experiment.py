@@ -92,6 +92,11 @@ class RunConfig:
         check_int("--posterior-points", self.posterior_points, minimum=1)
         from pyrocollapse.diagnostics import ESTIMATORS
 
+        if isinstance(self.estimators, str) or not isinstance(self.estimators, (tuple, list)):
+            raise TypeError(
+                "--estimators must be a sequence of names such as ('kl', 'au'), got "
+                f"{type(self.estimators).__name__} {self.estimators!r}"
+            )
         self.estimators = tuple(self.estimators)
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
         if unknown or not self.estimators:
@@ -118,6 +123,7 @@ class RunConfig:
         )
         elbo_cls = ELBOS.get(self.elbo)
         _check_options("elbo", elbo_cls.__init__, self.elbo_options)
+        self._check_per_dimension_objective(elbo_cls, PRIORS.get(self.prior))
         schedule = self.schedule_name
         if schedule is not None:
             _check_options("schedule", SCHEDULES.get(schedule).__init__, self.schedule_options)
@@ -137,6 +143,19 @@ class RunConfig:
             raise ValueError("--on-collapse needs --min-active-units or --min-mi")
         return self
 
+    def _check_per_dimension_objective(self, elbo_cls: type, prior_cls: type) -> None:
+        """Free bits per dimension needs a KL per latent dimension, so a prior that factorises."""
+        if getattr(prior_cls, "factorized", True):
+            return
+        per = self.elbo_options.get("per", _default(elbo_cls, "per"))
+        if per == "dimension":
+            raise ValueError(
+                f"--elbo {self.elbo} with per='dimension' needs a KL per latent dimension, but "
+                f"--prior {self.prior} does not factorise over dimensions (no per-dimension KL); "
+                f"use --elbo-option per=site (free bits per latent site) with this prior, or a "
+                f"prior that factorises ({', '.join(_factorized_priors())})"
+            )
+
     @property
     def schedule_name(self) -> str | None:
         """The schedule to build: ``schedule``, or ``"linear"`` for ``annealed`` by default."""
@@ -153,6 +172,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        if not isinstance(d, dict):
+            raise TypeError(f"a run configuration must be a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -175,6 +196,54 @@ def _check_options(
             raise ValueError(
                 f"unknown {what} option {key!r}; accepted: {', '.join(params) or 'none'}"
             )
+
+
+def _default(target: Any, name: str) -> Any:
+    """The default of ``target.__init__``'s parameter ``name`` (None if it has none)."""
+    param = inspect.signature(target.__init__).parameters.get(name)
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    return param.default
+
+
+def check_output_folder(name: str, out: str | Path) -> Path:
+    """``out`` as a Path, checked (before any work) to be a folder that can be written.
+
+    Raises ``ValueError`` if ``out`` or the nearest existing folder above it is a file and
+    ``PermissionError`` if that folder cannot be written to.
+    """
+    import os
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{name} {str(out)!r} is a file, not a folder; choose a folder")
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(
+            f"{name} {str(out)!r} cannot be created: {str(ancestor)!r} is a file, not a folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{name} {str(out)!r} cannot be written: no write permission in {str(ancestor)!r}"
+        )
+    return out
+
+
+def _factorized_priors() -> list[str]:
+    from pyrocollapse.priors import PRIORS
+
+    return [n for n in PRIORS.names() if getattr(PRIORS.get(n), "factorized", True)]
+
+
+def _check_config(config: Any) -> RunConfig:
+    if not isinstance(config, RunConfig):
+        raise TypeError(
+            f"config must be a RunConfig, got {type(config).__name__} (use RunConfig(**options) "
+            "or RunConfig.from_dict)"
+        )
+    return config.validate()
 
 
 def _schedule_argument(elbo_cls: type) -> str | None:
@@ -216,7 +285,7 @@ def build(config: RunConfig) -> Built:
     from pyrocollapse.priors import PRIORS
     from pyrocollapse.schedules import SCHEDULES
 
-    config.validate()
+    _check_config(config)
     pyro.set_rng_seed(config.seed)
     dataset = load_dataset(config.dataset, **config.dataset_options)
     train, valid = dataset.split(config.valid_fraction, seed=config.seed)
@@ -274,6 +343,11 @@ def run_experiment(
 ) -> RunResult:
     """Train, diagnose on the held-out split, and (if ``out``) write the report folder.
 
+    The model is fitted in training mode and diagnosed (and drawn, and sampled for
+    ``posterior.nc``) in evaluation mode, so that dropout such as ``decoder_dropout`` is
+    off in the diagnosis; it is returned in evaluation mode. Every option is checked
+    before any data is loaded or anything is written.
+
     Parameters
     ----------
     config : RunConfig
@@ -293,10 +367,14 @@ def run_experiment(
     from pyrocollapse.diagnostics import diagnose
     from pyrocollapse.train import fit
 
-    config.validate()
+    _check_config(config)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__} {overwrite!r}")
     if out is not None:
-        out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        if not isinstance(out, (str, Path)):
+            raise TypeError(f"out must be a str, a Path or None, got {type(out).__name__}")
+        out = check_output_folder("--out", out)
+        if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(
                 f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite"
             )
@@ -310,6 +388,7 @@ def run_experiment(
         )
     start = time.perf_counter()
     vae = built.vae
+    vae.train()  # dropout (e.g. decoder_dropout) is on while fitting ...
     history = fit(
         vae.model,
         vae.guide,
@@ -324,6 +403,7 @@ def run_experiment(
         aggressive=config.aggressive,
     )
     train_time = time.perf_counter() - start
+    vae.eval()  # ... and off for the diagnosis, posterior.nc and figures: a deterministic decoder
     report = diagnose(
         vae.model,
         vae.guide,

@@ -7,9 +7,13 @@ returns the :class:`matplotlib.figure.Figure` and none calls ``show``.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pyrocollapse._validation import check_int, check_type
 
 __all__ = [
     "plot_comparison",
@@ -43,7 +47,23 @@ def _figure(ax: Any = None, figsize: tuple[float, float] = (6.0, 3.5)) -> tuple[
     return fig, fig.add_subplot()
 
 
+def _check_report(report: Any) -> Any:
+    from pyrocollapse.report import CollapseReport
+
+    return check_type("report", report, CollapseReport, "a CollapseReport (from diagnose)")
+
+
+def _check_history(history: Any) -> Any:
+    from pyrocollapse.train import History
+
+    check_type("history", history, History, "a History (from fit)")
+    if len(history) == 0:
+        raise ValueError("history is empty (no epoch recorded); train for at least one epoch")
+    return history
+
+
 def _site(report: Any, site: str | None) -> Any:
+    _check_report(report)
     if site is None:
         return next(iter(report.sites.values()))
     if site not in report.sites:
@@ -64,7 +84,13 @@ def _status_legend(ax: Any) -> None:
 def _pick_dims(s: Any, dims: Any, max_dims: int) -> list[int]:
     """The dimensions to draw: ``dims`` if given, else the ``max_dims`` with the largest
     KL (so the informative ones and, after them, collapsed ones are shown)."""
+    max_dims = check_int("max_dims", max_dims, minimum=1)
     if dims is not None:
+        if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+            raise TypeError(f"dims must be a sequence of ints, got {type(dims).__name__}")
+        bad_type = [d for d in dims if isinstance(d, bool) or not isinstance(d, (int, np.integer))]
+        if bad_type:
+            raise TypeError(f"dims must be a sequence of ints, got {list(dims)}")
         dims = [int(d) for d in dims]
         bad = [d for d in dims if not 0 <= d < s.latent_dim]
         if bad or not dims:
@@ -332,7 +358,7 @@ def plot_khat(report: Any, ax: Any = None) -> Any:
     Yao, Vehtari, Simpson, Gelman (2018). Yes, but Did It Work?: Evaluating Variational
     Inference. ICML.
     """
-    g = report.guide_quality
+    g = _check_report(report).guide_quality
     if g is None or g.get("khat") is None:
         raise ValueError("the report has no PSIS k-hat; run diagnose with the 'psis' estimator")
     k = np.asarray(g["khat"], dtype=float)
@@ -356,12 +382,36 @@ def _image(x: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _check_image_shape(image_shape: Any, size: int) -> tuple[int, ...]:
-    shape = tuple(int(v) for v in image_shape)
+    if not isinstance(image_shape, (tuple, list)):
+        raise TypeError(
+            f"image_shape must be a tuple of positive ints such as (1, 8, 8), got "
+            f"{type(image_shape).__name__} {image_shape!r}"
+        )
+    shape = tuple(check_int(f"image_shape[{i}]", v, minimum=1) for i, v in enumerate(image_shape))
     if int(np.prod(shape)) != size:
         raise ValueError(
             f"image_shape {shape} has {int(np.prod(shape))} elements; the data has {size}"
         )
     return shape
+
+
+def _finite_array(name: str, values: Any) -> np.ndarray:
+    """``values`` as a float array of shape ``(N, ...)`` with ``N >= 1`` and finite entries."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{name} must be an array of numbers, got {type(values).__name__} ({e})"
+        ) from None
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, *event_shape), got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); need at least one row")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+    return arr
 
 
 def plot_traversals(traversal: Any, image_shape: Any) -> Any:
@@ -379,6 +429,9 @@ def plot_traversals(traversal: Any, image_shape: Any) -> Any:
     matplotlib.figure.Figure
         A (dimensions x values) grid of images.
     """
+    from pyrocollapse.diagnostics import LatentTraversal
+
+    check_type("traversal", traversal, LatentTraversal, "a LatentTraversal (from latent_traversal)")
     means = np.asarray(traversal.means, dtype=float)
     k, t = means.shape[:2]
     shape = _check_image_shape(image_shape, int(np.prod(means.shape[2:])))
@@ -420,15 +473,13 @@ def plot_reconstructions(data: Any, reconstructions: Any, image_shape: Any, n: i
     -------
     matplotlib.figure.Figure
     """
-    data = np.asarray(data, dtype=float)
-    recon = np.asarray(reconstructions, dtype=float)
+    data = _finite_array("data", data)
+    recon = _finite_array("reconstructions", reconstructions)
     if data.shape != recon.shape:
         raise ValueError(
             f"data {data.shape} and reconstructions {recon.shape} must have the same shape"
         )
-    n = min(int(n), data.shape[0])
-    if n < 1:
-        raise ValueError("n must be >= 1 and data non-empty")
+    n = min(check_int("n", n, minimum=1), data.shape[0])
     shape = _check_image_shape(image_shape, int(np.prod(data.shape[1:])))
     from matplotlib.figure import Figure
 
@@ -446,7 +497,7 @@ def plot_reconstructions(data: Any, reconstructions: Any, image_shape: Any, n: i
 
 def plot_kl_heatmap(history: Any, site: str = "z", ax: Any = None) -> Any:
     """Heatmap of KL per dimension (rows) over epochs (columns), from a History."""
-    mat = history.kl_matrix(site)
+    mat = _check_history(history).kl_matrix(site)
     fig, ax = _figure(ax, (7.0, 3.5))
     im = ax.imshow(
         mat,
@@ -467,6 +518,7 @@ def plot_training(history: Any, site: str = "z") -> Any:
     """ELBO, KL weight, active units and MI over epochs (two panels)."""
     from matplotlib.figure import Figure
 
+    _check_history(history)
     fig = Figure(figsize=(9.0, 3.5), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     ep = np.array([r.epoch for r in history])
@@ -491,6 +543,7 @@ def plot_training(history: Any, site: str = "z") -> Any:
 
 def plot_elbo_decomposition(history: Any, ax: Any = None) -> Any:
     """Stacked -reconstruction and KL per latent site over epochs (the negative ELBO)."""
+    _check_history(history)
     fig, ax = _figure(ax, (7.0, 3.5))
     ep = np.array([r.epoch for r in history])
     keys = sorted({k for r in history for k in r.values if k.startswith("kl/")})
@@ -505,6 +558,10 @@ def plot_elbo_decomposition(history: Any, ax: Any = None) -> Any:
 
 def plot_schedule(schedule: Any, steps: int, ax: Any = None) -> Any:
     """The KL weight of ``schedule`` over ``range(steps)``."""
+    from pyrocollapse.schedules import Schedule
+
+    check_type("schedule", schedule, Schedule, "a Schedule (see pyrocollapse.schedules)")
+    steps = check_int("steps", steps, minimum=1)
     fig, ax = _figure(ax, (5.0, 2.5))
     ax.plot(np.arange(steps), schedule.values(steps))
     ax.set_xlabel("step")
@@ -515,9 +572,21 @@ def plot_schedule(schedule: Any, steps: int, ax: Any = None) -> Any:
 
 def save_figure(fig: Any, path: str, dpi: int = 110) -> None:
     """Save a Figure to ``path`` atomically (PNG by extension)."""
+    from matplotlib.figure import Figure
+
     from pyrocollapse._io import atomic_write
 
-    suffix = str(path).rsplit(".", 1)[-1]
+    check_type("fig", fig, Figure, "a matplotlib Figure")
+    dpi = check_int("dpi", dpi, minimum=1)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    suffix = Path(path).suffix.lstrip(".").lower()
+    supported = fig.canvas.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(
+            f"path {str(path)!r}: format {suffix!r} is not supported; use one of "
+            f"{', '.join(sorted(supported))}"
+        )
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=suffix))
 
 
@@ -532,6 +601,18 @@ def plot_comparison(summary: Any, ax: Any = None) -> Any:
         deviation over seeds; the negative log-likelihood is the IW estimate where it was
         computed, else the negative ELBO.
     """
+    from pyrocollapse._validation import check_columns
+
+    check_columns(
+        "summary",
+        summary,
+        ["prior", "objective"]
+        + [
+            f"{m}_{s}"
+            for m in ("active_units", "iw_log_likelihood", "elbo")
+            for s in ("mean", "std")
+        ],
+    )
     fig, ax = _figure(ax, (6.5, 4.0))
     metric = "iw_log_likelihood" if np.isfinite(summary["iw_log_likelihood_mean"]).any() else "elbo"
     for _, row in summary.iterrows():

@@ -69,6 +69,7 @@ from pyrocollapse._validation import (
     check_float,
     check_hidden,
     check_int,
+    module_device,
 )
 from pyrocollapse.registry import Registry, unique_name
 
@@ -95,6 +96,17 @@ def _inverse_softplus(value: torch.Tensor | float) -> torch.Tensor:
     return value + torch.log(-torch.expm1(-value))
 
 
+def _placement(obj: object) -> tuple[torch.device | None, torch.dtype | None]:
+    """Device and floating dtype of a module, or of the module a bound method belongs to
+    (``(None, None)`` for anything else, e.g. a plain function)."""
+    module = getattr(obj, "__self__", obj)
+    if isinstance(module, nn.Module):
+        for t in (*module.parameters(), *module.buffers()):
+            if t.is_floating_point():
+                return t.device, t.dtype
+    return module_device(obj), None
+
+
 def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str (the sample site), got {name!r}")
@@ -105,10 +117,15 @@ def _check_shape(name: str, value: object) -> tuple[int, ...]:
     """A tuple of positive ints (an event shape)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
-    if not isinstance(value, (tuple, list, torch.Size)) or len(value) == 0:
+    if not isinstance(value, (tuple, list, torch.Size)):
         raise TypeError(
             f"{name} must be a non-empty tuple of positive ints such as (64,) or (1, 28, 28), "
-            f"got {value!r}"
+            f"got {type(value).__name__} {value!r}"
+        )
+    if len(value) == 0:
+        raise ValueError(
+            f"{name} must be a non-empty tuple of positive ints such as (64,) or (1, 28, 28), "
+            "got ()"
         )
     return tuple(check_int(f"{name}[{i}]", v, minimum=1) for i, v in enumerate(value))
 
@@ -169,6 +186,20 @@ class Prior(PyroModule):
     def __init__(self, latent_dim: int) -> None:
         super().__init__(name=unique_name(type(self).__name__.lower()))
         self.latent_dim = check_int("latent_dim", latent_dim, minimum=1)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the prior's parameters and buffers (CPU for a prior without any).
+
+        Priors are modules: ``prior.to(device)`` (or moving the model that owns it) moves
+        every tensor they hold, and :meth:`sample`, :meth:`log_prob` and the Pyro programs
+        then work on that device.
+        """
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
 
     # -- the one method to implement -------------------------------------------------
     def distribution(self) -> dist.TorchDistribution:
@@ -231,7 +262,8 @@ class Prior(PyroModule):
         return self.distribution().log_prob(z)
 
     def sample(self, n: int) -> torch.Tensor:
-        """Draw ``n`` prior samples outside any Pyro context, shape ``(n, latent_dim)``."""
+        """Draw ``n`` prior samples outside any Pyro context, shape ``(n, latent_dim)``, on
+        :attr:`device`."""
         n = check_int("n", n, minimum=1)
         with torch.no_grad():
             return self.distribution().sample((n,))
@@ -374,7 +406,7 @@ def _kmeans_pp(points: torch.Tensor, k: int) -> torch.Tensor:
     squared distance to the nearest chosen row (Arthur & Vassilvitskii 2007). Uses the
     global torch RNG; returns shape ``(k, d)``.
     """
-    chosen = [points[torch.randint(len(points), ())]]
+    chosen = [points[torch.randint(len(points), (), device=points.device)]]
     dist2 = ((points - chosen[0]) ** 2).sum(-1)
     for _ in range(1, k):
         idx = torch.multinomial(dist2 + 1e-12, 1).squeeze()
@@ -592,7 +624,9 @@ class VampPrior(Prior):
                     "latent_dim is required when encoder is None (the encoder is bound later "
                     "by attach(model)); pass latent_dim=<the model's latent_dim>"
                 )
-            latent_dim = self._probe(encoder, torch.full((1, *input_shape), 0.5)).event_shape[-1]
+            device, dtype = _placement(encoder)
+            probe = torch.full((1, *input_shape), 0.5, device=device, dtype=dtype)
+            latent_dim = self._probe(encoder, probe).event_shape[-1]
         super().__init__(latent_dim)
         self.n_pseudo = n_pseudo
         self.input_shape = input_shape
@@ -601,8 +635,11 @@ class VampPrior(Prior):
             raw = torch.logit(torch.empty(n_pseudo, *input_shape).uniform_(0.05, 0.95))
         else:
             raw = torch.randn(n_pseudo, *input_shape)
-        self.raw_pseudo = nn.Parameter(raw)
-        self.register_buffer("_mix_logits", torch.zeros(n_pseudo))
+        # drawn on the CPU (the same pseudo-inputs for a seed whatever the device), then
+        # given the device and dtype of an already-built encoder
+        device, dtype = (None, None) if encoder is None else _placement(encoder)
+        self.raw_pseudo = nn.Parameter(raw.to(device=device, dtype=dtype))
+        self.register_buffer("_mix_logits", torch.zeros(n_pseudo, device=device, dtype=dtype))
         # A plain list: the encoder is referenced, never registered as a submodule.
         self._encoder_ref: list[Callable[[torch.Tensor], dist.Distribution]] = []
         self._bound_by_attach = False
@@ -716,10 +753,10 @@ class VampPrior(Prior):
         x = check_data("x", x, event_shape=self.input_shape)
         noise = check_float("noise", noise, minimum=0.0)
         if x.shape[0] >= self.n_pseudo:
-            idx = torch.randperm(x.shape[0])[: self.n_pseudo]
+            idx = torch.randperm(x.shape[0], device="cpu")[: self.n_pseudo]
         else:
-            idx = torch.randint(x.shape[0], (self.n_pseudo,))
-        u = x[idx].to(self.raw_pseudo) + noise * torch.randn_like(self.raw_pseudo)
+            idx = torch.randint(x.shape[0], (self.n_pseudo,), device="cpu")
+        u = x[idx.to(x.device)].to(self.raw_pseudo) + noise * torch.randn_like(self.raw_pseudo)
         if self.support == "unit":
             u = torch.logit(u.clamp(1e-3, 1 - 1e-3))
         self.raw_pseudo.copy_(u)
@@ -1214,7 +1251,7 @@ class FlowPrior(Prior):
                 f"transforms[{i}] ({type(t).__name__}) must be a bijection on vectors "
                 "(domain event_dim <= 1)"
             )
-        probe = torch.zeros(2, self.latent_dim)
+        probe = torch.zeros(2, self.latent_dim, device=module_device(t))
         try:
             with torch.no_grad():
                 out = t(probe)

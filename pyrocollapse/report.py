@@ -30,6 +30,10 @@ STATUS_RULE = (
 KHAT_BAD = 0.7
 #: Fraction of points with k-hat above :data:`KHAT_BAD` that triggers a guide warning.
 KHAT_WARN_FRACTION = 0.1
+#: Decoder sensitivity (Fisher information, nats per squared unit of z) below which the
+#: decoder is taken to ignore a latent altogether; the "lagging inference network" and
+#: "unused information" notes need the largest sensitivity of a site to exceed it.
+SENSITIVITY_FLOOR = 1e-2
 
 
 def _floats(a: Any) -> list[Any] | None:
@@ -53,6 +57,10 @@ def _array(v: Any) -> np.ndarray | None:
 
 def _float(v: Any) -> float:
     return math.nan if v is None else float(v)
+
+
+def _optional_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def _pair(v: Any) -> tuple[float, float] | None:
@@ -124,6 +132,10 @@ class SiteReport:
     kl_identity_stderr : float or None
         Monte Carlo standard error of MI + marginal KL, against which
         :attr:`kl_identity_gap` is judged.
+    aggregate_kl_stderr : float or None
+        Monte Carlo standard error of ``aggregate_kl`` (nats). A KL is >= 0, but its
+        estimate is not clipped (clipping would break KL = MI + marginal KL): a slightly
+        negative value within a few standard errors of 0 is noise.
     """
 
     site: str
@@ -151,6 +163,7 @@ class SiteReport:
     densities: dict[str, np.ndarray] | None = None
     mean_space: dict[str, np.ndarray] | None = None
     kl_identity_stderr: float | None = None
+    aggregate_kl_stderr: float | None = None
 
     @classmethod
     def build(
@@ -194,6 +207,7 @@ class SiteReport:
             conditional_prior=bool(conditional_prior),
             mi_ci=None if mi is None else mi.ci,
             aggregate_kl_ci=None if mi is None else mi.aggregate_kl_ci,
+            aggregate_kl_stderr=None if mi is None else mi.aggregate_kl_stderr,
             mi_per_dim_stderr=None if mi is None else mi.per_dim_stderr,
             au_count_ci=au.count_ci,
             au_probability_active=au.probability_active,
@@ -262,9 +276,23 @@ class SiteReport:
                     f"Monte Carlo error ({se:.3f}) explains: the guide or prior may not be evaluated "
                     "consistently (check the KL estimator and conditional priors)"
                 )
+        if (
+            math.isfinite(self.aggregate_kl)
+            and self.aggregate_kl < 0
+            and not self.conditional_prior
+        ):
+            se = self.aggregate_kl_stderr
+            se_text = f" ± {se:.3f}" if se is not None and math.isfinite(se) else ""
+            out.append(
+                f"site {self.site!r}: the marginal KL estimate {self.aggregate_kl:+.3f}{se_text} "
+                "nats is below 0, which a KL cannot be: Monte Carlo noise around 0 (left "
+                "unclipped so that KL = MI + marginal KL holds)"
+            )
         if self.sensitivity is not None and len(self.sensitivity):
             sens = np.asarray(self.sensitivity, dtype=float)
             top = float(np.nanmax(sens)) if np.isfinite(sens).any() else 0.0
+            # below this the decoder ignores every dimension: nothing is "lagging"
+            top = top if top >= SENSITIVITY_FLOOR else 0.0
             lagging = [
                 d for d, st in enumerate(self.status) if st == COLLAPSED and sens[d] > 0.25 * top
             ]
@@ -307,6 +335,9 @@ class SiteReport:
             "conditional_prior": self.conditional_prior,
             "mi_ci": _floats(self.mi_ci),
             "aggregate_kl_ci": _floats(self.aggregate_kl_ci),
+            "aggregate_kl_stderr": None
+            if self.aggregate_kl_stderr is None
+            else _num(self.aggregate_kl_stderr),
             "mi_per_dim_stderr": _floats(self.mi_per_dim_stderr),
             "au_count_ci": _floats(self.au_count_ci),
             "au_probability_active": _floats(self.au_probability_active),
@@ -323,7 +354,21 @@ class SiteReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SiteReport:
-        """Inverse of :meth:`to_dict` (also reads reports written by earlier versions)."""
+        """Inverse of :meth:`to_dict` (also reads reports written by earlier versions).
+
+        Raises ``ValueError`` naming the first missing or malformed entry.
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"a site report must be a dict, got {type(d).__name__}")
+        try:
+            return cls._from_dict(d)
+        except KeyError as e:
+            raise ValueError(f"malformed report: missing entry {e}") from None
+        except (TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"malformed report: {e}") from None
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> SiteReport:
         return cls(
             site=d["site"],
             kl_per_dim=_array(d["kl_per_dim"]),  # type: ignore[arg-type]
@@ -340,6 +385,7 @@ class SiteReport:
             conditional_prior=bool(d.get("conditional_prior", False)),
             mi_ci=_pair(d.get("mi_ci")),
             aggregate_kl_ci=_pair(d.get("aggregate_kl_ci")),
+            aggregate_kl_stderr=_optional_float(d.get("aggregate_kl_stderr")),
             mi_per_dim_stderr=_array(d.get("mi_per_dim_stderr")),
             au_count_ci=_pair(d.get("au_count_ci")),
             au_probability_active=_array(d.get("au_probability_active")),
@@ -460,7 +506,10 @@ class CollapseReport:
         except KeyError as e:
             raise ValueError(f"malformed report: missing entry {e}") from None
         except (TypeError, AttributeError, ValueError) as e:
-            raise ValueError(f"malformed report: {e}") from None
+            text = str(e)
+            raise ValueError(
+                text if text.startswith("malformed report") else f"malformed report: {text}"
+            ) from None
 
     def to_json(self, path: str) -> None:
         """Write :meth:`to_dict` as JSON, atomically (temp file + rename)."""
@@ -470,9 +519,25 @@ class CollapseReport:
 
     @classmethod
     def from_json(cls, path: str) -> CollapseReport:
-        """Read a report written by :meth:`to_json`."""
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read a report written by :meth:`to_json`.
+
+        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file
+        for one that is not UTF-8 JSON or does not hold a report.
+        """
+        import os
+
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{str(path)!r} is not valid JSON ({e})") from None
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{str(path)!r} does not hold a collapse report: {e}") from None
 
     def to_dataframe(self) -> Any:
         """One row per (site, dimension): KL, AU variance, MI, R-hat, sensitivity, status."""
@@ -583,6 +648,8 @@ class CollapseReport:
         """Side-by-side per-dimension table of this report (``before``) and ``other``
         (``after``), e.g. before and after a remedy; a pandas DataFrame with a
         ``status_changed`` column."""
+        if not isinstance(other, CollapseReport):
+            raise TypeError(f"other must be a CollapseReport, got {type(other).__name__}")
         table = self.to_dataframe().merge(
             other.to_dataframe(), on=["site", "dim"], how="outer", suffixes=("_before", "_after")
         )

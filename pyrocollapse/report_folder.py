@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyrocollapse._validation import check_bool, check_choice, check_int, check_type
+
 __all__ = [
     "FIGURES",
     "FigureSpec",
@@ -112,6 +114,10 @@ _PER_SITE = {
 
 def figure_name(kind: str, site: str | None = None, num_sites: int = 1) -> str:
     """File stem of a figure: ``kind``, or ``kind_<site>`` when a report has several sites."""
+    check_choice("kind", kind, _SPECS)
+    num_sites = check_int("num_sites", num_sites, minimum=1)
+    if site is not None and not isinstance(site, str):
+        raise TypeError(f"site must be a str or None, got {type(site).__name__}")
     if site is None or num_sites <= 1 or kind not in _PER_SITE:
         return kind
     return f"{kind}_{re.sub(r'[^A-Za-z0-9_-]', '_', site)}"
@@ -186,6 +192,7 @@ def report_figures(report: Any) -> dict[str, Any]:
     kinds whose data the report lacks are left out."""
     from pyrocollapse import plots
 
+    _check_report(report)
     out: dict[str, Any] = {}
     n = len(report.sites)
     for site, s in report.sites.items():
@@ -208,6 +215,9 @@ def history_figures(history: Any, sites: list[str]) -> dict[str, Any]:
     """Figures drawn from a :class:`~pyrocollapse.train.History`, by file stem."""
     from pyrocollapse import plots
 
+    _check_history(history)
+    if isinstance(sites, str) or not isinstance(sites, (list, tuple)):
+        raise TypeError(f"sites must be a list of site names, got {type(sites).__name__} {sites!r}")
     out: dict[str, Any] = {}
     if history is None or len(history) == 0:
         return out
@@ -233,11 +243,23 @@ def model_figures(vae: Any, held_out: Any, report: Any, *, max_dims: int = 8) ->
     report : CollapseReport
     """
     import numpy as np
+    import torch
 
     from pyrocollapse.diagnostics import latent_traversal, reconstruction_means
     from pyrocollapse.plots import plot_reconstructions, plot_traversals
 
-    x, shape = held_out.data, held_out.image_shape
+    if isinstance(held_out, torch.Tensor) or not hasattr(held_out, "data"):
+        raise TypeError(
+            f"held_out must be a pyrocollapse.data.Dataset, got {type(held_out).__name__}"
+        )
+    _check_report(report)
+    max_dims = check_int("max_dims", max_dims, minimum=1)
+    x, shape = held_out.data, getattr(held_out, "image_shape", None)
+    if shape is None:
+        raise ValueError(
+            f"held_out {getattr(held_out, 'name', 'data')!r} has no image_shape; traversal and "
+            "reconstruction figures are drawn for image data only"
+        )
     figures = {}
     n = len(report.sites)
     for site, s in report.sites.items():
@@ -253,8 +275,18 @@ def model_figures(vae: Any, held_out: Any, report: Any, *, max_dims: int = 8) ->
 
 def write_figures(folder: str | os.PathLike[str], figures: dict[str, Any]) -> list[str]:
     """Save each figure as ``folder/figures/<stem>.png`` (atomically); returns the stems."""
+    from matplotlib.figure import Figure
+
     from pyrocollapse.plots import save_figure
 
+    check_type("figures", figures, dict, "a dict of name -> Figure")
+    for stem, fig in figures.items():
+        if not isinstance(stem, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", stem):
+            raise ValueError(
+                f"figure name {stem!r} must be a non-empty file stem of letters, digits, '_' "
+                "and '-'"
+            )
+        check_type(f"figures[{stem!r}]", fig, Figure, "a matplotlib Figure")
     fig_dir = Path(folder) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for stem, fig in figures.items():
@@ -508,6 +540,20 @@ def write_html(folder: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _check_report(report: Any) -> Any:
+    from pyrocollapse.report import CollapseReport
+
+    return check_type("report", report, CollapseReport, "a CollapseReport (from diagnose)")
+
+
+def _check_history(history: Any) -> Any:
+    from pyrocollapse.train import History
+
+    if history is not None:
+        check_type("history", history, History, "a History (from fit) or None")
+    return history
+
+
 def _optional(what: str, make: Callable[[], Any]) -> bool:
     """Build an optional artefact; where the model cannot provide it, warn and go on."""
     try:
@@ -558,9 +604,29 @@ def write_report_folder(
         What was written, e.g. ``["metrics.json", "history.csv", "posterior.nc", ...]``.
     """
     from pyrocollapse._io import atomic_directory, atomic_write_text, json_default
+    from pyrocollapse.report import CollapseReport
 
+    # every check before anything is created
     if not isinstance(metrics, dict) or "report" not in metrics:
         raise ValueError("metrics must be a dict with a 'report' entry (report.to_dict())")
+    _check_report(report)
+    _check_history(history)
+    posterior_samples = check_int("posterior_samples", posterior_samples, minimum=0)
+    posterior_points = check_int("posterior_points", posterior_points, minimum=1)
+    if seed is not None:
+        check_int("seed", seed, minimum=0)
+    check_bool("overwrite", overwrite)
+    try:
+        CollapseReport.from_dict(metrics["report"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metrics['report'] is not a report.to_dict(): {e}") from None
+    if held_out is not None and not hasattr(held_out, "data"):
+        raise TypeError(
+            f"held_out must be a pyrocollapse.data.Dataset or None, got {type(held_out).__name__}"
+        )
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise ValueError(f"out {str(out_path)!r} is a file, not a folder")
     written = ["metrics.json"]
     with atomic_directory(out, overwrite=overwrite) as tmp:
         atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2, default=json_default))
@@ -612,6 +678,7 @@ def rerender(folder: str | os.PathLike[str], *, figures: bool = True) -> tuple[P
     (Path, list[str])
         The page's path and the stems of the figures rebuilt.
     """
+    check_bool("figures", figures)
     rf = read_folder(folder)
     written: list[str] = []
     if figures:

@@ -8,6 +8,7 @@ listing the constructor arguments in ``_fields`` (used by ``to_dict``/``from_dic
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -49,8 +50,26 @@ class Schedule:
     @staticmethod
     def from_dict(spec: dict[str, Any]) -> Schedule:
         """Inverse of :meth:`to_dict`."""
+        if not isinstance(spec, dict):
+            raise TypeError(
+                f"a schedule spec must be a dict such as {{'name': 'linear', 'warmup_steps': 100}}, "
+                f"got {type(spec).__name__}"
+            )
         spec = dict(spec)
-        return SCHEDULES.get(spec.pop("name"))(**spec)
+        if "name" not in spec:
+            raise ValueError(
+                f"schedule spec {spec!r} needs a 'name', one of: {', '.join(SCHEDULES.names())}"
+            )
+        name = spec.pop("name")
+        cls = SCHEDULES.get(name)
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = [k for k in spec if k not in accepted]
+        if unknown:
+            raise TypeError(
+                f"unknown argument(s) {', '.join(map(repr, unknown))} for schedule {name!r}; "
+                f"accepted: {', '.join(accepted) or 'none'}"
+            )
+        return cls(**spec)
 
     @property
     def _name(self) -> str:

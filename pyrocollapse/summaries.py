@@ -94,7 +94,10 @@ def to_inference_data(
     batch_size : int
         Points per chunk.
     device : str, torch.device or None
-        Device the data chunks are moved to (the model is not moved).
+        Device each chunk is moved to (``None``: where the data are); the model is not
+        moved (``vae.to(device)`` first). A device this machine lacks, or a model on
+        another device, raises ``ValueError``. The returned arrays are NumPy (host) arrays
+        whatever the device.
     seed : int or None
         Seed for the draws (the global RNG state is restored afterwards).
 
@@ -128,16 +131,17 @@ def to_inference_data(
         else check_int("prior_samples", prior_samples, minimum=1)
     )
     x, batch_size = dg._check_inputs(data, batch_size)
-    dev = dg._check_device(device)
+    dev = dg._setup_device(model, guide, x, device)
     if latent_sites is not None and (
         isinstance(latent_sites, str) or not all(isinstance(s, str) for s in latent_sites)
     ):
         raise TypeError(f"latent_sites must be a sequence of site names; got {latent_sites!r}")
     probe = x[:2] if dev is None else x[:2].to(dev)
     total = chains * num_samples
-    with dg._seeded(seed):
-        layout = dg._layout(model, guide, probe)
-        names = dg.latent_site_names(model, guide, probe)
+    with dg._seeded(seed, dg._effective_device(x, dev)):
+        traces = dg._probe(model, guide, x, dev)
+        layout = dg._layout(model, guide, x, traces)
+        names = dg._latent_names(*traces)
         sites = names if latent_sites is None else list(latent_sites)
         missing = [s for s in sites if s not in names]
         if missing:
@@ -233,8 +237,19 @@ def save_inference_data(idata: Any, path: str | os.PathLike[str]) -> None:
     ``path`` renamed over it, so a failed write leaves no partial file."""
     from pyrocollapse._io import atomic_write
 
-    _arviz()
+    _check_idata(idata)
     atomic_write(path, lambda tmp: idata.to_netcdf(tmp, engine="h5netcdf"))
+
+
+def _check_idata(idata: Any) -> Any:
+    """Import ArviZ; TypeError unless ``idata`` is an ``arviz.InferenceData``."""
+    az = _arviz()
+    if not isinstance(idata, az.InferenceData):
+        raise TypeError(
+            f"idata must be an arviz.InferenceData (e.g. from to_inference_data), "
+            f"got {type(idata).__name__}"
+        )
+    return az
 
 
 def load_inference_data(path: str | os.PathLike[str]) -> Any:
@@ -243,7 +258,13 @@ def load_inference_data(path: str | os.PathLike[str]) -> Any:
     az = _arviz()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no InferenceData file at {str(path)!r}")
-    return az.from_netcdf(str(path), engine="h5netcdf")
+    try:
+        return az.from_netcdf(str(path), engine="h5netcdf")
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"path {str(path)!r} is not an InferenceData netCDF file "
+            f"(as save_inference_data writes): {e}"
+        ) from None
 
 
 def summarize(
@@ -282,6 +303,12 @@ def summarize(
     pandas.DataFrame
         One row per (site, dimension), the columns above plus ``site`` and ``dim``.
 
+    Notes
+    -----
+    ``summarize`` takes no ``device``: it reads the NumPy arrays of ``idata``, which
+    :func:`to_inference_data` always brings back to the host, so it runs on the CPU
+    whatever device the draws were made on.
+
     References
     ----------
     Kumar, Carroll, Hartikainen, Martin (2019). ArviZ. JOSS 4(33).
@@ -291,7 +318,7 @@ def summarize(
     import pandas as pd
     import xarray as xr
 
-    az = _arviz()
+    az = _check_idata(idata)
     hdi_prob = check_float("hdi_prob", hdi_prob, minimum=0.0, maximum=1.0, strict_minimum=True)
     for group in ("posterior", "prior"):
         if not hasattr(idata, group):

@@ -172,3 +172,157 @@ def test_parse_options_coerces_types():
         "d": (4, 5),
         "e": "name",
     }
+
+
+# --------------------------------------------------------------------------------------
+# User errors: one line "pyrocollapse: error: ...", exit 2, no traceback (issue #9)
+# --------------------------------------------------------------------------------------
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pyrocollapse: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--dataset", "cifar"], "unknown dataset 'cifar'; valid names: digits"),
+        (["run", "--model", "cnn"], "unknown model 'cnn'; valid names: mlp"),
+        (["run", "--prior", "vampp"], "unknown prior 'vampp'; valid names: standard"),
+        (["run", "--elbo", "iwea"], "unknown elbo 'iwea'; valid names: elbo"),
+        (["run", "--schedule", "cosine"], "unknown schedule 'cosine'; valid names: constant"),
+        (["run", "--prior-option", "foo"], "prior option 'foo' must look like KEY=VALUE"),
+        (["run", "--elbo-option", "=3"], "elbo option '=3' must look like KEY=VALUE"),
+        (["run", "--model-option", "hiden=3"], "unknown model option 'hiden'; accepted:"),
+        (["run", "--dataset-option", "size=8"], "unknown dataset option 'size'; accepted:"),
+        (
+            ["run", "--prior", "mixture", "--prior-option", "n_components=many"],
+            "n_components must be an int, got str 'many'",
+        ),
+        (["run", "--elbo", "beta", "--elbo-option", "beta=-1"], "beta must be >= 0.0, got -1.0"),
+        (["run", "--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["run", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+        (["run", "--lr", "0"], "--lr must be > 0.0, got 0.0"),
+        (["run", "--valid-fraction", "1.5"], "--valid-fraction must be <= 0.9, got 1.5"),
+        (["run", "--on-collapse", "panic"], "argument --on-collapse: invalid choice: 'panic'"),
+        (["run", "--estimators", "kl,mutual"], "names unknown estimators ['mutual']"),
+        (
+            ["run", "--dataset", "text", "--data-path", "/no/such/file.txt"],
+            "path '/no/such/file.txt' does not exist",
+        ),
+        (
+            ["run", "--dataset", "mnist"],
+            "dataset 'mnist' reads local files, so a `path` is required",
+        ),
+        (["run", "--data-path", "/tmp"], "--data-path is for datasets read from disk (mnist"),
+        (
+            ["run", "--elbo", "freebits", "--prior", "mixture"],
+            "--elbo freebits with per='dimension' needs a KL per latent dimension",
+        ),
+        (["compare", "--priors", "standard,vampp"], "unknown prior 'vampp'; valid names"),
+        (["compare", "--elbos", "elbo,iwea"], "unknown elbo 'iwea'; valid names"),
+        (["compare", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["compare", "--elbo-option", "free_bits=1"], "must look like NAME.KEY=VALUE"),
+        (
+            ["compare", "--elbo-option", "beta.beta=2"],
+            "elbo option 'beta.beta=2' names 'beta', which is not in the grid (elbo, annealed)",
+        ),
+        (["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
+        (["run", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(args, message, tmp_path, capsys):
+    out = tmp_path / "o"
+    extra = ["--out", str(out)] if args[0] in ("run", "compare") else []
+    code = main([*args, *extra, "--no-progress"] if extra else args)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    line = _one_error_line(captured.err)
+    assert message in line, line
+    assert "pyrocollapse run:" not in captured.out  # failed before loading data or training
+    assert not out.exists()
+
+
+def test_report_on_a_folder_that_is_not_a_report_folder(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["report", str(tmp_path)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "metrics.json' not found" in line and "is not a pyrocollapse report folder" in line
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in _one_error_line(capsys.readouterr().err)
+    assert main(["report", str(tmp_path / "notes.txt")]) == 2
+    assert "is not a folder" in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_out_that_cannot_be_a_folder_is_refused_before_training(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out, message in (
+        (afile, "is a file, not a folder"),
+        (afile / "sub", "cannot be created: '" + str(afile) + "' is a file, not a folder"),
+    ):
+        assert main(["run", "--out", str(out), "--overwrite", "--no-progress"]) == 2
+        captured = capsys.readouterr()
+        assert message in _one_error_line(captured.err)
+        assert "pyrocollapse run:" not in captured.out
+    assert afile.read_text() == "keep me"
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path, capsys):
+    import pyrocollapse.experiment
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyrocollapse.experiment, "run_experiment", interrupted)
+    assert main(["run", "--out", str(tmp_path / "o"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "pyrocollapse: interrupted; nothing half-written was kept"
+    assert main(["run", "--out", str(tmp_path / "o"), "--no-progress", "--verbose"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().endswith("nothing half-written was kept")
+
+
+def test_runtime_failure_exits_1_with_one_line(monkeypatch, tmp_path, capsys):
+    import pyrocollapse.experiment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory\nmore detail")
+
+    monkeypatch.setattr(pyrocollapse.experiment, "run_experiment", broken)
+    assert main(["run", "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        "pyrocollapse: error: unexpected RuntimeError: CUDA out of memory "
+        "(rerun with --verbose for the details)"
+    )
+
+
+def test_verbose_adds_the_traceback(tmp_path, capsys):
+    assert main(["run", "--prior", "vampp", "--out", str(tmp_path / "o"), "--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "unknown prior 'vampp'" in err
+    assert err.strip().splitlines()[-1].startswith("pyrocollapse: error: unknown prior 'vampp'")
+
+
+def test_help_and_version_return_0(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("pyrocollapse ")
+    assert main(["report", "--help"]) == 0
+
+
+def test_entry_point_user_error_and_verbose(tmp_path):
+    """The real console entry point: one line without --verbose, a traceback with it."""
+    res = run_cli("run", "--prior-option", "foo", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == "pyrocollapse: error: prior option 'foo' must look like KEY=VALUE\n"
+    res = run_cli("report", str(tmp_path / "nope"), "--verbose")
+    assert res.returncode == 2
+    assert "Traceback (most recent call last)" in res.stderr and "FileNotFoundError" in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"pyrocollapse: error: report folder {str(tmp_path / 'nope')!r} does not exist"
+    )
+    assert not (tmp_path / "o").exists()

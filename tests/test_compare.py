@@ -1,6 +1,7 @@
 """The remedy comparison grid: resume, failure isolation, parallel jobs, CLI."""
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -31,6 +32,8 @@ def test_grid_trains_every_cell_and_resumes(tmp_path):
         out=out,
         base=TINY,
         elbo_options={"beta": {"beta": 2.0}},
+        # options for a registered prior outside the grid are ignored
+        prior_options={"mixture": {"n_components": 3}},
         iw_samples=50,
         progress=False,
     )
@@ -57,6 +60,7 @@ def test_grid_trains_every_cell_and_resumes(tmp_path):
         (out / "runs" / run_id("standard", "beta", 1) / "metrics.json").read_text()
     )
     assert metrics["config"]["elbo_options"] == {"beta": 2.0} and metrics["config"]["seed"] == 1
+    assert metrics["config"]["prior_options"] == {}
     assert (out / "runs" / run_id("learnable", "elbo", 0) / "report.html").exists()
     assert (out / "figures" / "au_vs_nll.png").stat().st_size > 1000
     text = format_summary(summary)
@@ -88,26 +92,45 @@ def test_grid_trains_every_cell_and_resumes(tmp_path):
     )
 
 
-def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path):
-    # free bits per dimension cannot work with a mixture prior (no per-dimension KL)
+def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path, monkeypatch):
+    import pyrocollapse.train
+
+    real_fit = pyrocollapse.train.fit
+
+    def fit(*args, loss, **kwargs):  # the beta-VAE runs diverge; the others train
+        if type(loss).__name__ == "BetaELBO":
+            raise FloatingPointError("loss is nan at step 3")
+        return real_fit(*args, loss=loss, **kwargs)
+
+    monkeypatch.setattr(pyrocollapse.train, "fit", fit)
     summary = compare(
-        priors=["standard", "mixture"],
-        elbos=["freebits"],
+        priors=["standard"],
+        elbos=["elbo", "beta"],
         seeds=1,
         out=tmp_path,
         base=TINY,
-        elbo_options={"freebits": {"free_bits": 0.1}},
+        elbo_options={"beta": {"beta": 2.0}},
         iw_samples=50,
         progress=False,
     )
-    by_prior = summary.set_index("prior")
-    assert by_prior.loc["standard", "n_ok"] == 1 and by_prior.loc["mixture", "n_failed"] == 1
-    assert "no KL per dimension" in by_prior.loc["mixture", "error"]
+    by_elbo = summary.set_index("objective")
+    assert by_elbo.loc["elbo", "n_ok"] == 1 and by_elbo.loc["beta", "n_failed"] == 1
+    assert by_elbo.loc["beta", "error"] == "FloatingPointError: loss is nan at step 3"
     err = json.loads(
-        (tmp_path / "runs" / f"{run_id('mixture', 'freebits', 0)}.error.json").read_text()
+        (tmp_path / "runs" / f"{run_id('standard', 'beta', 0)}.error.json").read_text()
     )
     assert "Traceback" in err["traceback"]
-    assert not (tmp_path / "runs" / run_id("mixture", "freebits", 0)).exists()
+    assert not (tmp_path / "runs" / run_id("standard", "beta", 0)).exists()
+
+
+def test_free_bits_per_dimension_with_a_non_factorised_prior_is_refused_before_training(tmp_path):
+    # free bits per dimension needs a KL per dimension, which a mixture prior has not
+    with pytest.raises(ValueError, match=r"--elbo freebits with per='dimension'.*--prior mixture"):
+        compare(
+            priors=["standard", "mixture"], elbos=["freebits"], seeds=1, out=tmp_path / "g",
+            base=TINY, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "g").exists()
 
 
 @pytest.mark.slow
@@ -265,3 +288,61 @@ def test_compare_is_a_top_level_function():
 
     assert pyrocollapse.compare is grid and callable(pyrocollapse.compare)
     assert pyrocollapse.RunConfig is RunConfig
+
+
+# --------------------------------------------------------------------------------------
+# The run engine (pyrocollapse.experiment), shared by run and compare
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prior", ["mixture", "vamp", "hierarchical", "flow"])
+def test_free_bits_per_dimension_needs_a_factorised_prior(prior):
+    config = replace(TINY, prior=prior, elbo="freebits")
+    with pytest.raises(ValueError) as info:
+        config.validate()
+    message = str(info.value)
+    assert "--elbo freebits with per='dimension'" in message and f"--prior {prior}" in message
+    assert "use --elbo-option per=site" in message and "standard, learnable, ard" in message
+    replace(config, elbo_options={"per": "site"}).validate()  # per site is fine
+    for factorised in ("standard", "learnable", "ard"):
+        replace(TINY, prior=factorised, elbo="freebits").validate()
+
+
+def test_run_diagnoses_the_model_with_dropout_off():
+    import torch
+
+    from pyrocollapse import diagnose
+    from pyrocollapse.experiment import run_experiment
+
+    config = replace(
+        TINY,
+        dataset="ppca",
+        dataset_options={"n": 80, "input_dim": 6},
+        model_options={"hidden": (16,), "likelihood": "gaussian", "decoder_dropout": 0.5},
+        epochs=2,
+        batch_size=32,
+        estimators=("kl", "au", "mi", "sensitivity"),
+    )
+    result = run_experiment(config, progress=False)
+    vae = result.built.vae
+    assert not vae.training and not any(m.training for m in vae.modules())
+
+    def again():
+        return diagnose(
+            vae.model,
+            vae.guide,
+            result.built.valid.data,
+            vae.latent_sites,
+            estimators=config.estimators,
+            num_samples=config.num_samples,
+            bootstrap=config.bootstrap,
+            importance_samples=config.importance_samples,
+            seed=config.seed,
+        )
+
+    assert again().to_dict() == result.report.to_dict()  # the report is the eval-mode one
+    vae.train()  # with dropout on, the decoder is random and the numbers differ
+    noisy = again()
+    assert noisy.elbo["reconstruction"] != pytest.approx(result.report.elbo["reconstruction"])
+    # and an eval-mode decoder is deterministic
+    vae.eval()
+    z = torch.zeros(3, config.latent_dim)
+    assert torch.equal(vae.decode(z).mean, vae.decode(z).mean)

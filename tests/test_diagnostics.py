@@ -657,3 +657,77 @@ def test_reports_from_the_first_version_load_and_minimal_reports_render(lg):
         CollapseReport.from_dict({k: v for k, v in old.items() if k != "num_points"})
     with pytest.raises(KeyError, match=r"no latent site 'w' in this report; sites: \['z'\]"):
         report["w"]
+
+
+# -- errors of the probe run -------------------------------------------------------------
+def test_data_of_the_wrong_shape_gives_an_error_naming_both_shapes_and_a_fix():
+    from pyrocollapse.models import MLPVAE
+
+    vae = MLPVAE(16, 2, hidden=(4,))
+    x = torch.rand(40, 4, 4)
+    for run in (
+        lambda: diagnose(vae.model, vae.guide, x),
+        lambda: iw_log_likelihood(vae.model, vae.guide, x, num_samples=2),
+    ):
+        with pytest.raises(ValueError, match=r"x must have shape \(N, 16\), got \(2, 4, 4\)") as e:
+            run()
+        msg = str(e.value)
+        assert (
+            "data[:2] (shape (2, 4, 4); data has shape (40, 4, 4); the model takes (N, 16))" in msg
+        )
+        assert "Try one of the following fixes" in msg and "data.reshape(len(data), -1)" in msg
+
+
+def test_a_plate_of_fixed_size_gives_an_error_that_says_to_size_it_from_the_batch():
+    def model(x):
+        with pyro.plate("data", 40):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 40):
+            pyro.sample("z", dist.Normal(x.expand(-1, 2), 1.0).to_event(1))
+
+    x = torch.randn(40, 1)
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)data\[:2\] \(shape \(2, 1\); data has shape "
+        r"\(40, 1\)\).*pyro.plate\('data', x.shape\[0\]\)",
+    ):
+        diagnose(model, guide, x)
+
+
+# -- the marginal KL: not clipped, with its standard error -------------------------------
+def _conditional_prior_programs():
+    """z | t ~ N(t, 0.1) in both programs, t ~ N(x, 0.1) in the guide: the site z has a
+    conditional prior equal to its guide, so its KL is 0 while I(x; z) is large, and its
+    "marginal KL" E[log q(z) - log p(z | t)] = KL - MI is genuinely negative."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            t = pyro.sample("t", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            z = pyro.sample("z", dist.Normal(t, 0.1).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            t = pyro.sample("t", dist.Normal(x, 0.1).to_event(1))
+            pyro.sample("z", dist.Normal(t, 0.1).to_event(1))
+
+    return model, guide
+
+
+def test_marginal_kl_of_a_conditional_prior_is_negative_and_reported_with_its_stderr():
+    model, guide = _conditional_prior_programs()
+    x = torch.randn(200, 1, generator=torch.Generator().manual_seed(0))
+    mi = mutual_information(model, guide, x, site="z", num_samples=4)
+    assert mi.conditional_prior
+    assert 0 < mi.aggregate_kl_stderr < 0.1
+    assert mi.aggregate_kl < -20 * mi.aggregate_kl_stderr  # genuinely negative, not noise
+    kl = kl_per_dimension(model, guide, x, site="z").total
+    assert kl == pytest.approx(0.0, abs=1e-6)
+    assert mi.total + mi.aggregate_kl == pytest.approx(kl, abs=4 * mi.stderr)
+    # the top site has an unconditional prior: a divergence, estimated within its error
+    top = mutual_information(model, guide, x, site="t", num_samples=4)
+    assert not top.conditional_prior and top.aggregate_kl > -4 * top.aggregate_kl_stderr
+    assert aggregate_posterior_kl(model, guide, x, site="z") < 0  # not clipped at 0

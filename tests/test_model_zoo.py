@@ -845,3 +845,25 @@ def test_cli_reports_a_wrong_dataset_kind(tmp_path, capsys):
     )
     assert code == 2
     assert "model 'sequence' needs token sequences" in capsys.readouterr().err
+
+
+def test_collapse_rule_counts_ties_at_the_boundary_as_collapsed():
+    lam = 0.3
+    sigma = math.sqrt(lam)
+    assert sigma**2 < lam  # the tie rounds to the "active" side without a tolerance
+    assert LinearVAE.collapsed_dimensions([1.0, lam], sigma).tolist() == [False, True]
+    assert LinearVAE.collapsed_dimensions([1.0, lam], sigma, rtol=0.0).tolist() == [False, False]
+    assert LinearVAE.collapsed_dimensions([0.31], sigma, rtol=0.0, atol=0.02).tolist() == [True]
+    assert LinearVAE.collapsed_dimensions([0.31], sigma).tolist() == [False]
+    with pytest.raises(ValueError, match="rtol must be >= 0"):
+        LinearVAE.collapsed_dimensions([lam], sigma, rtol=-1e-3)
+    with pytest.raises(TypeError, match="atol must be a real number"):
+        LinearVAE.collapsed_dimensions([lam], sigma, atol="0")
+    # the optimum at a tie: collapsed, with exactly zero loading and KL, unit scale
+    cov = torch.diag(torch.tensor([2.0, lam, 0.1], dtype=torch.float64))
+    opt = LinearVAE.ppca_optimum(cov, 2, covariance=True, noise=sigma)
+    assert opt.collapsed.tolist() == [False, True]
+    assert opt.collapsed_dimensions(rtol=0.0).tolist() == [False, False]
+    assert float(opt.loading[:, 1].abs().max()) == 0.0 and float(opt.kl_per_dim[1]) == 0.0
+    assert float(opt.posterior_scale[1]) == 1.0 and float(opt.encoder_weight[1].abs().max()) == 0.0
+    assert float(opt.kl_per_dim[0]) == pytest.approx(0.5 * math.log(2.0 / lam))

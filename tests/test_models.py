@@ -534,3 +534,20 @@ def test_docstring_examples_run(module):
     mod = importlib.import_module(f"pyrocollapse.models.{module}")
     result = doctest.testmod(mod, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def test_check_input_scans_values_only_under_validation():
+    # type, shape and device are always checked; the NaN and [0, 1] scans read every
+    # value, so (like Pyro's support checks) they run only while validation is on
+    vae = MLPVAE(input_dim=6, latent_dim=2)
+    bad = torch.full((2, 6), float("nan"))
+    with pyro.validation_enabled(False):
+        assert vae.check_input(bad) is bad
+        assert vae.check_input(torch.full((2, 6), 3.0)).shape == (2, 6)
+        with pytest.raises(ValueError, match=r"x must have shape \(N, 6\)"):
+            vae.check_input(torch.zeros(2, 5))
+    with pyro.validation_enabled(True):
+        with pytest.raises(ValueError, match="x contains 12 NaN"):
+            vae.check_input(bad)
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+            vae.check_input(torch.full((2, 6), 3.0))

@@ -1,4 +1,5 @@
 import functools
+import math
 
 import numpy as np
 import pyro
@@ -454,4 +455,46 @@ def test_validation_runs_on_the_first_step_only_unless_asked(digits):
             epochs=1,
             progress=False,
             monitor=None,
+        )
+
+
+def test_default_monitoring_with_a_stock_elbo_covers_every_per_dimension_latent(digits):
+    # Pyro's own ELBOs report no sites: "default" then monitors every latent site of
+    # shape (batch, latent_dim) and skips the others (here a global scalar latent)
+    vae = small_vae()
+
+    def model(x):
+        pyro.sample("s", dist.Normal(0.0, 1.0))
+        vae.model(x)
+
+    def guide(x):
+        pyro.sample("s", dist.Normal(pyro.param("s_loc", torch.tensor(0.0)), 1.0))
+        vae.guide(x)
+
+    hist = fit(
+        model,
+        guide,
+        digits[:100],
+        loss=pyro.infer.Trace_ELBO(),
+        epochs=1,
+        batch_size=50,
+        seed=0,
+        progress=False,
+    )
+    values = hist[0].values
+    assert 0 <= values["active_units/z"] <= vae.latent_dim
+    assert math.isfinite(values["mi/z"])
+    assert not any(k.endswith("/s") for k in values)
+    # asking for the scalar site explicitly is an error, not a silent skip
+    with pytest.raises(ValueError, match="'s'"):
+        fit(
+            model,
+            guide,
+            digits[:100],
+            loss=pyro.infer.Trace_ELBO(),
+            epochs=1,
+            batch_size=50,
+            seed=0,
+            progress=False,
+            monitor=["s"],
         )
