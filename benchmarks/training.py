@@ -53,7 +53,7 @@ from torch import nn
 from pyrocollapse.elbo import ELBOS, BaseELBO
 from pyrocollapse.models import MLPVAE
 from pyrocollapse.priors import PRIORS, StandardNormalPrior
-from pyrocollapse.train import collect_params
+from pyrocollapse.train import History, TrainState, _train_step, collect_params, make_optimizer
 
 #: Constructor arguments for objectives that need some (others take none).
 ELBO_ARGS: dict[str, dict[str, Any]] = {
@@ -128,22 +128,24 @@ def svi_step(vae: MLPVAE, x: torch.Tensor, elbo: Any) -> Callable[[], None]:
 
 
 def fit_step(vae: MLPVAE, x: torch.Tensor, elbo: BaseELBO) -> Callable[[], None]:
-    """The step ``pyrocollapse.train.fit`` runs (``_train_step``), without a clip norm."""
+    """The step ``pyrocollapse.train.fit`` runs: its own ``_train_step`` (zero the
+    gradients, ``differentiable_loss``, backward, the finiteness check of the loss and
+    the global gradient norm, one fused Adam step, ``loss.step()``, reading the step's
+    breakdown), on a ``TrainState`` built as ``fit`` builds it, without a clip norm."""
     guide_params, model_params = collect_params(vae.model, vae.guide, x)
-    opt = torch.optim.Adam(guide_params + model_params, lr=1e-3, fused=True)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
-        if not torch.isfinite(loss):
-            raise FloatingPointError("non-finite loss")
-        loss.backward()
-        opt.step()
-        elbo.step()
-        if elbo.last is not None:  # fit records the breakdown of every step
-            dict(elbo.last.components), dict(elbo.last.kl_per_dim)
-
-    return step
+    optimizer = make_optimizer(None, guide_params + model_params)
+    state = TrainState(
+        vae.model,
+        vae.guide,
+        elbo,
+        optimizer,
+        History(),
+        epochs=1,
+        guide_params=guide_params,
+        model_params=model_params,
+    )
+    state.epoch = 1
+    return lambda: _train_step(state, x, None)
 
 
 def matmul_gflops(n: int = 1024) -> float:

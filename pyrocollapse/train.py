@@ -1035,6 +1035,10 @@ def _grad_norm(params: Sequence[torch.Tensor], clip_norm: float | None) -> torch
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
+    first = grads[0]
+    if all(g.device == first.device and g.dtype == first.dtype for g in grads):
+        # one fused kernel; get_total_norm adds ~20 us of grouping in Python per step
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
     if get_total_norm is not None:  # torch >= 2.6
         return get_total_norm(grads)
