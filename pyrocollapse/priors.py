@@ -116,6 +116,29 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         Batch shape ``(K,)``, event shape ``(D,)``.
     """
 
+    def __init__(
+        self,
+        mixture_distribution: dist.Categorical,
+        component_distribution: dist.TorchDistribution,
+        validate_args: bool | None = None,
+    ) -> None:
+        if not isinstance(mixture_distribution, torch.distributions.Categorical):
+            raise TypeError(
+                "mixture_distribution must be a Categorical over the components, got "
+                f"{type(mixture_distribution).__name__}"
+            )
+        if not isinstance(component_distribution, torch.distributions.Distribution):
+            raise TypeError(
+                "component_distribution must be a Distribution with batch shape (K,) and "
+                f"event shape (D,), e.g. Normal(loc, scale).to_event(1); got "
+                f"{type(component_distribution).__name__}"
+            )
+        super().__init__(mixture_distribution, component_distribution, validate_args)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> DiagonalNormalMixture:
+        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
+        return super().expand(batch_shape, _instance=new)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         comp = self.component_distribution
         base = getattr(comp, "base_dist", None)

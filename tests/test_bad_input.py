@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -425,6 +426,8 @@ TABLE: list[Case] = [
     Case("priors.MixturePrior:learn_weights-str", _make("pyrocollapse.priors.MixturePrior", 2, learn_weights="yes"), TypeError, r"^learn_weights must be a bool"),
     Case("priors.VampPrior:n_pseudo-0", _make("pyrocollapse.priors.VampPrior", None, 0, (4,), latent_dim=2), ValueError, r"^n_pseudo must be >= 1, got 0"),
     Case("priors.VampPrior:unknown-support", _make("pyrocollapse.priors.VampPrior", None, 3, (4,), latent_dim=2, support="positive"), ValueError, r"^support must be one of .*got 'positive'"),
+    Case("priors.DiagonalNormalMixture:not-categorical", _make("pyrocollapse.priors.DiagonalNormalMixture", "weights", _Lazy(lambda: dist.Normal(torch.zeros(3, 2), 1.0).to_event(1))), TypeError, r"^mixture_distribution must be a Categorical over the components, got str"),
+    Case("priors.DiagonalNormalMixture:not-a-distribution", _make("pyrocollapse.priors.DiagonalNormalMixture", _Lazy(lambda: dist.Categorical(logits=torch.zeros(3))), "normal"), TypeError, r"^component_distribution must be a Distribution"),
     Case("priors.VampPrior:input_shape-empty", _make("pyrocollapse.priors.VampPrior", None, 3, (), latent_dim=2), ValueError, r"input_shape"),
     Case("priors.HierarchicalPrior:top_dim-0", _make("pyrocollapse.priors.HierarchicalPrior", 2, top_dim=0), ValueError, r"^top_dim must be >= 1, got 0"),
     Case("priors.HierarchicalPrior:hidden-0", _make("pyrocollapse.priors.HierarchicalPrior", 2, hidden=(0,)), ValueError, r"^hidden\[0\] must be >= 1, got 0"),

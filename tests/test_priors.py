@@ -842,7 +842,13 @@ def test_diagonal_normal_mixture_log_prob_equals_mixture_same_family(value_shape
 def test_mixture_and_vamp_priors_use_the_fast_mixture():
     from pyrocollapse.priors import DiagonalNormalMixture
 
-    assert isinstance(MixturePrior(3, n_components=4).distribution(), DiagonalNormalMixture)
+    prior = MixturePrior(3, n_components=4).distribution()
+    assert isinstance(prior, DiagonalNormalMixture)
+    # expanded inside a plate it stays a DiagonalNormalMixture with the same density
+    expanded = prior.expand((6,))
+    assert isinstance(expanded, DiagonalNormalMixture) and expanded.batch_shape == (6,)
+    z = torch.randn(6, 3)
+    torch.testing.assert_close(expanded.log_prob(z), prior.log_prob(z))
     # a mixture with batch dimensions falls back to MixtureSameFamily's own log_prob
     mix = DiagonalNormalMixture(
         dist.Categorical(logits=torch.zeros(2, 3)),
