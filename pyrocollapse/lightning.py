@@ -399,6 +399,9 @@ def per_data_point_terms(
         ``kl/<site>`` and extras as detached 0-dim tensors in nats per data point (no
         host transfer), plus the current weights (``kl_weight``, ...) as they are.
     """
+    if not isinstance(objective, ELBO):
+        raise TypeError(f"objective must be a pyro.infer.ELBO, got {type(objective).__name__}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     last = getattr(objective, "last", None) if isinstance(objective, BaseELBO) else None
     if last is None:
         return {"loss": loss.detach() / batch_size}

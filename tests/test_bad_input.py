@@ -737,6 +737,25 @@ TABLE: list[Case] = [
     Case("cli.parse_options:pairs-str", _make("pyrocollapse.cli.parse_options", "a=1", lambda a=1: None, "prior"), TypeError, r"^pairs must be a list of KEY=VALUE strings, got str"),
     Case("cli.main:argv-str", _make("pyrocollapse.cli.main", "run --epochs 1"), TypeError, r"^argv must be a list of strings such as \['run', '--epochs', '5'\], got str 'run --epochs 1'"),
 ]
+
+#: Rows for the optional Lightning module (the ``lightning`` extra, installed with ``dev``).
+HAS_LIGHTNING = importlib.util.find_spec("lightning") is not None or (
+    importlib.util.find_spec("pytorch_lightning") is not None
+)
+# fmt: off
+if HAS_LIGHTNING:
+    TABLE += [
+        Case("lightning.VAELightningModule:not-a-module", _make("pyrocollapse.lightning.VAELightningModule", object()), TypeError, r"^model must be a torch\.nn\.Module"),
+        Case("lightning.VAELightningModule:lr-0", _make("pyrocollapse.lightning.VAELightningModule", _Lazy(lambda: importlib.import_module("pyrocollapse.models").MLPVAE(4, 2)), lr=0.0), ValueError, r"^lr must be > 0"),
+        Case("lightning.VAELightningModule:unknown-elbo", _make("pyrocollapse.lightning.VAELightningModule", _Lazy(lambda: importlib.import_module("pyrocollapse.models").MLPVAE(4, 2)), elbo="nope"), ValueError, r"unknown elbo 'nope'; valid names"),
+        Case("lightning.make_dataloader:empty", _make("pyrocollapse.lightning.make_dataloader", torch.zeros(0, 3)), ValueError, r"at least one row"),
+        Case("lightning.make_dataloader:batch_size-0", _make("pyrocollapse.lightning.make_dataloader", torch.zeros(4, 3), batch_size=0), ValueError, r"^batch_size must be >= 1, got 0"),
+        Case("lightning.RankStateDump:dirpath-int", _make("pyrocollapse.lightning.RankStateDump", 1), TypeError, r"^dirpath must be a path, got int"),
+        Case("lightning.per_data_point_terms:not-an-elbo", _make("pyrocollapse.lightning.per_data_point_terms", "elbo", torch.tensor(1.0), 3), TypeError, r"^objective must be a pyro\.infer\.ELBO, got str"),
+        Case("lightning.per_data_point_terms:batch_size-0", _make("pyrocollapse.lightning.per_data_point_terms", _Lazy(lambda: importlib.import_module("pyrocollapse.elbo").PlainELBO()), torch.tensor(1.0), 0), ValueError, r"^batch_size must be >= 1, got 0"),
+        Case("lightning.main:argv-str", _make("pyrocollapse.lightning.main", "run"), TypeError, r"^argv must be a list of strings"),
+    ]
+# fmt: on
 # fmt: on
 
 
@@ -809,6 +828,8 @@ MODULES = {
     "experiment": "pyrocollapse.experiment",
     "comparison": "pyrocollapse.comparison",
     "cli": "pyrocollapse.cli",
+    "jit": "pyrocollapse.jit",
+    **({"lightning": "pyrocollapse.lightning"} if HAS_LIGHTNING else {}),
 }
 
 #: Public functions and classes without a row, each with the reason.
@@ -839,6 +860,7 @@ EXEMPT = {
         "intermediate record built by BaseELBO.evaluate",
     ),
     "models.PPCASolution": "result record of LinearVAE's closed-form solution",
+    "jit.CompiledEvaluation": "cache built by BaseELBO(jit=True); its inputs are checked there",
     "train.Callback": "base class with no-op hooks; its subclasses have rows",
     "train.NonFiniteLossError": "an exception class fit raises, takes a message only",
     "pyrocollapse.NonFiniteLossError": "same object as train.NonFiniteLossError",
