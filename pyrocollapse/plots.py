@@ -514,11 +514,43 @@ def plot_kl_heatmap(history: Any, site: str = "z", ax: Any = None) -> Any:
     return fig
 
 
+def _history_sites(history: Any) -> set[str]:
+    """Latent sites ``history`` recorded (per-dimension KL or a ``kl/<site>`` column)."""
+    _check_history(history)
+    return {s for r in history for s in r.kl_per_dim} | {
+        k.split("/", 1)[1] for r in history for k in r.values if k.startswith("kl/")
+    }
+
+
 def plot_training(history: Any, site: str = "z") -> Any:
-    """ELBO, KL weight, active units and MI over epochs (two panels)."""
+    """Training curves of ``history`` over epochs, in two panels.
+
+    Left: ELBO and reconstruction term (nats per data point) and, on a second axis, the
+    KL weight when it changed during training (a schedule); a constant weight is named in
+    the panel's title instead. Right: the collapse indicators of ``site`` that were
+    monitored (active units, MI in nats) and the KL term (nats per data point).
+
+    Parameters
+    ----------
+    history : History
+        From :func:`pyrocollapse.fit` (at least one epoch).
+    site : str
+        Latent site whose monitored active units and mutual information are drawn.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With 2 axes, or 3 when the KL weight varied (the weight's twin axis).
+    """
     from matplotlib.figure import Figure
 
     _check_history(history)
+    check_type("site", site, str, "a latent site name")
+    known = _history_sites(history)
+    if known and site not in known:
+        raise ValueError(
+            f"site must be a latent site of this history, one of {sorted(known)}; got {site!r}"
+        )
     fig = Figure(figsize=(9.0, 3.5), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     ep = np.array([r.epoch for r in history])
@@ -527,9 +559,17 @@ def plot_training(history: Any, site: str = "z") -> Any:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("nats per point")
     ax1.legend(fontsize="small")
-    ax1b = ax1.twinx()
-    ax1b.plot(ep, history.column("kl_weight"), "k--", lw=1, label="KL weight")
-    ax1b.set_ylabel("KL weight")
+    weight = history.column("kl_weight")
+    finite = weight[np.isfinite(weight)]
+    if finite.size and np.ptp(finite) > 0:
+        ax1b = ax1.twinx()
+        ax1b.plot(ep, weight, "k--", lw=1, label="KL weight")
+        ax1b.set_ylabel("KL weight")
+        ax1.set_title("objective")
+    elif finite.size:
+        ax1.set_title(f"objective (KL weight {finite[0]:g})")
+    else:
+        ax1.set_title("objective")
     for key, label in ((f"active_units/{site}", "active units"), (f"mi/{site}", "MI (nats)")):
         col = history.column(key)
         if np.isfinite(col).any():

@@ -222,10 +222,12 @@ def history_figures(history: Any, sites: list[str]) -> dict[str, Any]:
     if history is None or len(history) == 0:
         return out
     n = len(sites)
+    recorded = plots._history_sites(history)
     for site in sites:
         if any(site in r.kl_per_dim for r in history):
             out[figure_name("kl_heatmap", site, n)] = plots.plot_kl_heatmap(history, site)
-        out[figure_name("training", site, n)] = plots.plot_training(history, site)
+        if not recorded or site in recorded:
+            out[figure_name("training", site, n)] = plots.plot_training(history, site)
     out["elbo_decomposition"] = plots.plot_elbo_decomposition(history)
     return out
 

@@ -88,6 +88,29 @@ def test_every_history_figure_renders(history):
     png_bytes(plots.plot_elbo_decomposition(history))
 
 
+def test_training_figure_draws_the_weight_axis_only_for_a_schedule(history):
+    fig = plots.plot_training(history, "z")
+    assert len(fig.axes) == 3
+    twin = fig.axes[2]
+    assert twin.get_ylabel() == "KL weight"
+    np.testing.assert_allclose(twin.lines[0].get_ydata(), [1 / 3, 2 / 3, 1.0, 1.0, 1.0])
+    for r in history:
+        r.values["kl_weight"] = 0.5
+    fig = plots.plot_training(history, "z")
+    assert len(fig.axes) == 2
+    assert fig.axes[0].get_title() == "objective (KL weight 0.5)"
+    labels = [ln.get_label() for ln in fig.axes[1].lines]
+    assert labels == ["active units", "MI (nats)", "KL (nats)"]
+    np.testing.assert_allclose(fig.axes[1].lines[1].get_ydata(), [0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_training_figure_refuses_a_site_the_history_lacks(history):
+    with pytest.raises(
+        ValueError, match=r"^site must be a latent site of this history, one of \['z'\]; got 'z1'"
+    ):
+        plots.plot_training(history, "z1")
+
+
 def test_traversal_and_reconstruction_figures_render(lg):
     x = lg.sample_data(6)
     trav = latent_traversal(lg.model, lg.guide, x[:1], values=[-2.0, 0.0, 2.0])
