@@ -558,18 +558,19 @@ def plot_training(history: Any, site: str = "z") -> Any:
     ax1.plot(ep, history.column("reconstruction"), label="reconstruction")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("nats per point")
-    ax1.legend(fontsize="small")
     weight = history.column("kl_weight")
     finite = weight[np.isfinite(weight)]
+    handles = list(ax1.get_lines())
     if finite.size and np.ptp(finite) > 0:
         ax1b = ax1.twinx()
-        ax1b.plot(ep, weight, "k--", lw=1, label="KL weight")
+        handles += ax1b.plot(ep, weight, "k--", lw=1, label="KL weight (right axis)")
         ax1b.set_ylabel("KL weight")
         ax1.set_title("objective")
     elif finite.size:
         ax1.set_title(f"objective (KL weight {finite[0]:g})")
     else:
         ax1.set_title("objective")
+    ax1.legend(handles=handles, fontsize="small")
     for key, label in ((f"active_units/{site}", "active units"), (f"mi/{site}", "MI (nats)")):
         col = history.column(key)
         if np.isfinite(col).any():

@@ -94,6 +94,8 @@ def test_training_figure_draws_the_weight_axis_only_for_a_schedule(history):
     twin = fig.axes[2]
     assert twin.get_ylabel() == "KL weight"
     np.testing.assert_allclose(twin.lines[0].get_ydata(), [1 / 3, 2 / 3, 1.0, 1.0, 1.0])
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["ELBO", "reconstruction", "KL weight (right axis)"]
     for r in history:
         r.values["kl_weight"] = 0.5
     fig = plots.plot_training(history, "z")
