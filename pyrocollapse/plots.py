@@ -206,7 +206,7 @@ def plot_dimensions(report: Any, site: str | None = None) -> Any:
                     label="MI",
                     capsize=2,
                 )
-            ax.legend(fontsize="small", loc="upper right")
+            ax.legend(fontsize="small", loc="best")
         elif key == "au":
             var = np.maximum(np.asarray(s.au_variance, dtype=float), 1e-12)
             err = None
@@ -214,9 +214,17 @@ def plot_dimensions(report: Any, site: str | None = None) -> Any:
                 ci = np.maximum(np.asarray(s.au_variance_ci, dtype=float), 1e-12)
                 err = np.abs(np.stack([var - ci[0], ci[1] - var]))
             ax.bar(dims, var, color=colors, edgecolor="black", linewidth=0.5, yerr=err, capsize=2)
-            ax.axhline(s.au_threshold, color="#d7301f", ls="--", lw=1, label="threshold")
+            ax.axhline(s.au_threshold, color="#d7301f", ls="--", lw=1)
+            ax.text(
+                0.01,
+                s.au_threshold,
+                f"threshold {s.au_threshold:g}",
+                transform=ax.get_yaxis_transform(),
+                color="#d7301f",
+                fontsize="small",
+                va="bottom",
+            )
             ax.set_yscale("log")
-            ax.legend(fontsize="small", loc="upper right")
         elif key == "rhat":
             ax.bar(
                 dims,

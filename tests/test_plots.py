@@ -82,6 +82,16 @@ def test_every_report_figure_renders(report):
         png_bytes(fig)
 
 
+def test_dimensions_figure_marks_the_activity_threshold_without_covering_bars(report):
+    fig = plots.plot_dimensions(report)
+    site = next(iter(report.sites.values()))
+    au_ax = next(ax for ax in fig.axes if ax.get_yscale() == "log")
+    assert au_ax.get_legend() is None
+    (line,) = [ln for ln in au_ax.get_lines() if ln.get_linestyle() == "--"]
+    np.testing.assert_allclose(line.get_ydata(), [site.au_threshold] * 2)
+    assert [t.get_text() for t in au_ax.texts] == [f"threshold {site.au_threshold:g}"]
+
+
 def test_every_history_figure_renders(history):
     png_bytes(plots.plot_kl_heatmap(history, "z"))
     png_bytes(plots.plot_training(history, "z"))
