@@ -48,10 +48,11 @@ import pyro
 import torch
 
 from pyrocollapse import diagnostics as dg
+from pyrocollapse.diagnostics import _tracing
 from pyrocollapse.models import MLPVAE
 
-_ROWS = dg._PARTICLE_ROWS
-_BLOCK = dg._BLOCK
+_ROWS = _tracing._PARTICLE_ROWS
+_BLOCK = _tracing._BLOCK
 
 
 # --------------------------------------------------------------------------------------
@@ -160,8 +161,8 @@ def mi_floor(n: int, latent_dim: int, draws: int = 1, per_dim_draws: int = 2048)
             block = zi @ w[:, j : j + width]
             block.sub_(block.amax(1, keepdim=True)).exp_().sum(1)
     entries = min(per_dim_draws, n * draws) * n * latent_dim
-    block = -torch.rand(dg._DIM_BLOCK)
-    for _ in range(max(1, entries // dg._DIM_BLOCK)):
+    block = -torch.rand(_tracing._DIM_BLOCK)
+    for _ in range(max(1, entries // _tracing._DIM_BLOCK)):
         block.clone().exp_().sum()
 
 

@@ -120,7 +120,20 @@ def to_inference_data(
     from pyro import poutine
 
     from pyrocollapse import __version__
-    from pyrocollapse import diagnostics as dg
+    from pyrocollapse.diagnostics._tracing import (
+        _check_inputs,
+        _effective_device,
+        _latent_names,
+        _layout,
+        _observed_names,
+        _per_point,
+        _probe,
+        _seeded,
+        _setup_device,
+        _site_log_prob,
+        _vectorised,
+    )
+    from pyrocollapse.diagnostics.importance import _particle_chunks
 
     az = _arviz()
     num_samples = check_int("num_samples", num_samples, minimum=1)
@@ -130,18 +143,18 @@ def to_inference_data(
         if prior_samples is None
         else check_int("prior_samples", prior_samples, minimum=1)
     )
-    x, batch_size = dg._check_inputs(data, batch_size)
-    dev = dg._setup_device(model, guide, x, device)
+    x, batch_size = _check_inputs(data, batch_size)
+    dev = _setup_device(model, guide, x, device)
     if latent_sites is not None and (
         isinstance(latent_sites, str) or not all(isinstance(s, str) for s in latent_sites)
     ):
         raise TypeError(f"latent_sites must be a sequence of site names; got {latent_sites!r}")
     probe = x[:2] if dev is None else x[:2].to(dev)
     total = chains * num_samples
-    with dg._seeded(seed, dg._effective_device(x, dev)):
-        traces = dg._probe(model, guide, x, dev)
-        layout = dg._layout(model, guide, x, traces)
-        names = dg._latent_names(*traces)
+    with _seeded(seed, _effective_device(x, dev)):
+        traces = _probe(model, guide, x, dev)
+        layout = _layout(model, guide, x, traces)
+        names = _latent_names(*traces)
         sites = names if latent_sites is None else list(latent_sites)
         missing = [s for s in sites if s not in names]
         if missing:
@@ -151,18 +164,18 @@ def to_inference_data(
         post: dict[str, list[list[torch.Tensor]]] = {s: [] for s in sites}
         loglik: dict[str, list[list[torch.Tensor]]] = {}
         observed: dict[str, list[torch.Tensor]] = {}
-        for _, runs in dg._particle_chunks(model, guide, x, total, batch_size, dev, layout):
+        for _, runs in _particle_chunks(model, guide, x, total, batch_size, dev, layout):
             chunk_post: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
             chunk_ll: dict[str, list[torch.Tensor]] = {}
             for i, (model_tr, guide_tr) in enumerate(runs):
                 for s in sites:
                     chunk_post[s].append(guide_tr.nodes[s]["value"])  # (k, B, D)
-                for name in dg._observed_names(model_tr):
+                for name in _observed_names(model_tr):
                     site = model_tr.nodes[name]
                     if i == 0:
                         observed.setdefault(name, []).append(site["value"])
                     if log_likelihood:
-                        lp = dg._per_point(dg._site_log_prob(site), site, layout, particles=True)
+                        lp = _per_point(_site_log_prob(site), site, layout, particles=True)
                         chunk_ll.setdefault(name, []).append(lp)
             for s in sites:
                 post[s].append(chunk_post[s])
@@ -215,7 +228,7 @@ def to_inference_data(
         if prior:
             with torch.no_grad(), poutine.block():
                 tr = poutine.trace(
-                    dg._vectorised(model, chains * prior_samples, layout.nesting)
+                    _vectorised(model, chains * prior_samples, layout.nesting)
                 ).get_trace(probe[:1])
             pr = {s: _numpy(tr.nodes[s]["value"]).reshape(chains, prior_samples, -1) for s in sites}
             groups["prior"] = az.dict_to_dataset(

@@ -1,0 +1,493 @@
+"""Posterior-collapse diagnostics for any Pyro model/guide pair.
+
+Everything here works from Pyro traces: the guide is traced on a chunk of data and the
+model is replayed on the guide's draws, so the estimators apply to hand-written models as
+well as to :mod:`pyrocollapse.models`, and to several latent sites (hierarchical models).
+
+What the programs must look like
+--------------------------------
+* ``model(x)`` and ``guide(x)`` take one chunk ``x`` of shape ``(B, ...)`` of the data,
+  whose dim 0 indexes observations.
+* A latent site to diagnose lies in one data plate over dim -1 (batch shape ``(B,)``) and
+  has event shape ``(latent_dim,)`` (e.g. ``dist.Normal(loc, scale).to_event(1)``).
+* Estimators that need the model's density per observation (:func:`iw_log_likelihood`,
+  :func:`psis_khat`, :func:`decoder_sensitivity`, :func:`posterior_mean_space`) need every
+  model site inside that data plate (no global latent variables), and programs that
+  broadcast over one extra batch dimension on the left: they run all draws of a chunk at
+  once in a vectorised particle plate, as Pyro's ``vectorize_particles=True`` does.
+
+Hierarchical models
+-------------------
+Every metric is computed per latent site. For a site whose prior depends on another
+latent (``z ~ p(z | z_top)``) the "prior" of that site is the conditional prior at the
+guide's draw of its parents, so its KL is the term the ELBO subtracts,
+``E_q[KL(q(z|x, .) || p(z | z_top))]``, and the identity ``KL = I_q(x; z) + marginal KL``
+holds with that conditional prior. Likewise, a guide site that depends on another latent
+draw is represented by that conditional at one draw. :func:`diagnose` flags such sites
+(``SiteReport.conditional_prior``).
+
+Chunking, memory and speed
+--------------------------
+All estimators run without gradients (except the ``"score"`` decoder sensitivity, which
+differentiates with respect to z only) in chunks of ``batch_size`` points. The aggregate
+posterior q(z) = (1/N) sum_n q(z | x_n) is evaluated in blocks of at most ``2**18`` pairs,
+so memory is O(N * latent_dim) whatever N while the cost stays O(N^2 * num_samples) in
+matrix products. Vectorised model runs hold at most ``2**14`` (draws x points) rows.
+
+Devices and reproducibility
+---------------------------
+Every estimator takes ``device``: ``None`` (default) runs where the data are; a device
+(``"cpu"``, ``"cuda"``, ``"cuda:1"``, a :class:`torch.device`) moves each chunk of
+``batch_size`` points there just before it is traced, so the data set itself may stay in
+host memory. The model and guide are *not* moved: put their parameters on the device
+first (``vae.to("cuda")``). A device this machine lacks raises ``ValueError`` before any
+work, and so does a model (a ``PyroModule`` whose bound ``model`` / ``guide`` are passed)
+whose parameters sit on another device than the one the chunks go to. Results always
+come back on the host, as NumPy arrays, whatever the device. Estimators draw from
+torch's global RNG (seed it with ``pyro.set_rng_seed``); :func:`diagnose` seeds it
+itself (CPU and, when it runs there, the CUDA device) and restores the previous state.
+
+Submodules
+----------
+The estimators live in submodules by topic; every public name is importable from here.
+
+* :mod:`~pyrocollapse.diagnostics.kl`: :func:`kl_per_dimension`.
+* :mod:`~pyrocollapse.diagnostics.activity`: :func:`active_units`.
+* :mod:`~pyrocollapse.diagnostics.aggregate`: the aggregate posterior,
+  :func:`mutual_information` and :func:`aggregate_posterior_kl`.
+* :mod:`~pyrocollapse.diagnostics.rhat`: :func:`datapoint_rhat`.
+* :mod:`~pyrocollapse.diagnostics.densities`: per-dimension densities,
+  :func:`marginal_log_prob` and :func:`posterior_densities`.
+* :mod:`~pyrocollapse.diagnostics.importance`: :func:`iw_log_likelihood`,
+  :func:`psis_khat` and :func:`posterior_mean_space`.
+* :mod:`~pyrocollapse.diagnostics.probes`: :func:`decoder_sensitivity`,
+  :func:`latent_traversal` and :func:`reconstruction_means`.
+* :mod:`~pyrocollapse.diagnostics._tracing` (internal): inputs, devices and seeds,
+  tracing the programs on chunks of data (:func:`latent_site_names`,
+  :func:`site_draws`, :class:`SiteDraw`), bootstrap resampling.
+
+:func:`diagnose`, which runs them all from one pass over the data, is defined here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pyro.distributions.util import scale_and_mask
+
+from pyrocollapse._validation import check_choice, check_float, check_int
+from pyrocollapse.diagnostics._tracing import (
+    _MEAN_SPACE_POINTS,
+    SiteDraw,
+    _check_bootstrap,
+    _check_inputs,
+    _chunks,
+    _effective_device,
+    _latent_names,
+    _layout,
+    _numpy,
+    _observed_names,
+    _probe,
+    _run,
+    _seeded,
+    _setup_device,
+    _site_draw,
+    _site_log_prob,
+    _varies_over_points,
+    latent_site_names,
+    site_draws,
+)
+from pyrocollapse.diagnostics._tracing import _log_prob as _log_prob  # used by the tests
+from pyrocollapse.diagnostics.activity import ActiveUnits, _au_from_draws, active_units
+from pyrocollapse.diagnostics.aggregate import (
+    MutualInformation,
+    _mi_from_draws,
+    aggregate_posterior_kl,
+    mutual_information,
+)
+from pyrocollapse.diagnostics.densities import (
+    PosteriorDensities,
+    _densities,
+    _joint_kl,
+    marginal_log_prob,
+    posterior_densities,
+)
+from pyrocollapse.diagnostics.importance import (
+    ImportanceWeightedLogLikelihood,
+    PosteriorMeanSpace,
+    PSISDiagnostic,
+    _check_psis_samples,
+    _importance_pass,
+    iw_log_likelihood,
+    posterior_mean_space,
+    psis_khat,
+)
+from pyrocollapse.diagnostics.importance import _psis_khat as _psis_khat  # used by the tests
+from pyrocollapse.diagnostics.kl import KLPerDimension, _kl_from_draws, kl_per_dimension
+from pyrocollapse.diagnostics.probes import (
+    DecoderSensitivity,
+    LatentTraversal,
+    _sensitivity,
+    decoder_sensitivity,
+    latent_traversal,
+    reconstruction_means,
+)
+from pyrocollapse.diagnostics.rhat import DatapointRhat, _rhat_from_draws, datapoint_rhat
+
+__all__ = [
+    "DEFAULT_ESTIMATORS",
+    "ESTIMATORS",
+    "ActiveUnits",
+    "DatapointRhat",
+    "DecoderSensitivity",
+    "ImportanceWeightedLogLikelihood",
+    "KLPerDimension",
+    "LatentTraversal",
+    "MutualInformation",
+    "PSISDiagnostic",
+    "PosteriorDensities",
+    "PosteriorMeanSpace",
+    "SiteDraw",
+    "active_units",
+    "aggregate_posterior_kl",
+    "datapoint_rhat",
+    "decoder_sensitivity",
+    "diagnose",
+    "iw_log_likelihood",
+    "kl_per_dimension",
+    "latent_site_names",
+    "latent_traversal",
+    "marginal_log_prob",
+    "mutual_information",
+    "posterior_densities",
+    "posterior_mean_space",
+    "psis_khat",
+    "reconstruction_means",
+    "site_draws",
+]
+
+#: Every estimator :func:`diagnose` can run.
+ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "psis", "iw")
+#: The ones it runs by default: those that cost about one pass of the guide and model.
+DEFAULT_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity")
+
+
+# --------------------------------------------------------------------------------------
+# diagnose
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Sweep:
+    """One pass of guide and model over the data: draws of the diagnosed sites and the
+    per-point sums of the ELBO's terms (every latent site, one draw of z per point)."""
+
+    draws: dict[str, list[SiteDraw]]
+    reconstruction: float
+    kl: dict[str, float]
+    num_points: int
+    conditional_prior: dict[str, bool]
+
+
+def _sweep(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    sites: Sequence[str],
+    batch_size: int,
+    device: torch.device | None,
+) -> _Sweep:
+    draws: dict[str, list[SiteDraw]] = {s: [] for s in sites}
+    conditional = dict.fromkeys(sites, False)
+    recon, kls = 0.0, {}
+    for xb in _chunks(x, batch_size, device):
+        with torch.no_grad():
+            model_tr, guide_tr = _run(model, guide, xb)
+            for s in sites:
+                d = _site_draw(model_tr, guide_tr, s, len(xb))
+                draws[s].append(d)
+                conditional[s] = conditional[s] or _varies_over_points(d.p, d.z)
+            for name in _observed_names(model_tr):
+                recon += float(_site_log_prob(model_tr.nodes[name]).sum())
+            for name in _latent_names(model_tr, guide_tr):
+                g = guide_tr.nodes[name]
+                kl = _joint_kl(g["fn"], model_tr.nodes[name]["fn"], g["value"], 1)
+                if g["mask"] is not None:
+                    kl = scale_and_mask(kl, mask=g["mask"])
+                kls[name] = kls.get(name, 0.0) + float(kl.sum())
+    return _Sweep(draws, recon, kls, int(x.shape[0]), conditional)
+
+
+def _check_estimators(estimators: object) -> tuple[str, ...]:
+    if isinstance(estimators, str) or not isinstance(estimators, Sequence):
+        raise TypeError(
+            f"estimators must be a sequence of names such as ('kl', 'au', 'mi'), got {estimators!r}"
+        )
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise ValueError(
+            f"unknown estimator(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(ESTIMATORS)}"
+        )
+    chosen = {"kl", "au", *estimators}
+    return tuple(e for e in ESTIMATORS if e in chosen)
+
+
+def diagnose(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    latent_sites: Sequence[str] | None = ("z",),
+    *,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    num_samples: int = 1,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    au_threshold: float = 0.01,
+    mi_threshold: float = 0.01,
+    bootstrap: int = 0,
+    ci_level: float = 0.95,
+    rhat_samples: int = 10,
+    importance_samples: int = 100,
+    sensitivity_method: str = "score",
+    per_dim_draws: int | None = 2048,
+    max_points: int | None = 5000,
+    seed: int | None = 0,
+) -> Any:
+    """Diagnose posterior collapse of a trained model/guide pair on ``data``.
+
+    One pass of guide and model over the data gives the draws every per-site estimator
+    uses (no re-tracing per estimator); the importance-sampling estimators share one
+    vectorised pass.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs taking a batch ``x`` (any Pyro model/guide pair).
+    data : torch.Tensor
+        Shape ``(N, ...)``.
+    latent_sites : sequence of str or None
+        Latent sites to diagnose; ``None`` means every latent site of the guide.
+    estimators : sequence of str
+        Which of :data:`ESTIMATORS` to run: ``"kl"`` and ``"au"`` (always run: the status
+        rule needs them), ``"mi"`` (mutual information and marginal KL),
+        ``"rhat"`` (datapoints-as-chains R-hat), ``"sensitivity"`` (decoder
+        sensitivity), ``"iw"`` (importance-weighted log-likelihood, inference gap and the
+        posterior-mean space) and ``"psis"`` (PSIS k-hat per point). The default runs the
+        cheap ones; ``"iw"`` and ``"psis"`` cost ``importance_samples`` model passes per
+        point.
+    num_samples : int
+        Draws of z per point for MI, marginal KL, Monte Carlo KLs and the sensitivity.
+    batch_size : int
+        Points per chunk.
+    device : str, torch.device or None
+        Device each chunk is moved to (``None``: where the data are); the model and guide
+        are not moved, so put them there first (``vae.to(device)``). The report holds
+        host (NumPy) values whatever the device.
+    au_threshold : float
+        Active-unit threshold on Cov_x(E_q[z_d]) (Burda et al. 2016: 0.01).
+    mi_threshold : float
+        Nats of I_q(x; z_d) above which an inactive dimension counts as informative.
+    bootstrap : int
+        Bootstrap replicates for intervals on MI, marginal KL and AU (0: none).
+    ci_level : float
+        Coverage of those intervals.
+    rhat_samples : int
+        Draws per observation (chain length) for the R-hat.
+    importance_samples : int
+        Draws per point for ``"iw"`` and ``"psis"`` (>= 50 with ``"psis"``).
+    sensitivity_method : {"score", "finite_difference"}
+        See :func:`decoder_sensitivity`.
+    per_dim_draws : int or None
+        Draws used for per-dimension MI (see :func:`mutual_information`).
+    max_points : int or None
+        Diagnose a random subset of at most this many points (``None``: all).
+    seed : int or None
+        Seed for the subset and the Monte Carlo draws (the global RNG state is restored).
+
+    Returns
+    -------
+    CollapseReport
+        Per site and dimension: KL, active-unit variance, MI, R-hat, sensitivity and
+        status; per-site and overall verdicts; the ELBO decomposition; guide quality.
+
+    Notes
+    -----
+    The status of dimension d of a site is (the rule is stated in the report):
+
+    * ``active`` when Cov_x(E_q[z_d]) > ``au_threshold``;
+    * ``inactive-but-informative`` when not active but I_q(x; z_d) > ``mi_threshold``
+      (the information lives in q's shape, not its mean);
+    * ``collapsed`` otherwise: z_d carries no information about x.
+
+    The verdict is ``healthy`` (no collapsed dimension), ``partial collapse`` or ``full
+    collapse`` (every dimension of every site collapsed).
+
+    For its figures the report also keeps the marginal densities of q(z_d | x) for the
+    first 5 points and of p(z_d) on 121-point grids, and (with ``"iw"``) the approximate
+    and model posterior means of the first 500 points.
+
+    The ELBO decomposition (per point, nats) is ``elbo = reconstruction - kl`` with
+    ``kl = sum_site kl/<site>`` and, per site, ``KL = MI + marginal KL`` (Hoffman &
+    Johnson 2016); with ``"iw"``, ``log_likelihood`` (IW) and ``inference_gap =
+    log_likelihood - elbo``. Guide-only (auxiliary) sites are not counted.
+
+    References
+    ----------
+    Burda, Grosse, Salakhutdinov (2016). Importance Weighted Autoencoders. ICLR.
+    He, Spokoyny, Neubig, Berg-Kirkpatrick (2019). Lagging Inference Networks and
+    Posterior Collapse in Variational Autoencoders. ICLR.
+    Hoffman & Johnson (2016). ELBO surgery. NIPS AABI Workshop.
+    Yao, Vehtari, Simpson, Gelman (2018). Yes, but Did It Work?: Evaluating Variational
+    Inference. ICML.
+    """
+    from pyrocollapse.report import CollapseReport, SiteReport
+
+    x, batch_size = _check_inputs(data, batch_size)
+    chosen = _check_estimators(estimators)
+    dev = _setup_device(model, guide, x, device)
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    au_threshold = check_float("au_threshold", au_threshold, minimum=0.0)
+    mi_threshold = check_float("mi_threshold", mi_threshold, minimum=0.0)
+    bootstrap, ci_level = _check_bootstrap(bootstrap, ci_level)
+    rhat_samples = check_int("rhat_samples", rhat_samples, minimum=2)
+    importance_samples = (
+        _check_psis_samples("importance_samples", importance_samples)
+        if "psis" in chosen
+        else check_int("importance_samples", importance_samples, minimum=1)
+    )
+    sensitivity_method = check_choice(
+        "sensitivity_method", sensitivity_method, ("score", "finite_difference")
+    )
+    if per_dim_draws is not None:
+        per_dim_draws = check_int("per_dim_draws", per_dim_draws, minimum=2)
+    if max_points is not None:
+        max_points = check_int("max_points", max_points, minimum=2)
+    if latent_sites is not None and (
+        isinstance(latent_sites, str) or not all(isinstance(s, str) for s in latent_sites)
+    ):
+        raise TypeError(
+            f"latent_sites must be a sequence of site names, e.g. ('z',); got {latent_sites!r}"
+        )
+    with _seeded(seed, _effective_device(x, dev)):
+        if max_points is not None and x.shape[0] > max_points:
+            # the subset comes from the CPU generator, the same whatever the device
+            x = x[torch.randperm(x.shape[0], device="cpu")[:max_points].to(x.device)]
+        traces = _probe(model, guide, x, dev)
+        if latent_sites is None:
+            latent_sites = _latent_names(*traces)
+        latent_sites = list(latent_sites)
+        if not latent_sites:
+            raise ValueError("latent_sites is empty; name at least one latent site")
+        layout = _layout(model, guide, x, traces)
+        sweep = _sweep(model, guide, x, latent_sites, batch_size, dev)
+        sites = {}
+        with torch.no_grad():
+            for site in latent_sites:
+                draws = sweep.draws[site]
+                kl = _kl_from_draws(draws, site, max(num_samples, 64))
+                au = _au_from_draws(draws, au_threshold, 64, bootstrap, ci_level)
+                mi = (
+                    _mi_from_draws(draws, num_samples, per_dim_draws, bootstrap, ci_level)
+                    if "mi" in chosen
+                    else None
+                )
+                rhat = _rhat_from_draws(draws, rhat_samples) if "rhat" in chosen else None
+                sites[site] = dict(
+                    kl=kl,
+                    au=au,
+                    mi=mi,
+                    rhat=rhat,
+                    densities=_densities(draws, site),
+                )
+        for site in latent_sites:
+            sites[site]["sensitivity"] = (
+                _sensitivity(
+                    model,
+                    guide,
+                    x,
+                    site,
+                    layout,
+                    sensitivity_method,
+                    num_samples,
+                    0.1,
+                    None,
+                    batch_size,
+                    dev,
+                )
+                if "sensitivity" in chosen
+                else None
+            )
+        n = sweep.num_points
+        kl_total = sum(total / n for total in sweep.kl.values())
+        elbo = {
+            "elbo": sweep.reconstruction / n - kl_total,
+            "reconstruction": sweep.reconstruction / n,
+            "kl": kl_total,
+            **{f"kl/{name}": total / n for name, total in sweep.kl.items()},
+        }
+        guide_quality = None
+        if "iw" in chosen or "psis" in chosen:
+            res = _importance_pass(
+                model,
+                guide,
+                x,
+                importance_samples,
+                batch_size,
+                dev,
+                layout,
+                khat="psis" in chosen,
+                mean_sites=latent_sites if "iw" in chosen else (),
+                mean_points=_MEAN_SPACE_POINTS,
+            )
+            if "iw" in chosen:
+                elbo["log_likelihood"] = float(res.log_likelihood.mean())
+                elbo["log_likelihood_stderr"] = (
+                    float(res.log_likelihood.std() / math.sqrt(n)) if n > 1 else math.nan
+                )
+                elbo["inference_gap"] = elbo["log_likelihood"] - elbo["elbo"]
+                for site, (approx, exact) in res.means.items():
+                    sites[site]["mean_space"] = PosteriorMeanSpace(
+                        _numpy(approx), _numpy(exact), importance_samples
+                    )
+            if res.khat is not None:
+                psis = PSISDiagnostic(_numpy(res.khat), importance_samples)
+                guide_quality = {**psis.summary(), "khat": psis.khat}
+    reports = {
+        site: SiteReport.build(
+            site,
+            parts["kl"],
+            parts["au"],
+            parts["mi"],
+            mi_threshold=mi_threshold,
+            rhat=parts["rhat"],
+            sensitivity=parts["sensitivity"],
+            densities=parts["densities"],
+            mean_space=parts.get("mean_space"),
+            conditional_prior=sweep.conditional_prior[site],
+        )
+        for site, parts in sites.items()
+    }
+    return CollapseReport(
+        sites=reports,
+        elbo=elbo,
+        num_points=n,
+        settings={
+            "estimators": list(chosen),
+            "au_threshold": au_threshold,
+            "mi_threshold": mi_threshold,
+            "num_samples": num_samples,
+            "batch_size": batch_size,
+            "bootstrap": bootstrap,
+            "ci_level": ci_level,
+            "rhat_samples": rhat_samples,
+            "importance_samples": importance_samples,
+            "sensitivity_method": sensitivity_method,
+            "per_dim_draws": per_dim_draws,
+            "max_points": max_points,
+            "seed": seed,
+            "device": None if dev is None else str(dev),
+        },
+        guide_quality=guide_quality,
+    )

@@ -1,0 +1,439 @@
+"""Shared machinery of the diagnostics: inputs, devices and seeds; tracing guide and
+model on chunks of data (plate layout, per-point densities, :class:`SiteDraw`); bootstrap
+resampling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import prune_subsample_sites
+
+from pyrocollapse._validation import check_data, check_device, check_float, check_int, module_device
+
+_PARTICLES = "_pyrocollapse_particles"
+#: Entries per block of the pairwise (draw x component) log-density matrices: small
+#: enough to stay in cache (measured: 2**17-2**18 runs about twice as fast as 2**21).
+_BLOCK = 2**18
+#: Entries per block of the per-dimension (dimension x draw x component) pass.
+_DIM_BLOCK = 2**17
+#: (draws x points) rows per vectorised model run.
+_PARTICLE_ROWS = 2**14
+#: What a report keeps for its figures: the posterior-mean space of this many points, and
+#: the densities of this many observations on grids of this many points.
+_MEAN_SPACE_POINTS = 500
+_DENSITY_POINTS, _DENSITY_GRID = 5, 121
+#: Largest error (nats) tolerated from the float32 expansion of the Gaussian quadratic form.
+_F32_TOLERANCE = 1e-3
+_LOG_2PI = math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------------------
+# Inputs, devices, seeds
+# --------------------------------------------------------------------------------------
+def _check_inputs(data: object, batch_size: object) -> tuple[torch.Tensor, int]:
+    if isinstance(data, torch.Tensor) and not data.is_floating_point():
+        x = check_data("data", data, floating=False)
+    else:
+        x = check_data("data", data)
+    return x, check_int("batch_size", batch_size, minimum=1)
+
+
+def _check_device(device: object) -> torch.device | None:
+    """``device`` checked with :func:`pyrocollapse._validation.check_device`."""
+    return check_device("device", device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same, ``"cuda"`` meaning the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
+def _setup_device(
+    model: Callable, guide: Callable, x: torch.Tensor, device: object
+) -> torch.device | None:
+    """Check ``device`` and that the programs' modules live where the chunks will go.
+
+    Returns the checked device (``None``: the data's device). Only programs that are
+    modules or bound methods of modules (``vae.model``) can be checked; for plain
+    functions a mismatch surfaces as torch's own error.
+    """
+    dev = _check_device(device)
+    target = x.device if dev is None else dev
+    for label, fn in (("model", model), ("guide", guide)):
+        where = module_device(fn)
+        if where is not None and not _same_device(where, target):
+            source = "the data's device (device=None)" if dev is None else f"device={str(dev)!r}"
+            raise ValueError(
+                f"the {label}'s parameters are on {where} but the data chunks go to {target}, "
+                f"{source}. Try one of the following fixes:\n"
+                f"- move the model first: vae.to({str(target)!r})\n"
+                f"- or run where the model is: pass device={str(where)!r}"
+            )
+    return dev
+
+
+def _effective_device(x: torch.Tensor, device: torch.device | None) -> torch.device:
+    return x.device if device is None else device
+
+
+def _chunks(
+    x: torch.Tensor, batch_size: int, device: torch.device | None
+) -> Iterator[torch.Tensor]:
+    for xb in x.split(batch_size):
+        yield xb if device is None else xb.to(device)
+
+
+class _seeded:
+    """Context manager: seed torch's RNG for reproducible diagnostics, then restore it.
+
+    ``torch.manual_seed`` seeds the CPU generator and every CUDA generator; the state of
+    the CPU generator and, when ``device`` is a CUDA device, of that device's generator
+    is restored on exit.
+    """
+
+    def __init__(self, seed: int | None, device: torch.device | None = None) -> None:
+        self.seed = None if seed is None else check_int("seed", seed, minimum=0)
+        self.cuda = device if device is not None and device.type == "cuda" else None
+
+    def __enter__(self) -> None:
+        self.state = torch.get_rng_state()
+        self.cuda_state = None if self.cuda is None else torch.cuda.get_rng_state(self.cuda)
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self.state)
+        if self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state, self.cuda)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------
+# Tracing
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Layout:
+    """How the programs use plates.
+
+    ``nesting``: batch dimensions the programs use (the particle plate goes left of them).
+    ``data_plate``: name of the plate over observations (dim -1 of the latent sites), or
+    ``None`` where the latent sites sit in no plate (dim -1 is then taken as the data dim).
+    """
+
+    nesting: int
+    data_plate: str | None
+
+
+def _vectorised(fn: Callable, particles: int | None, nesting: int) -> Callable:
+    if particles is None:
+        return fn
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with pyro.plate(_PARTICLES, particles, dim=-(nesting + 1)):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _run(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    particles: int | None = None,
+    nesting: int = 1,
+    guide_trace: Any = None,
+    values: dict[str, torch.Tensor] | None = None,
+) -> tuple[Any, Any]:
+    """Trace the guide on ``x`` (or reuse ``guide_trace``) and the model replayed on it.
+
+    ``particles`` wraps the programs in a vectorised plate of that size (only the model
+    when ``guide_trace`` is given); ``values`` replaces the guide's values of some sites
+    before the replay. Gradients follow the caller's grad mode.
+    """
+    with poutine.block():
+        if guide_trace is None:
+            guide_trace = poutine.trace(_vectorised(guide, particles, nesting)).get_trace(x)
+        replay = guide_trace
+        if values:
+            replay = guide_trace.copy()
+            for name, value in values.items():
+                replay.nodes[name] = {**replay.nodes[name], "value": value}
+        model_trace = poutine.trace(
+            poutine.replay(_vectorised(model, particles, nesting), trace=replay)
+        ).get_trace(x)
+    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def _sample_sites(trace: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample":
+            yield name, site
+
+
+def _latent_names(model_tr: Any, guide_tr: Any) -> list[str]:
+    return [
+        name
+        for name, site in _sample_sites(guide_tr)
+        if not site["is_observed"]
+        and name in model_tr.nodes
+        and not site["infer"].get("is_auxiliary")
+    ]
+
+
+def _observed_names(model_tr: Any) -> list[str]:
+    return [name for name, site in _sample_sites(model_tr) if site["is_observed"]]
+
+
+#: Exceptions of a failed probe run that get the probe's context added to their message.
+_PROBE_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
+
+
+def _expected_shape(model: Callable) -> str:
+    """``" (the model takes (N, 64))"`` when the program belongs to a ready model."""
+    shape = getattr(getattr(model, "__self__", None), "event_shape", None)
+    if isinstance(shape, tuple) and all(isinstance(v, int) for v in shape) and shape:
+        return f"; the model takes (N, {', '.join(map(str, shape))})"
+    return ""
+
+
+def _probe(
+    model: Callable, guide: Callable, x: torch.Tensor, device: torch.device | None = None
+) -> tuple[Any, Any]:
+    """Trace guide and model on the first two points of ``x`` (moved to ``device``).
+
+    The probe finds the latent sites and the plates; when it fails, the error keeps its
+    type and message and says what was traced and how to fix the usual causes (data of
+    the wrong shape, a plate sized by a fixed number instead of ``x.shape[0]``).
+    """
+    probe = x[:2] if device is None else x[:2].to(device)
+    try:
+        with torch.no_grad():
+            return _run(model, guide, probe)
+    except _PROBE_ERRORS as e:
+        if type(e) not in _PROBE_ERRORS:
+            raise
+        raise type(e)(
+            f"{e}\n\nWhile tracing the model and guide on data[:2] (shape "
+            f"{tuple(probe.shape)}; data has shape {tuple(x.shape)}{_expected_shape(model)}), "
+            "which the diagnostics do to find the latent sites and plates before running on "
+            "chunks of batch_size points. Try one of the following fixes:\n"
+            "- pass data with one observation per row of dim 0, with the trailing shape the "
+            "model takes (e.g. data.reshape(len(data), -1) for a model of flat vectors)\n"
+            "- size the data plate from the batch, pyro.plate('data', x.shape[0]), not from a "
+            "fixed number of points: the programs must run on any number of rows"
+        ) from e
+
+
+def _layout(
+    model: Callable, guide: Callable, x: torch.Tensor, traces: tuple[Any, Any] | None = None
+) -> _Layout:
+    """Probe the programs on two points (or read ``traces`` of such a probe): plate
+    nesting and the data plate."""
+    model_tr, guide_tr = _probe(model, guide, x) if traces is None else traces
+    nesting = 1
+    for tr in (model_tr, guide_tr):
+        for _, site in _sample_sites(tr):
+            nesting = max(nesting, len(site["fn"].batch_shape))
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized and frame.dim is not None:
+                    nesting = max(nesting, -frame.dim)
+    data_plate = None
+    for name in _latent_names(model_tr, guide_tr):
+        frames = [f for f in guide_tr.nodes[name]["cond_indep_stack"] if f.vectorized]
+        data_plate = next((f.name for f in frames if f.dim == -1), None)
+        if data_plate is not None:
+            break
+    return _Layout(nesting, data_plate)
+
+
+def _log_prob(fn: dist.Distribution, value: torch.Tensor) -> torch.Tensor:
+    """``fn.log_prob(value)``, fused for factorised Bernoulli likelihoods.
+
+    The decoder of a binary-data VAE is ``Bernoulli(logits).to_event(r)``; its generic
+    log_prob (binary cross-entropy against the broadcast data) takes about eight
+    elementwise passes over (draws x points x features), the largest cost of importance
+    sampling after the decoder itself. ``sum_f x_f l_f - softplus(l_f)`` is the same
+    quantity in two passes (one a batched dot product).
+    """
+    base = fn.base_dist if isinstance(fn, dist.Independent) else None
+    if type(base) is dist.Bernoulli and "logits" in base.__dict__:
+        r = fn.reinterpreted_batch_ndims
+        logits = base.logits
+        v = value.to(logits.dtype)
+        if v.dim() < r or tuple(v.shape[-r:]) != tuple(logits.shape[-r:]):
+            return fn.log_prob(value)
+        lf, vf = logits.flatten(-r), v.flatten(-r) if v.dim() > r else v.reshape(1, -1)
+        dot = torch.einsum("...i,...i->...", lf, vf)
+        return dot - torch.nn.functional.softplus(lf).sum(-1)
+    return fn.log_prob(value)
+
+
+def _site_log_prob(site: dict[str, Any], fn: Any = None, value: Any = None) -> torch.Tensor:
+    """log density of a trace site (masks applied, scales not)."""
+    fn = site["fn"] if fn is None else fn
+    lp = _log_prob(fn, site["value"] if value is None else value)
+    if site["mask"] is not None:
+        lp = scale_and_mask(lp, mask=site["mask"])
+    return lp
+
+
+def _per_point(
+    values: torch.Tensor, site: dict[str, Any], layout: _Layout, *, particles: bool
+) -> torch.Tensor:
+    """Sum a site's per-element tensor (e.g. its log density, batch-shaped) over every
+    dimension except the particle and data dimensions: shape ``(P, B)`` or ``(B,)``."""
+    data_dim = -1
+    if layout.data_plate is not None:
+        frame = next((f for f in site["cond_indep_stack"] if f.name == layout.data_plate), None)
+        if frame is None:
+            raise ValueError(
+                f"site {site['name']!r} lies outside the data plate {layout.data_plate!r}, so "
+                "its density cannot be split per observation; this estimator needs every "
+                "model site inside the data plate (no global latent variables)"
+            )
+        data_dim = frame.dim
+    full = layout.nesting + (1 if particles else 0)
+    if values.dim() > full:
+        values = values.sum(tuple(range(values.dim() - full)))
+    values = values.reshape((1,) * (full - values.dim()) + tuple(values.shape))
+    keep = {full + data_dim}
+    if particles:
+        keep.add(0)
+    drop = tuple(d for d in range(full) if d not in keep)
+    return values.sum(drop) if drop else values
+
+
+def latent_site_names(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    device: str | torch.device | None = None,
+) -> list[str]:
+    """Latent sites shared by guide and model, in guide order (traced on 2 data points).
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs taking a chunk ``x``.
+    data : torch.Tensor
+        Shape ``(N, ...)``; only ``data[:2]`` is traced.
+    device : str, torch.device or None
+        Device the two points are moved to (``None``: where the data are).
+    """
+    x, _ = _check_inputs(data, 1)
+    dev = _setup_device(model, guide, x, device)
+    return _latent_names(*_probe(model, guide, x, dev))
+
+
+@dataclass
+class SiteDraw:
+    """q(z|x) and p(z) of one latent site on one chunk of data.
+
+    ``q`` and ``p`` have batch shape ``(B,)`` (``p`` may be broadcastable) and event
+    shape ``(D,)``; ``z`` is the guide's draw, shape ``(B, D)``.
+    """
+
+    q: dist.Distribution
+    p: dist.Distribution
+    z: torch.Tensor
+
+
+def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
+    if site not in guide_tr.nodes or site not in model_tr.nodes:
+        names = _latent_names(model_tr, guide_tr)
+        raise ValueError(
+            f"latent site {site!r} is not a sample site of both guide and model; "
+            f"latent sites found: {', '.join(map(repr, names)) or 'none'}"
+        )
+    g, m = guide_tr.nodes[site], model_tr.nodes[site]
+    q, p, z = g["fn"], m["fn"], g["value"]
+    if len(q.event_shape) != 1 or tuple(q.batch_shape) != (batch,):
+        raise ValueError(
+            f"latent site {site!r} must have batch shape (N,) from one data plate over dim -1 "
+            f"and event shape (latent_dim,); on a chunk of N={batch} points it has batch "
+            f"shape {tuple(q.batch_shape)} and event shape {tuple(q.event_shape)}. Try one of "
+            "the following fixes:\n"
+            "- declare the latent dimensions as an event: .to_event(1) on the site's "
+            "distribution\n"
+            "- sample the site inside pyro.plate('data', x.shape[0]), sized by the chunk, not "
+            "by a fixed number of points (diagnostics run on chunks of batch_size points)"
+        )
+    return SiteDraw(q, p, z)
+
+
+def site_draws(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    site: str,
+    batch_size: int = 256,
+    *,
+    device: str | torch.device | None = None,
+) -> Iterator[SiteDraw]:
+    """Yield :class:`SiteDraw` for ``site`` over consecutive chunks of ``data``."""
+    x, batch_size = _check_inputs(data, batch_size)
+    device = _setup_device(model, guide, x, device)
+    for xb in _chunks(x, batch_size, device):
+        with torch.no_grad():
+            model_tr, guide_tr = _run(model, guide, xb)
+        yield _site_draw(model_tr, guide_tr, site, len(xb))
+
+
+def _varies_over_points(p: dist.Distribution, z: torch.Tensor) -> bool:
+    """Whether p(z) differs between the points of a chunk (a conditional prior)."""
+    if z.shape[0] < 2:
+        return False
+    lp = p.log_prob(z[:1].expand_as(z))
+    if lp.dim() == 0:
+        return False
+    return not bool(torch.allclose(lp, lp.reshape(-1)[:1].expand_as(lp), rtol=1e-5, atol=1e-6))
+
+
+# --------------------------------------------------------------------------------------
+# Bootstrap
+# --------------------------------------------------------------------------------------
+def _bootstrap_counts(n: int, replicates: int, device: torch.device) -> torch.Tensor:
+    """Multinomial resampling counts, shape ``(replicates, n)``, float64; each row sums to n."""
+    idx = torch.randint(n, (replicates, n), device=device)
+    counts = torch.zeros(replicates, n, dtype=torch.float64, device=device)
+    return counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+
+
+def _interval(
+    values: torch.Tensor, level: float, estimate: float | None = None
+) -> tuple[float, float]:
+    """Bootstrap interval from replicates ``values`` (first axis): the percentile interval,
+    or with ``estimate`` the basic (pivotal) interval ``2 * estimate - quantiles``, which
+    corrects to first order a plug-in estimator's bias that the replicates reproduce."""
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64, device="cpu")
+    lo, hi = (float(v) for v in torch.quantile(values.double().cpu(), q, dim=0))
+    if estimate is None:
+        return lo, hi
+    return 2 * estimate - hi, 2 * estimate - lo
+
+
+def _check_bootstrap(bootstrap: object, ci_level: object) -> tuple[int, float]:
+    bootstrap = check_int("bootstrap", bootstrap, minimum=0)
+    ci_level = check_float("ci_level", ci_level, minimum=0.0, maximum=1.0, strict_minimum=True)
+    if bootstrap == 1:
+        raise ValueError("bootstrap must be 0 (no intervals) or >= 2 replicates, got 1")
+    return bootstrap, ci_level

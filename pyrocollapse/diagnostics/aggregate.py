@@ -1,0 +1,452 @@
+"""The aggregate posterior q(z): :func:`mutual_information` I_q(x; z) and
+:func:`aggregate_posterior_kl` KL(q(z) || p(z))."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+
+from pyrocollapse._validation import check_int
+from pyrocollapse.diagnostics._tracing import (
+    _BLOCK,
+    _DIM_BLOCK,
+    _F32_TOLERANCE,
+    _LOG_2PI,
+    SiteDraw,
+    _bootstrap_counts,
+    _check_bootstrap,
+    _interval,
+    _numpy,
+    _varies_over_points,
+    site_draws,
+)
+from pyrocollapse.diagnostics.densities import _diag_normal, _marginal, _PriorMarginals
+
+
+# --------------------------------------------------------------------------------------
+# Aggregate posterior: mutual information and marginal KL
+# --------------------------------------------------------------------------------------
+class _AggregatePosterior:
+    """The aggregate posterior q(z) = (1/N) sum_j q(z | x_j) of one site, evaluated in
+    blocks of (draws x components) so that memory stays O(block) whatever N.
+
+    For diagonal-Normal q the joint log densities of a block come from one matrix
+    product: with centred coordinates, -0.5 * sum_d (z_d - mu_jd)^2 / s_jd^2 expands into
+    ``[z^2, z] @ [-0.5 / s^2, mu / s^2]^T + c_j``. It runs in float32 unless the
+    expansion's rounding error, checked on each draw's own component, exceeds
+    ``_F32_TOLERANCE`` nats (very small posterior scales), then in float64. Other
+    distributions use their ``log_prob`` broadcast over the block.
+    """
+
+    def __init__(self, qs: Sequence[dist.Distribution]) -> None:
+        self.qs = list(qs)
+        self.sizes = [int(q.batch_shape[0]) for q in self.qs]
+        self.n = sum(self.sizes)
+        params = [_diag_normal(q) for q in self.qs]
+        self.normal = all(p is not None for p in params)
+        self.marginals = [_marginal(q) for q in self.qs]
+        self.dtype = torch.float32
+        if self.normal:
+            self.loc = torch.cat([p[0] for p in params])  # type: ignore[index]
+            self.scale = torch.cat([p[1] for p in params])  # type: ignore[index]
+            self.center = self.loc.double().mean(0)
+            self._expanded: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- fast path -----------------------------------------------------------------------
+    def _expansion(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if dtype not in self._expanded:
+            loc = self.loc.double() - self.center
+            scale = self.scale.double()
+            prec = scale.pow(-2)
+            weights = torch.cat([-0.5 * prec, loc * prec], 1).T.contiguous()  # (2D, N)
+            const = (
+                -0.5 * (loc.pow(2) * prec).sum(1)
+                - scale.log().sum(1)
+                - 0.5 * loc.shape[1] * _LOG_2PI
+            )
+            self._expanded[dtype] = (weights.to(dtype), const.to(dtype))
+        return self._expanded[dtype]
+
+    def _features(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        zc = z.double() - self.center
+        return torch.cat([zc.pow(2), zc], 1).to(dtype)
+
+    def select_precision(self, z: torch.Tensor, own: torch.Tensor) -> None:
+        """Use float32 unless its error on each draw's own component exceeds tolerance."""
+        if not self.normal:
+            return
+        exact = dist.Normal(self.loc[own].double(), self.scale[own].double()).log_prob(z.double())
+        weights, const = self._expansion(torch.float32)
+        approx = (self._features(z, torch.float32) * weights.T[own]).sum(1) + const[own]
+        err = float((approx.double() - exact.sum(1)).abs().max())
+        self.dtype = torch.float32 if err <= _F32_TOLERANCE else torch.float64
+
+    # -- blocks ----------------------------------------------------------------------------
+    def _query_rows(self, per_dim: bool, dim: int) -> int:
+        """Draws per block: as many as fit ``_BLOCK`` entries against every component
+        (one block per chunk for small N), at least 256 (64 per dimension) for large N."""
+        per_row = (max(self.sizes) if not self.normal else self.n) * (dim if per_dim else 1)
+        if not self.normal:
+            return max(1, 4 * _BLOCK // per_row)
+        if per_dim:
+            return max(16, _DIM_BLOCK // per_row)
+        return max(256, _BLOCK // per_row)
+
+    def _blocks(self, z: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(components, L) with L[i, j] = log q_j(z_i), shape ``(M, len(components))``."""
+        if self.normal:
+            weights, const = self._expansion(self.dtype)
+            feats = self._features(z, self.dtype)
+            width = max(1, _BLOCK // z.shape[0])
+            for j in range(0, self.n, width):
+                cols = slice(j, min(j + width, self.n))
+                yield cols, torch.addmm(const[cols], feats, weights[:, cols])
+            return
+        start = 0
+        for q, size in zip(self.qs, self.sizes):
+            yield slice(start, start + size), q.log_prob(z.unsqueeze(-2))
+            start += size
+
+    def _dim_blocks(self, z: torch.Tensor) -> Iterator[torch.Tensor]:
+        """L[d, i, j] = log q_j(z_id) under the univariate marginals, ``(D, M, cols)``."""
+        if self.normal:
+            zt = z.T.unsqueeze(-1)  # (D, M, 1)
+            loc, scale = self.loc.T, self.scale.T  # (D, N)
+            width = max(1, _DIM_BLOCK // (z.shape[0] * z.shape[1]))
+            for j in range(0, self.n, width):
+                cols = slice(j, j + width)
+                yield (
+                    (zt - loc[:, None, cols])
+                    .div_(scale[:, None, cols])
+                    .square_()
+                    .mul_(-0.5)
+                    .sub_(scale[:, None, cols].log() + 0.5 * _LOG_2PI)
+                )
+            return
+        for m in self.marginals:
+            yield m.log_prob(z.unsqueeze(-2)).permute(2, 0, 1)  # type: ignore[union-attr]
+
+    # -- reductions --------------------------------------------------------------------------
+    def log_prob(self, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``log (1/N) sum_j w_rj q_j(z_i)`` for rows ``z`` ``(M, D)`` and non-negative
+        weights ``(R, N)``; shape ``(M, R)``. With ``w = 1`` this is log q(z)."""
+        rows = self._query_rows(False, z.shape[1])
+        out = []
+        for zi in z.split(rows):
+            m = torch.full((zi.shape[0],), -math.inf, dtype=torch.float64, device=z.device)
+            acc = torch.zeros(zi.shape[0], weights.shape[0], dtype=torch.float64, device=z.device)
+            for cols, block in self._blocks(zi):
+                mb = block.amax(1)
+                block = (
+                    block.sub_(mb[:, None]).exp_()
+                    if block.is_contiguous()
+                    else (block - mb[:, None]).exp()
+                )
+                part = (block @ weights[:, cols].T.to(block.dtype)).double()
+                mb = mb.double()
+                mn = torch.maximum(m, mb)
+                acc = acc * (m - mn).exp()[:, None] + part * (mb - mn).exp()[:, None]
+                m = mn
+            out.append(acc.clamp_min(1e-300).log() + m[:, None])
+        return torch.cat(out) - math.log(self.n)
+
+    def _dim_params(self) -> tuple[torch.Tensor, ...]:
+        """Per dimension ``(D, N)``: a = 1/(s sqrt 2), -mu a, and c - bound with
+        c = -log s - log(2 pi)/2 and bound = max_j c_j ``(D,)``, so that
+        log q_j(z_d) = bound + (c - bound) - (z a - mu a)^2 <= bound."""
+        if not hasattr(self, "_dim_cache"):
+            scale, loc = self.scale.T, self.loc.T
+            a = (scale * math.sqrt(2.0)).reciprocal()
+            c = -scale.log() - 0.5 * _LOG_2PI
+            bound = c.amax(1)
+            self._dim_cache = (a, -loc * a, c - bound[:, None], bound)
+        return self._dim_cache
+
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
+        """``log q(z_id)`` under the aggregate's univariate marginals, shape ``(M, D)``.
+
+        For diagonal Normals each block costs four fused elementwise passes: the log
+        densities are shifted by their upper bound max_j c_jd instead of a running max,
+        and a chunk whose sum underflows is recomputed with the running max.
+        """
+        rows = self._query_rows(True, z.shape[1])
+        out = []
+        for zi in z.split(rows):
+            if not self.normal:
+                out.append(self._per_dim_running_max(zi))
+                continue
+            a, neg_b, shift, bound = self._dim_params()
+            zt = zi.T.unsqueeze(-1)  # (D, M, 1)
+            acc = torch.zeros(zi.shape[::-1], dtype=torch.float64, device=z.device)
+            width = max(1, _DIM_BLOCK // (zi.shape[0] * zi.shape[1]))
+            for j in range(0, self.n, width):
+                cols = slice(j, j + width)
+                t = torch.addcmul(neg_b[:, None, cols], zt, a[:, None, cols])
+                block = torch.addcmul(shift[:, None, cols], t, t, value=-1.0)
+                acc += block.exp_().sum(2).double()
+            if bool((acc == 0).any()):
+                out.append(self._per_dim_running_max(zi))
+            else:
+                out.append((acc.log() + bound.double()[:, None]).T)
+        return torch.cat(out) - math.log(self.n)
+
+    def _per_dim_running_max(self, zi: torch.Tensor) -> torch.Tensor:
+        m = torch.full(zi.shape[::-1], -math.inf, dtype=torch.float64, device=zi.device)
+        acc = torch.zeros(zi.shape[::-1], dtype=torch.float64, device=zi.device)
+        for block in self._dim_blocks(zi):
+            mb = block.amax(2)
+            part = (block - mb[..., None]).exp_().sum(2).double()
+            mb = mb.double()
+            mn = torch.maximum(m, mb)
+            acc = acc * (m - mn).exp() + part * (mb - mn).exp()
+            m = mn
+        return (acc.clamp_min(1e-300).log() + m).T
+
+
+@dataclass
+class MutualInformation:
+    """I_q(x; z) under the empirical data distribution and the aggregate posterior.
+
+    Attributes
+    ----------
+    total : float
+        I_q(x; z) in nats.
+    per_dim : numpy.ndarray or None
+        I_q(x; z_d) per dimension (shape ``(D,)``), where q has univariate marginals.
+    aggregate_kl : float
+        KL(q(z) || p(z)), the "marginal KL" of ELBO surgery (Hoffman & Johnson 2016): the
+        Monte Carlo mean of log q(z) - log p(z) over the draws, *not* clipped at 0, so that
+        ``KL = total + aggregate_kl`` holds draw for draw. For an unconditional prior the
+        quantity estimated is a divergence (>= 0) and a negative estimate is Monte Carlo
+        noise: judge it against :attr:`aggregate_kl_stderr`. For a conditional prior
+        (:attr:`conditional_prior`, e.g. the ``"z"`` site of a
+        :class:`~pyrocollapse.priors.HierarchicalPrior`) it is
+        ``E_x E_q[log q(z) - log p(z | parents)]`` at the guide's draws of the parents,
+        which is not a divergence and can be genuinely negative (a conditional prior can
+        be closer to q(z|x) than the aggregate q(z) is).
+    aggregate_kl_stderr : float
+        Monte Carlo standard error of :attr:`aggregate_kl` (the standard deviation of the
+        per-draw terms over the square root of their number; ``nan`` for a single draw).
+        It holds the aggregate posterior fixed, so it does not include the bias of
+        log q(z) at small N.
+    conditional_prior : bool
+        Whether p(z) differs between data points (it depends on other latents).
+    aggregate_kl_per_dim : numpy.ndarray or None
+        KL(q(z_d) || p(z_d)) per dimension, where per-dimension marginals exist.
+    num_samples : int
+        Draws of z per data point used.
+    ci, aggregate_kl_ci : tuple[float, float] or None
+        Bootstrap percentile intervals of ``total`` and ``aggregate_kl``.
+    per_dim_stderr : numpy.ndarray or None
+        Monte Carlo standard error of ``per_dim`` over the draws used for it.
+    per_dim_draws : int
+        Number of draws the per-dimension estimates average over.
+    stderr : float
+        Monte Carlo standard error of ``total + aggregate_kl`` (the sample mean of
+        log q(z|x) - log p(z) over the draws), the yardstick for the KL identity.
+    """
+
+    total: float
+    per_dim: np.ndarray | None
+    aggregate_kl: float
+    aggregate_kl_per_dim: np.ndarray | None
+    num_samples: int
+    ci: tuple[float, float] | None = None
+    aggregate_kl_ci: tuple[float, float] | None = None
+    per_dim_stderr: np.ndarray | None = None
+    per_dim_draws: int = 0
+    stderr: float = math.nan
+    aggregate_kl_stderr: float = math.nan
+    conditional_prior: bool = False
+
+
+def _mi_from_draws(
+    draws: Sequence[SiteDraw],
+    num_samples: int,
+    per_dim_draws: int | None,
+    bootstrap: int,
+    ci_level: float,
+) -> MutualInformation:
+    agg = _AggregatePosterior([d.q for d in draws])
+    zs, cond, prior, cond_d, prior_d = [], [], [], [], []
+    per_dim = all(m is not None for m in agg.marginals)
+    prior_marginals = None
+    if per_dim:
+        try:
+            prior_marginals = _PriorMarginals(draws, "")
+        except NotImplementedError:
+            prior_marginals = None
+    p_per_dim = prior_marginals is not None
+    for d in draws:
+        z = d.q.sample((num_samples,))  # (S, B, D)
+        zs.append(z.transpose(0, 1).reshape(-1, z.shape[-1]))
+        cond.append(d.q.log_prob(z).T.reshape(-1))
+        prior.append(d.p.log_prob(z).expand(z.shape[:-1]).T.reshape(-1))
+        if per_dim:
+            cond_d.append(_marginal(d.q).log_prob(z).transpose(0, 1).reshape(-1, z.shape[-1]))  # type: ignore[union-attr]
+        if p_per_dim:
+            lp = prior_marginals(d.p, z).expand(z.shape)  # type: ignore[misc]
+            prior_d.append(lp.transpose(0, 1).reshape(-1, z.shape[-1]))
+    z = torch.cat(zs)  # (M, D), rows grouped by point
+    cond_t, prior_t = torch.cat(cond).double(), torch.cat(prior).double()
+    n, m = agg.n, z.shape[0]
+    point = torch.arange(m, device=z.device) // num_samples
+    agg.select_precision(z, point)
+    weights = torch.ones(1, n, dtype=torch.float64, device=z.device)
+    if bootstrap:
+        weights = torch.cat([weights, _bootstrap_counts(n, bootstrap, z.device)])
+    log_q = agg.log_prob(z, weights)  # (M, 1 + R)
+    mi = float((cond_t - log_q[:, 0]).mean())
+    agg_terms = log_q[:, 0] - prior_t
+    agg_kl = float(agg_terms.mean())
+    agg_se = float(agg_terms.std() / math.sqrt(m)) if m > 1 else math.nan
+    conditional = any(_varies_over_points(d.p, d.z) for d in draws)
+    ci = agg_ci = None
+    if bootstrap:
+        c = weights[1:, point]  # (R, M)
+        lq = log_q[:, 1:].T
+        mi_r = torch.where(c > 0, c * (cond_t - lq), 0.0).sum(1) / m
+        kl_r = torch.where(c > 0, c * (lq - prior_t), 0.0).sum(1) / m
+        ci, agg_ci = _interval(mi_r, ci_level, mi), _interval(kl_r, ci_level, agg_kl)
+    mi_d = agg_kl_d = stderr = None
+    used = 0
+    if per_dim:
+        rows = torch.arange(m, device=z.device)
+        if per_dim_draws is not None and m > per_dim_draws:
+            rows = torch.randperm(m, device=z.device)[:per_dim_draws]
+        used = int(rows.numel())
+        log_qd = agg.log_prob_per_dim(z[rows])
+        terms = torch.cat(cond_d)[rows].double() - log_qd
+        mi_d = _numpy(terms.mean(0))
+        stderr = _numpy(terms.std(0) / math.sqrt(used)) if used > 1 else None
+        if p_per_dim:
+            agg_kl_d = _numpy((log_qd - torch.cat(prior_d)[rows].double()).mean(0))
+    diff = cond_t - prior_t
+    total_se = float(diff.std() / math.sqrt(m)) if m > 1 else math.nan
+    return MutualInformation(
+        mi,
+        mi_d,
+        agg_kl,
+        agg_kl_d,
+        num_samples,
+        ci,
+        agg_ci,
+        stderr,
+        used,
+        total_se,
+        agg_se,
+        conditional,
+    )
+
+
+def mutual_information(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    site: str = "z",
+    num_samples: int = 1,
+    batch_size: int = 256,
+    per_dim_draws: int | None = 2048,
+    bootstrap: int = 0,
+    ci_level: float = 0.95,
+    device: str | torch.device | None = None,
+) -> MutualInformation:
+    """I_q(x; z) = E_x E_{q(z|x)}[log q(z|x) - log q(z)], q(z) = (1/N) sum_n q(z|x_n).
+
+    The aggregate posterior is taken over the whole of ``data`` (He et al. 2019) and
+    evaluated blockwise with a running logsumexp: cost O(N * num_samples * N) in matrix
+    products, memory O(N * latent_dim) plus one block. Also returns KL(q(z) || p(z)),
+    estimated with the same draws, so that ``E_x KL(q(z|x) || p(z)) = I_q +
+    KL(q(z) || p(z))`` (Hoffman & Johnson 2016) can be checked.
+
+    The per-dimension values I_q(x; z_d) and KL(q(z_d) || p(z_d)) need the univariate
+    aggregate q(z_d) of every dimension, a (draws x N x D) computation that has no
+    matrix-product shortcut; they average over a random subset of ``per_dim_draws`` of
+    the ``N * num_samples`` draws (against the full aggregate), and their Monte Carlo
+    standard error is reported.
+
+    The estimate of log q(z) includes the point's own posterior, so I_q is bounded above
+    by log N; it is biased for small N.
+
+    Parameters
+    ----------
+    model, guide, data, site, batch_size, device :
+        As for :func:`kl_per_dimension`.
+    num_samples : int
+        Draws of z per data point.
+    per_dim_draws : int or None
+        Draws used for the per-dimension estimates (``None``: all).
+    bootstrap : int
+        Nonparametric bootstrap replicates over data points (0: none). Each replicate
+        reweights both the averaged points *and* the aggregate's components by the same
+        resampling counts, i.e. it recomputes the plug-in estimate on the resampled
+        empirical distribution, so the interval accounts for the aggregate posterior
+        being estimated from the sample; all replicates come from the same block pass
+        (one extra matrix product per block), with the draws of z held fixed. The
+        intervals are basic (pivotal) bootstrap intervals: resampling duplicates points,
+        which biases replicates downward just as finite N biases the estimate, and the
+        pivot corrects this to first order (percentile intervals under-cover badly).
+        When I_q approaches log N the estimator saturates and intervals under-cover.
+    ci_level : float
+        Nominal coverage of the intervals.
+
+    Returns
+    -------
+    MutualInformation
+
+    References
+    ----------
+    He, Spokoyny, Neubig, Berg-Kirkpatrick (2019). Lagging Inference Networks and
+    Posterior Collapse in Variational Autoencoders. ICLR.
+    Hoffman & Johnson (2016). ELBO surgery: yet another way to carve up the variational
+    evidence lower bound. NIPS Workshop on Advances in Approximate Bayesian Inference.
+    Efron & Tibshirani (1993). An Introduction to the Bootstrap. Chapman & Hall.
+    """
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    if per_dim_draws is not None:
+        per_dim_draws = check_int("per_dim_draws", per_dim_draws, minimum=2)
+    bootstrap, ci_level = _check_bootstrap(bootstrap, ci_level)
+    draws = list(site_draws(model, guide, data, site, batch_size, device=device))
+    with torch.no_grad():
+        return _mi_from_draws(draws, num_samples, per_dim_draws, bootstrap, ci_level)
+
+
+def aggregate_posterior_kl(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    site: str = "z",
+    num_samples: int = 1,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> float:
+    """KL(q(z) || p(z)) between the aggregate posterior and the prior (nats).
+
+    Estimated as E_{q(z)}[log q(z) - log p(z)] with the blockwise aggregate posterior of
+    :func:`mutual_information`; see there for details. The Monte Carlo estimate is not
+    clipped at 0: near 0 it can come out slightly negative, and for a conditional prior
+    it is not a divergence at all (see :attr:`MutualInformation.aggregate_kl`);
+    ``mutual_information(...).aggregate_kl_stderr`` gives its standard error.
+
+    References
+    ----------
+    Hoffman & Johnson (2016). ELBO surgery. NIPS Workshop on Advances in Approximate
+    Bayesian Inference.
+    """
+    return mutual_information(
+        model,
+        guide,
+        data,
+        site=site,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        per_dim_draws=2,
+        device=device,
+    ).aggregate_kl

@@ -1,0 +1,435 @@
+"""Importance sampling: :func:`iw_log_likelihood`, :func:`psis_khat` and
+:func:`posterior_mean_space`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pyrocollapse._validation import check_int
+from pyrocollapse.diagnostics._tracing import (
+    _PARTICLE_ROWS,
+    _check_inputs,
+    _chunks,
+    _latent_names,
+    _Layout,
+    _layout,
+    _numpy,
+    _per_point,
+    _probe,
+    _run,
+    _sample_sites,
+    _setup_device,
+    _site_log_prob,
+)
+from pyrocollapse.diagnostics.activity import _posterior_mean
+
+
+# --------------------------------------------------------------------------------------
+# Importance sampling: IW log-likelihood, PSIS k-hat, posterior-mean space
+# --------------------------------------------------------------------------------------
+def _particle_chunks(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int,
+    batch_size: int,
+    device: torch.device | None,
+    layout: _Layout,
+) -> Iterator[tuple[slice, Iterator[tuple[Any, Any]]]]:
+    """Per data chunk, its points and an iterator of vectorised (model, guide) trace
+    pairs that together hold ``num_samples`` draws of every point (no gradients)."""
+
+    def runs(xb: torch.Tensor) -> Iterator[tuple[Any, Any]]:
+        k = max(1, min(num_samples, _PARTICLE_ROWS // xb.shape[0]))
+        for s in range(0, num_samples, k):
+            with torch.no_grad():
+                yield _run(
+                    model, guide, xb, particles=min(k, num_samples - s), nesting=layout.nesting
+                )
+
+    start = 0
+    for xb in _chunks(x, batch_size, device):
+        yield slice(start, start + xb.shape[0]), runs(xb)
+        start += xb.shape[0]
+
+
+def _log_weights(model_tr: Any, guide_tr: Any, layout: _Layout) -> torch.Tensor:
+    """log p(x_n, z) - log q(z | x_n) per particle and point, shape ``(P, B)``."""
+    total = 0.0
+    for sign, tr in ((1.0, model_tr), (-1.0, guide_tr)):
+        for _, site in _sample_sites(tr):
+            total = total + sign * _per_point(_site_log_prob(site), site, layout, particles=True)
+    return total  # type: ignore[return-value]
+
+
+@dataclass
+class ImportanceWeightedLogLikelihood:
+    """The importance-weighted estimate of log p(x) (Burda et al. 2016).
+
+    Attributes
+    ----------
+    per_point : numpy.ndarray
+        Shape ``(N,)``: ``log (1/K) sum_k p(x_n, z_k) / q(z_k | x_n)``, nats.
+    elbo_per_point : numpy.ndarray
+        Shape ``(N,)``: the mean of the K log weights, an ELBO estimate from the same draws.
+    num_samples : int
+        K, draws per point.
+    """
+
+    per_point: np.ndarray
+    elbo_per_point: np.ndarray
+    num_samples: int
+
+    @property
+    def mean(self) -> float:
+        """Average IW log-likelihood per point (nats)."""
+        return float(self.per_point.mean())
+
+    @property
+    def elbo(self) -> float:
+        """Average ELBO per point from the same draws (nats)."""
+        return float(self.elbo_per_point.mean())
+
+    @property
+    def gap(self) -> float:
+        """IW bound minus ELBO: a lower bound on the average KL(q(z|x) || p(z|x))."""
+        return self.mean - self.elbo
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of :attr:`mean` over data points."""
+        n = len(self.per_point)
+        return float(self.per_point.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+
+
+@dataclass
+class PSISDiagnostic:
+    """Pareto-smoothed importance sampling k-hat of the guide, per data point.
+
+    Attributes
+    ----------
+    khat : numpy.ndarray
+        Shape ``(N,)``. Below 0.5: q(z|x_n) is a good importance proposal for p(z|x_n);
+        0.5-0.7: usable; above 0.7: poor (Yao et al. 2018). ``inf`` where the tail was too
+        short to fit.
+    num_samples : int
+        Draws per point.
+    """
+
+    khat: np.ndarray
+    num_samples: int
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.khat))
+
+    @property
+    def max(self) -> float:
+        return float(np.max(self.khat))
+
+    def fraction_above(self, threshold: float = 0.7) -> float:
+        """Fraction of points whose k-hat exceeds ``threshold``."""
+        return float(np.mean(self.khat > threshold))
+
+    def summary(self) -> dict[str, float]:
+        """Mean, median, max and the fractions above 0.5 and 0.7."""
+        return {
+            "mean": self.mean,
+            "median": float(np.median(self.khat)),
+            "max": self.max,
+            "fraction_above_0.5": self.fraction_above(0.5),
+            "fraction_above_0.7": self.fraction_above(0.7),
+            "num_samples": float(self.num_samples),
+        }
+
+
+@dataclass
+class PosteriorMeanSpace:
+    """Approximate vs model posterior means per point (He et al. 2019, Fig. 1).
+
+    Attributes
+    ----------
+    approximate : numpy.ndarray
+        Shape ``(N, D)``: E_q[z | x_n].
+    model : numpy.ndarray
+        Shape ``(N, D)``: E_{p(z|x_n)}[z] by self-normalised importance sampling with q as
+        proposal (consistent in the number of draws; trust it where PSIS k-hat < 0.7).
+    num_samples : int
+        Draws per point.
+    """
+
+    approximate: np.ndarray
+    model: np.ndarray
+    num_samples: int
+
+
+def _psis_khat(log_w: torch.Tensor) -> torch.Tensor:
+    """Pareto k-hat of each column of log weights ``(K, B)``, shape ``(B,)``.
+
+    Row-batched version of :func:`pyro.infer.importance.psis_diagnostic`'s tail fit
+    (same tail, cutoff and :func:`pyro.ops.stats.fit_generalized_pareto` estimator).
+    """
+    lw = log_w.double().T  # (B, K)
+    lw = (lw - lw.amax(1, keepdim=True)).sort(1).values
+    k = lw.shape[1]
+    tail_len = math.ceil(min(0.2 * k, 3.0 * math.sqrt(k)))
+    cutoff = lw[:, -tail_len - 1].clamp_min(math.log(1.0e-15))
+    tail = lw[:, -tail_len:]
+    valid = tail > cutoff[:, None]
+    n = valid.sum(1)
+    x = torch.where(valid, tail.exp() - cutoff.exp()[:, None], 0.0)
+    khat = _fit_generalized_pareto_k(x, valid, n)
+    return torch.where(n >= 10, khat, torch.full_like(khat, math.inf))
+
+
+def _fit_generalized_pareto_k(
+    x: torch.Tensor, valid: torch.Tensor, n: torch.Tensor
+) -> torch.Tensor:
+    """Zhang & Stephens (2009) estimate of the GPD shape k with Vehtari et al.'s prior,
+    for each row of ``x`` ``(B, T)`` whose valid entries (a right-aligned, ascending block
+    of length ``n``) are the data; as :func:`pyro.ops.stats.fit_generalized_pareto`."""
+    t = x.shape[1]
+    nf = n.double().clamp_min(1)
+    m = 30 + n.double().clamp_min(1).sqrt().floor()  # grid size per row
+    j = torch.arange(1, 30 + int(math.sqrt(t)) + 1, dtype=torch.float64, device=x.device)
+    grid = j[None, :] <= m[:, None]  # (B, M)
+    quartile = (t - n) + torch.floor(nf / 4 - 0.5).long().clamp_min(0)
+    x_q = x.gather(1, quartile.clamp_max(t - 1)[:, None]).squeeze(1)
+    bs = 1.0 - m[:, None].sqrt() / (j[None, :] - 0.5).sqrt()
+    bs = bs / (3.0 * x_q[:, None]) + 1.0 / x[:, -1:]
+    logs = torch.log1p(-bs[:, :, None] * x[:, None, :])  # (B, M, T)
+    ks = torch.where(valid[:, None, :], logs, 0.0).sum(2) / nf[:, None]
+    ls = nf[:, None] * (torch.log(-bs / ks) - (ks + 1.0))
+    ls = torch.where(grid, ls, -math.inf)
+    diff = ls[:, None, :] - ls[:, :, None]  # [i, j] = L_j - L_i
+    weights = torch.where(grid, 1.0 / diff.exp().sum(2), 0.0)
+    weights = torch.where(weights > 1.0e-30, weights, 0.0)
+    weights = weights / weights.sum(1, keepdim=True)
+    b = (torch.where(grid, bs, 0.0) * weights).sum(1)
+    k = torch.where(valid, torch.log1p(-b[:, None] * x), 0.0).sum(1) / nf
+    return k * nf / (nf + 10.0) + 5.0 / (nf + 10.0)
+
+
+@dataclass
+class _ImportancePass:
+    log_likelihood: torch.Tensor  # (N,)
+    elbo: torch.Tensor  # (N,)
+    khat: torch.Tensor | None  # (N,)
+    means: dict[str, tuple[torch.Tensor, torch.Tensor]]  # site -> (approx (N, D), model (N, D))
+
+
+def _importance_pass(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int,
+    batch_size: int,
+    device: torch.device | None,
+    layout: _Layout,
+    *,
+    khat: bool = False,
+    mean_sites: Sequence[str] = (),
+    mean_points: int | None = None,
+) -> _ImportancePass:
+    """One vectorised importance-sampling pass: per point the IW log-likelihood, the mean
+    log weight, optionally PSIS k-hat and self-normalised posterior means of some sites
+    (for the first ``mean_points`` points)."""
+    ll, el, kh = [], [], []
+    sums: dict[str, list[list[torch.Tensor]]] = {s: [[], []] for s in mean_sites}
+    for points, runs in _particle_chunks(model, guide, x, num_samples, batch_size, device, layout):
+        want_means = mean_sites and (mean_points is None or points.start < mean_points)
+        lws, m = [], None
+        acc: dict[str, list[torch.Tensor]] = {}
+        for model_tr, guide_tr in runs:
+            lw = _log_weights(model_tr, guide_tr, layout).double()  # (k, B)
+            lws.append(lw)
+            if not want_means:
+                continue
+            mb = lw.amax(0)
+            mn = mb if m is None else torch.maximum(m, mb)
+            w = (lw - mn).exp()  # (k, B)
+            for s in mean_sites:
+                site = guide_tr.nodes[s]
+                z = site["value"].double()
+                qmean = _posterior_mean(site["fn"], 16).double().expand_as(z)
+                new = [w.sum(0), (w[..., None] * z).sum(0), qmean.sum(0)]
+                if s in acc:
+                    scale = (m - mn).exp()  # type: ignore[operator]
+                    acc[s] = [
+                        acc[s][0] * scale + new[0],
+                        acc[s][1] * scale[:, None] + new[1],
+                        acc[s][2] + new[2],
+                    ]
+                else:
+                    acc[s] = new
+            m = mn
+        lw = torch.cat(lws)  # (K, B)
+        ll.append(torch.logsumexp(lw, 0) - math.log(num_samples))
+        el.append(lw.mean(0))
+        if khat:
+            kh.append(_psis_khat(lw))
+        for s, (sw, swz, sq) in acc.items():
+            sums[s][0].append(sq / num_samples)
+            sums[s][1].append(swz / sw[:, None])
+    means = {}
+    for s, (approx, exact) in sums.items():
+        a, e = torch.cat(approx), torch.cat(exact)
+        if mean_points is not None:
+            a, e = a[:mean_points], e[:mean_points]
+        means[s] = (a, e)
+    return _ImportancePass(torch.cat(ll), torch.cat(el), torch.cat(kh) if khat else None, means)
+
+
+def _importance_setup(
+    model: Callable, guide: Callable, data: object, batch_size: object, device: object
+) -> tuple[torch.Tensor, int, torch.device | None, _Layout]:
+    x, batch_size = _check_inputs(data, batch_size)
+    device = _setup_device(model, guide, x, device)
+    return x, batch_size, device, _layout(model, guide, x, _probe(model, guide, x, device))
+
+
+def iw_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    num_samples: int = 100,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> ImportanceWeightedLogLikelihood:
+    """The importance-weighted estimate of log p(x) with the guide as proposal.
+
+    ``log p(x_n) ~ log (1/K) sum_k p(x_n, z_k) / q(z_k | x_n)``, z_k ~ q(z | x_n): a lower
+    bound in expectation that increases with K and converges to log p(x_n) (Burda et al.
+    2016). Every latent site of the programs is sampled jointly (hierarchical models
+    included) and every model site must lie in the data plate. Runs chunked over data
+    and draws: each vectorised model run holds at most ``2**14`` (draws x points) rows;
+    its cost is that of ``N * K`` decoder passes.
+
+    Parameters
+    ----------
+    model, guide, data, batch_size, device :
+        As for :func:`kl_per_dimension`.
+    num_samples : int
+        K, draws per point.
+
+    Returns
+    -------
+    ImportanceWeightedLogLikelihood
+        Per-point estimates (nats) and the ELBO from the same draws.
+
+    References
+    ----------
+    Burda, Grosse, Salakhutdinov (2016). Importance Weighted Autoencoders. ICLR.
+    """
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    x, batch_size, device, layout = _importance_setup(model, guide, data, batch_size, device)
+    res = _importance_pass(model, guide, x, num_samples, batch_size, device, layout)
+    return ImportanceWeightedLogLikelihood(
+        _numpy(res.log_likelihood), _numpy(res.elbo), num_samples
+    )
+
+
+def _check_psis_samples(name: str, num_samples: object) -> int:
+    num_samples = check_int(name, num_samples, minimum=1)
+    if num_samples < 50:
+        raise ValueError(
+            f"{name} must be >= 50 for PSIS k-hat (the Pareto tail needs at least 10 of the "
+            f"largest weights), got {num_samples}"
+        )
+    return num_samples
+
+
+def psis_khat(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    num_samples: int = 200,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> PSISDiagnostic:
+    """Pareto-smoothed importance sampling k-hat of q(z | x_n) against p(z | x_n), per point.
+
+    For each observation the log importance weights ``log p(x_n, z_k) - log q(z_k | x_n)``
+    of ``num_samples`` draws are computed in one vectorised pass (no Python loop over
+    points), and the generalised-Pareto shape k of their upper tail is fitted as
+    :func:`pyro.infer.importance.psis_diagnostic` does for a whole data set, row-batched.
+    A high k-hat says the guide is a poor approximation of that point's posterior, so a
+    dimension that looks collapsed there may reflect the guide, not the model.
+
+    Parameters
+    ----------
+    model, guide, data, batch_size, device :
+        As for :func:`kl_per_dimension`.
+    num_samples : int
+        Draws per point (>= 50; Pyro's default for the whole-data diagnostic is 1000).
+
+    Returns
+    -------
+    PSISDiagnostic
+
+    References
+    ----------
+    Yao, Vehtari, Simpson, Gelman (2018). Yes, but Did It Work?: Evaluating Variational
+    Inference. ICML.
+    Vehtari, Simpson, Gelman, Yao, Gabry (2024). Pareto Smoothed Importance Sampling. JMLR.
+    Zhang & Stephens (2009). A new and efficient estimation method for the generalized
+    Pareto distribution. Technometrics.
+    """
+    num_samples = _check_psis_samples("num_samples", num_samples)
+    x, batch_size, device, layout = _importance_setup(model, guide, data, batch_size, device)
+    res = _importance_pass(model, guide, x, num_samples, batch_size, device, layout, khat=True)
+    return PSISDiagnostic(_numpy(res.khat), num_samples)  # type: ignore[arg-type]
+
+
+def posterior_mean_space(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    *,
+    site: str = "z",
+    num_samples: int = 100,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> PosteriorMeanSpace:
+    """Approximate posterior mean E_q[z|x] against the model posterior mean E_p[z|x].
+
+    The model posterior mean is the self-normalised importance-sampling estimate
+    ``sum_k w_k z_k / sum_k w_k`` with q as proposal, from the draws of
+    :func:`iw_log_likelihood`. In the "posterior mean space" plot of He et al. (2019), a
+    lagging inference network shows points off the diagonal with E_q near 0 while E_p
+    varies; collapse shows every point at the prior's mean.
+
+    Returns
+    -------
+    PosteriorMeanSpace
+        Shapes ``(N, D)``, units of z.
+
+    References
+    ----------
+    He, Spokoyny, Neubig, Berg-Kirkpatrick (2019). Lagging Inference Networks and
+    Posterior Collapse in Variational Autoencoders. ICLR.
+    """
+    num_samples = check_int("num_samples", num_samples, minimum=1)
+    x, batch_size = _check_inputs(data, batch_size)
+    device = _setup_device(model, guide, x, device)
+    traces = _probe(model, guide, x, device)
+    names = _latent_names(*traces)
+    if site not in names:
+        raise ValueError(
+            f"site must be a latent site of both guide and model, got {site!r}; "
+            f"latent sites found: {', '.join(map(repr, names)) or 'none'}"
+        )
+    layout = _layout(model, guide, x, traces)
+    res = _importance_pass(
+        model, guide, x, num_samples, batch_size, device, layout, mean_sites=(site,)
+    )
+    approx, exact = res.means[site]
+    return PosteriorMeanSpace(_numpy(approx), _numpy(exact), num_samples)
