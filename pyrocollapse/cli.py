@@ -96,10 +96,10 @@ def parse_options(
 RUN_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis")
 
 
-def _add_data_model_training(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``run`` and ``compare``: data, model, training, diagnostics."""
+def add_data_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The data and model flags read by :func:`data_model_fields` (``run``, ``compare`` and
+    the Lightning launcher)."""
     from pyrocollapse.data import DATASETS
-    from pyrocollapse.diagnostics import ESTIMATORS
     from pyrocollapse.models import MODELS
 
     g = p.add_argument_group("data")
@@ -118,7 +118,8 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
         "--valid-fraction",
         type=float,
         default=0.1,
-        help="held-out fraction, diagnosed after training",
+        help="held-out fraction, not trained on (run and compare diagnose it, the Lightning "
+        "launcher validates on it)",
     )
     g = p.add_argument_group("model")
     g.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS.names())}")
@@ -130,6 +131,52 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra model argument, e.g. hidden=256,128 or likelihood=gaussian (repeatable)",
     )
+
+
+def add_objective_arguments(p: argparse.ArgumentParser) -> None:
+    """The prior, objective and schedule flags read by :func:`objective_fields` (``run`` and
+    the Lightning launcher)."""
+    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.priors import PRIORS
+    from pyrocollapse.schedules import SCHEDULES
+
+    g = p.add_argument_group("prior and objective")
+    g.add_argument("--prior", default="standard", help=f"one of: {', '.join(PRIORS.names())}")
+    g.add_argument(
+        "--prior-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra prior argument, e.g. n_components=10 (repeatable)",
+    )
+    g.add_argument("--elbo", default="annealed", help=f"one of: {', '.join(ELBOS.names())}")
+    g.add_argument(
+        "--elbo-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra objective argument, e.g. beta=4 or free_bits=0.5 (repeatable)",
+    )
+    g.add_argument(
+        "--schedule",
+        default=None,
+        help=f"KL-weight schedule for any objective: {', '.join(SCHEDULES.names())} "
+        "(default: linear warm-up for 'annealed', a constant weight otherwise)",
+    )
+    g.add_argument(
+        "--schedule-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="schedule argument, e.g. warmup_steps=500 (default: scaled to the run's length)",
+    )
+
+
+def _add_data_model_training(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``compare``: data, model, training, diagnostics."""
+    from pyrocollapse.diagnostics import ESTIMATORS
+
+    add_data_model_arguments(p)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=60, help="passes over the training data")
     g.add_argument("--batch-size", type=int, default=128, help="minibatch size")
@@ -194,7 +241,6 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     from pyrocollapse.elbo import ELBOS
     from pyrocollapse.priors import PRIORS
-    from pyrocollapse.schedules import SCHEDULES
 
     parser = _Parser(prog="pyrocollapse", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
@@ -209,37 +255,8 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_data_model_training(run)
-    g = run.add_argument_group("prior and objective")
-    g.add_argument("--prior", default="standard", help=f"one of: {', '.join(PRIORS.names())}")
-    g.add_argument(
-        "--prior-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra prior argument, e.g. n_components=10 (repeatable)",
-    )
-    g.add_argument("--elbo", default="annealed", help=f"one of: {', '.join(ELBOS.names())}")
-    g.add_argument(
-        "--elbo-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra objective argument, e.g. beta=4 or free_bits=0.5 (repeatable)",
-    )
-    g.add_argument(
-        "--schedule",
-        default=None,
-        help=f"KL-weight schedule for any objective: {', '.join(SCHEDULES.names())} "
-        "(default: linear warm-up for 'annealed', a constant weight otherwise)",
-    )
-    g.add_argument(
-        "--schedule-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="schedule argument, e.g. warmup_steps=500 (default: scaled to the run's length)",
-    )
-    g.add_argument("--seed", type=int, default=0, help="random seed")
+    add_objective_arguments(run)
+    run.add_argument("--seed", type=int, default=0, help="random seed")
     g = run.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="report folder to write")
     g.add_argument(
@@ -304,10 +321,15 @@ def _version() -> str:
     return f"pyrocollapse {__version__}"
 
 
-def _base_config(args: argparse.Namespace) -> Any:
-    """The :class:`~pyrocollapse.experiment.RunConfig` fields shared by ``run`` and ``compare``."""
+def data_model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """:class:`~pyrocollapse.experiment.RunConfig` fields of the data and the model.
+
+    Read from the flags every training command shares (``--dataset``, ``--dataset-option``,
+    ``--data-path``, ``--valid-fraction``, ``--model``, ``--latent-dim``,
+    ``--model-option``); used by ``run``, ``compare`` and the Lightning launcher. A
+    ``--data-path`` for a dataset that reads nothing from disk raises ``ValueError``.
+    """
     from pyrocollapse.data import DATASETS
-    from pyrocollapse.experiment import RunConfig
     from pyrocollapse.models import MODELS
 
     loader = DATASETS.get(args.dataset)
@@ -325,15 +347,49 @@ def _base_config(args: argparse.Namespace) -> Any:
             )
         ds_options["path"] = args.data_path
     model_cls = MODELS.get(args.model)
-    return RunConfig(
-        dataset=args.dataset,
-        dataset_options=ds_options,
-        valid_fraction=args.valid_fraction,
-        model=args.model,
-        latent_dim=args.latent_dim,
-        model_options=parse_options(
+    return {
+        "dataset": args.dataset,
+        "dataset_options": ds_options,
+        "valid_fraction": args.valid_fraction,
+        "model": args.model,
+        "latent_dim": args.latent_dim,
+        "model_options": parse_options(
             args.model_option, model_cls.__init__, "model", skip=("latent_dim", "prior")
         ),
+    }
+
+
+def objective_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """:class:`~pyrocollapse.experiment.RunConfig` fields of the prior, objective and schedule.
+
+    Read from ``--prior``/``--prior-option``, ``--elbo``/``--elbo-option`` and
+    ``--schedule``/``--schedule-option`` (options of a schedule are checked against
+    ``linear``'s when ``--schedule`` is not given); used by ``run`` and the Lightning
+    launcher.
+    """
+    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.priors import PRIORS
+    from pyrocollapse.schedules import SCHEDULES
+
+    schedule_target = SCHEDULES.get(args.schedule or "linear").__init__
+    return {
+        "prior": args.prior,
+        "prior_options": parse_options(
+            args.prior_option, PRIORS.get(args.prior).__init__, "prior", skip=("latent_dim",)
+        ),
+        "elbo": args.elbo,
+        "elbo_options": parse_options(args.elbo_option, ELBOS.get(args.elbo).__init__, "elbo"),
+        "schedule": args.schedule,
+        "schedule_options": parse_options(args.schedule_option, schedule_target, "schedule"),
+    }
+
+
+def _base_config(args: argparse.Namespace) -> Any:
+    """The :class:`~pyrocollapse.experiment.RunConfig` fields shared by ``run`` and ``compare``."""
+    from pyrocollapse.experiment import RunConfig
+
+    return RunConfig(
+        **data_model_fields(args),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -354,27 +410,10 @@ def run(args: argparse.Namespace) -> int:
     """The ``run`` sub-command: one run through :func:`pyrocollapse.experiment.run_experiment`."""
     from dataclasses import replace
 
-    from pyrocollapse.elbo import ELBOS
     from pyrocollapse.experiment import run_experiment
-    from pyrocollapse.priors import PRIORS
-    from pyrocollapse.schedules import SCHEDULES
     from pyrocollapse.train import PrintProgress
 
-    schedule_target = (
-        SCHEDULES.get(args.schedule).__init__ if args.schedule else SCHEDULES.get("linear").__init__
-    )
-    config = replace(
-        _base_config(args),
-        prior=args.prior,
-        prior_options=parse_options(
-            args.prior_option, PRIORS.get(args.prior).__init__, "prior", skip=("latent_dim",)
-        ),
-        elbo=args.elbo,
-        elbo_options=parse_options(args.elbo_option, ELBOS.get(args.elbo).__init__, "elbo"),
-        schedule=args.schedule,
-        schedule_options=parse_options(args.schedule_option, schedule_target, "schedule"),
-        seed=args.seed,
-    ).validate()
+    config = replace(_base_config(args), **objective_fields(args), seed=args.seed).validate()
     progress = not args.no_progress
     callbacks = []
     if progress and not sys.stderr.isatty():

@@ -591,11 +591,7 @@ _RECORDED = (
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from pyrocollapse.data import DATASETS
-    from pyrocollapse.elbo import ELBOS
-    from pyrocollapse.models import MODELS
-    from pyrocollapse.priors import PRIORS
-    from pyrocollapse.schedules import SCHEDULES
+    from pyrocollapse.cli import add_data_model_arguments, add_objective_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m pyrocollapse.lightning",
@@ -610,23 +606,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "docs/lightning.md"
         ),
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS.names())}")
-    g.add_argument("--data-path", default=None, help="folder or file for datasets read from disk")
-    g.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--valid-fraction", type=float, default=0.1, help="held-out fraction")
-    g = p.add_argument_group("model and objective")
-    g.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS.names())}")
-    g.add_argument("--latent-dim", type=int, default=16)
-    g.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--prior", default="standard", help=f"one of: {', '.join(PRIORS.names())}")
-    g.add_argument("--prior-option", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--elbo", default="annealed", help=f"one of: {', '.join(ELBOS.names())}")
-    g.add_argument("--elbo-option", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument(
-        "--schedule", default=None, help=f"KL schedule, one of: {', '.join(SCHEDULES.names())}"
-    )
-    g.add_argument("--schedule-option", action="append", default=[], metavar="KEY=VALUE")
+    add_data_model_arguments(p)
+    add_objective_arguments(p)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=60)
     g.add_argument("--batch-size", type=int, default=128, help="minibatch size per process")
@@ -687,40 +668,14 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def _train(args: argparse.Namespace) -> int:
     """Run the launcher on parsed arguments (every process runs this)."""
     from pyrocollapse._io import atomic_write, atomic_write_text, json_default
-    from pyrocollapse.cli import parse_options
-    from pyrocollapse.data import DATASETS
-    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.cli import data_model_fields, objective_fields
     from pyrocollapse.experiment import RunConfig, build
-    from pyrocollapse.models import MODELS
-    from pyrocollapse.priors import PRIORS
-    from pyrocollapse.schedules import SCHEDULES
 
     check_int("--num-nodes", args.num_nodes, minimum=1)
     check_int("--num-workers", args.num_workers, minimum=0)
-    ds_options = parse_options(args.dataset_option, DATASETS.get(args.dataset), "dataset")
-    if args.data_path is not None:
-        ds_options["path"] = args.data_path
-    schedule = SCHEDULES.get(args.schedule or "linear").__init__
     config = RunConfig(
-        dataset=args.dataset,
-        dataset_options=ds_options,
-        valid_fraction=args.valid_fraction,
-        model=args.model,
-        latent_dim=args.latent_dim,
-        model_options=parse_options(
-            args.model_option,
-            MODELS.get(args.model).__init__,
-            "model",
-            skip=("latent_dim", "prior"),
-        ),
-        prior=args.prior,
-        prior_options=parse_options(
-            args.prior_option, PRIORS.get(args.prior).__init__, "prior", skip=("latent_dim",)
-        ),
-        elbo=args.elbo,
-        elbo_options=parse_options(args.elbo_option, ELBOS.get(args.elbo).__init__, "elbo"),
-        schedule=args.schedule,
-        schedule_options=parse_options(args.schedule_option, schedule, "schedule"),
+        **data_model_fields(args),
+        **objective_fields(args),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -249,7 +249,11 @@ def test_launcher_user_errors_exit_2_before_training(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["--accelerator", "nonsense", "--out", str(tmp_path / "c")]) == 2
     assert "invalid accelerator name" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert main(["--data-path", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "--data-path is for datasets read from disk" in capsys.readouterr().err
+    assert main(["--model-option", "hiden=3", "--out", str(tmp_path / "e")]) == 2
+    assert "hiden" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "acde")
 
 
 def test_missing_lightning_names_the_extra_to_install(monkeypatch):
