@@ -84,17 +84,20 @@ from typing import Any, ClassVar
 
 import torch
 from pyro import poutine
-from pyro.distributions import Distribution, Independent
+from pyro.distributions import Delta, Distribution, Independent
 from pyro.distributions.kl import kl_divergence
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_if_enumerated, warn_if_nan
-from torch.distributions import Normal
+from pyro.util import check_traceenum_requirements, warn_if_nan
+from torch.distributions import Normal, TransformedDistribution
 
+from pyrocollapse._dice import TraceStructure
 from pyrocollapse._validation import check_choice, check_float, check_int
 from pyrocollapse.registry import Registry
 from pyrocollapse.schedules import Schedule, make_schedule
@@ -120,6 +123,7 @@ __all__ = [
     "importance_traces",
     "imq_kernel",
     "local_site",
+    "local_sites",
     "log_aggregate_posterior",
     "log_density_matrix",
     "make_elbo",
@@ -163,6 +167,13 @@ class LatentTerm:
     particles : int
         Number of vectorised particles folded into ``kl`` (1 unless the objective
         vectorises particles); totals are averages over them.
+    dice : torch.Tensor or None
+        The term's DiCE weight (see :mod:`pyrocollapse._dice`), broadcastable to
+        ``kl``: q(y) of the enumerated guide sites it sits under (``kl`` then has their
+        enumeration dimensions on the left) times ``exp(log q(s) - log q(s).detach())``
+        (value 1) of the non-reparameterised sites it depends on. ``None``: weight 1.
+        Every total and average here is weighted by it, so enumerated sites are summed
+        exactly and the score-function gradient flows through the totals.
     """
 
     name: str
@@ -173,6 +184,18 @@ class LatentTerm:
     guide_site: dict[str, Any] = field(repr=False)
     model_site: dict[str, Any] = field(repr=False)
     particles: int = 1
+    dice: torch.Tensor | None = field(default=None, repr=False)
+
+    def _set_dice(self, dice: torch.Tensor | None) -> None:
+        """Attach a DiCE weight, broadcasting ``kl`` (and ``kl_per_dim``) to its shape."""
+        self.dice = dice
+        if dice is None:
+            return
+        shape = torch.broadcast_shapes(self.kl.shape, dice.shape)
+        if self.kl.shape != shape:
+            self.kl = self.kl.expand(shape)
+        if self.kl_per_dim is not None and self.kl_per_dim.shape[:-1] != shape:
+            self.kl_per_dim = self.kl_per_dim.expand(*shape, self.kl_per_dim.shape[-1])
 
     @property
     def q(self) -> Distribution:
@@ -196,19 +219,23 @@ class LatentTerm:
         Computed once per term (every variant and the step's breakdown share it).
         """
         unit = not _is_tensor(self.scale) and self.scale == 1.0
-        total = (self.kl if unit else self.kl * self.scale).sum()
+        kl = self.kl if unit else self.kl * self.scale
+        total = (kl if self.dice is None else kl * self.dice).sum()
         return total / self.particles if self.particles != 1 else total
 
     @property
     def weight(self) -> torch.Tensor:
         """Number of data points the batch stands for (sum of scales), a scalar."""
-        return (torch.ones_like(self.kl) * self.scale).sum() / self.particles
+        ones = torch.ones_like(self.kl) * self.scale
+        if self.dice is not None:
+            ones = ones * self.dice.detach()
+        return ones.sum() / self.particles
 
     @property
     def num_data(self) -> float:
-        """:attr:`weight` as a float; without a tensor scale, computed on the host
-        (no device synchronisation)."""
-        if _is_tensor(self.scale):
+        """:attr:`weight` as a float; without a tensor scale or a DiCE weight, computed
+        on the host (no device synchronisation)."""
+        if _is_tensor(self.scale) or self.dice is not None:
             return float(self.weight)
         return self.kl.numel() * float(self.scale) / self.particles
 
@@ -224,17 +251,22 @@ class LatentTerm:
                 "the event dimension (Independent of univariate distributions)"
             )
         d = self.kl_per_dim.shape[-1]
-        return self.kl_per_dim.reshape(-1, d).mean(0)
+        if self.dice is None:
+            return self.kl_per_dim.reshape(-1, d).mean(0)
+        w = self.dice.detach().expand(self.kl_per_dim.shape[:-1]).unsqueeze(-1)
+        return (self.kl_per_dim * w).reshape(-1, d).sum(0) / w.sum()
 
     @property
     def total_per_dim(self) -> torch.Tensor:
         """Scaled KL summed over the batch, per dimension, shape ``(latent_dim,)``."""
         if self.kl_per_dim is None:
             return self.mean_per_dim  # raises the explanatory error
-        if not _is_tensor(self.scale) and self.scale == 1.0:
+        if self.dice is None and not _is_tensor(self.scale) and self.scale == 1.0:
             total = self.kl_per_dim.reshape(-1, self.kl_per_dim.shape[-1]).sum(0)
             return total / self.particles if self.particles != 1 else total
         scale = torch.as_tensor(self.scale, dtype=self.kl.dtype, device=self.kl.device)
+        if self.dice is not None:
+            scale = scale * self.dice
         weighted = self.kl_per_dim * scale.expand_as(self.kl).unsqueeze(-1)
         return weighted.reshape(-1, self.kl_per_dim.shape[-1]).sum(0) / self.particles
 
@@ -256,13 +288,31 @@ class ELBOTerms:
     auxiliary : torch.Tensor
         Sum of log q over guide-only sites.
     score : torch.Tensor
-        Sum of the score-function terms of non-reparameterised guide sites.
+        Sum of the score functions log q(s) of non-reparameterised sampled guide sites
+        (for information: their gradients are already in the terms, see ``dice``).
     model_trace, guide_trace : pyro.poutine.Trace
         The traces. Without validation only the log-probabilities the terms read are
         computed (see :func:`importance_traces`); ``trace.compute_log_prob()`` adds the
         others (memoised).
     particles : int
         Number of vectorised particles in the traces (1 unless vectorised).
+    surrogate : torch.Tensor or None
+        Value-0 term added to the loss: baseline corrections of score-function sites and
+        the baselines' own losses (Pyro's ``infer={"baseline": ...}`` options).
+    score_factor : torch.Tensor or None
+        ``exp(sum_s log q(s) - detach)`` over all score-function sites (value 1): a
+        variant's extra term that depends on the whole batch (minibatch estimators) is
+        multiplied by it, so that its score-function gradient is unbiased.
+    structure : pyrocollapse._dice.TraceStructure or None
+        Which sites are enumerated, score-function or model-only (``None`` on the fast
+        path, where none is).
+
+    Notes
+    -----
+    Observed sites include, as in Pyro's ``Trace_ELBO``, the log-density of model-only
+    sites that are sampled (neither observed nor in the guide nor enumerated). A group
+    of sites summed out together because they share an enumerated model-only site is
+    one entry named after its observed sites joined by ``+``.
     """
 
     observed: dict[str, torch.Tensor]
@@ -272,6 +322,9 @@ class ELBOTerms:
     model_trace: Any = field(repr=False)
     guide_trace: Any = field(repr=False)
     particles: int = 1
+    surrogate: torch.Tensor | None = field(default=None, repr=False)
+    score_factor: torch.Tensor | None = field(default=None, repr=False)
+    structure: Any = field(default=None, repr=False)
 
     @cached_property
     def reconstruction(self) -> torch.Tensor:
@@ -292,18 +345,44 @@ class ELBOTerms:
     def num_data(self) -> float:
         """Data points represented by the batch (for per-data-point reporting).
 
-        The summed scale of the first latent site; for models without latent sites, the
-        size of the outermost data plate (dim -1) of the first observed site times its
-        scale; else 1.
+        The data plate is the outermost vectorised plate that encloses every observed
+        site (the plate over sequences of a deep Markov model, over documents of LDA);
+        the batch stands for its (subsample) size times the sites' scale (plate
+        subsampling and ``poutine.scale``). Without observed sites in a common plate, the
+        summed scale of the first local latent site; else 1.
         """
+        frame = data_plate_frame(self.model_trace)
+        if frame is not None:
+            _, size, scale = frame
+            return float(size * scale)
         for term in self.latent.values():
-            return term.num_data
-        for name in self.observed:
-            site = self.model_trace.nodes[name]
-            for frame in site["cond_indep_stack"]:
-                if frame.dim == -1 and frame.name != _PARTICLE_PLATE:
-                    return float(frame.size * torch.as_tensor(site["scale"]).mean())
+            if term.q.batch_shape != torch.Size():
+                return term.num_data
         return 1.0
+
+
+def data_plate_frame(model_trace: Any) -> tuple[str, int, float] | None:
+    """``(name, batch size, mean scale)`` of the outermost vectorised plate enclosing
+    every observed site of ``model_trace``, or ``None`` (no observed site, or none in a
+    common plate)."""
+    common: list[Any] | None = None
+    scale: Any = 1.0
+    for site in model_trace.nodes.values():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        frames = [
+            f for f in site["cond_indep_stack"] if f.vectorized and f.name != _PARTICLE_PLATE
+        ]
+        if common is None:
+            common, scale = frames, site["scale"]
+        else:
+            names = {f.name for f in frames}
+            common = [f for f in common if f.name in names]
+    if not common:
+        return None
+    f = common[0]
+    s = float(scale.mean()) if isinstance(scale, torch.Tensor) else float(scale)
+    return f.name, int(f.size), s
 
 
 def _is_tensor(x: object) -> bool:
@@ -327,9 +406,31 @@ def _factor(d: Any) -> Any:
     return None
 
 
+def _unwrap(d: Any) -> Any:
+    """The innermost distribution under ``Independent`` and ``ExpandedDistribution``."""
+    while isinstance(d, (Independent, ExpandedDistribution)):
+        d = d.base_dist
+    return d
+
+
+def closed_form_allowed(q: Any, p: Any) -> bool:
+    """Whether KL(q || p) may be taken in closed form for a site.
+
+    Not for a point mass (``Delta``, whose ``log_density`` carries a Jacobian that
+    Pyro's registered KL ignores), a transformed or flow guide
+    (``TransformedDistribution``: IAF, ``AutoNormal`` on constrained sites) or a masked
+    distribution: these take the Monte Carlo estimate log q(z) - log p(z), which keeps
+    every term, as Pyro's ``Trace_ELBO`` does.
+    """
+    for d in (q, p):
+        if isinstance(_unwrap(d), (Delta, TransformedDistribution, MaskedDistribution)):
+            return False
+    return True
+
+
 def _kl(q: Any, p: Any, z: torch.Tensor, closed_form: bool) -> tuple[torch.Tensor, bool]:
     """KL(q || p) in closed form where allowed and known, else log q(z) - log p(z)."""
-    if closed_form:
+    if closed_form and closed_form_allowed(q, p):
         try:
             return kl_divergence(q, p), True
         except NotImplementedError:
@@ -354,23 +455,30 @@ def latent_term(
     q, p, z = guide_site["fn"], model_site["fn"], guide_site["value"]
     scale, mask = guide_site["scale"], guide_site["mask"]
     q1, p1 = _factor(q), _factor(p)
+    # enumerated values carry extra dimensions on the left of q's batch shape
+    value_batch = z.shape[: z.dim() - len(q.event_shape)]
+    batch = torch.broadcast_shapes(value_batch, q.batch_shape)
     per_dim = None
     if q1 is not None and p1 is not None:
         per_dim, analytic = _kl(q1, p1, z, closed_form)
-        if per_dim.shape != q1.batch_shape:
-            per_dim = per_dim.expand(q1.batch_shape)
+        full = torch.broadcast_shapes(per_dim.shape, q1.batch_shape)
+        if per_dim.shape != full:
+            per_dim = per_dim.expand(full)
         kl = per_dim.sum(-1)
     elif (
         not closed_form and "unscaled_log_prob" in guide_site and "unscaled_log_prob" in model_site
     ):
         # the traces already hold log q(z) and log p(z) (validation computes them): reuse
         kl, analytic = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"], False
-        kl = kl.expand(q.batch_shape) if kl.shape != q.batch_shape else kl
     else:
         kl, analytic = _kl(q, p, z, closed_form)
         if not torch.is_tensor(kl):
             kl = torch.full(q.batch_shape, float(kl))
-        kl = kl.expand(q.batch_shape) if kl.shape != q.batch_shape else kl
+    if not analytic:
+        full = torch.broadcast_shapes(kl.shape, batch)
+    else:
+        full = torch.broadcast_shapes(kl.shape, q.batch_shape)
+    kl = kl.expand(full) if kl.shape != full else kl
     if mask is not None:
         kl = scale_and_mask(kl, mask=mask)
         if per_dim is not None:
@@ -412,21 +520,34 @@ def importance_traces(
     return model_trace, guide_trace
 
 
-def compute_terms(model_trace: Any, guide_trace: Any, particles: int = 1) -> ELBOTerms:
+def compute_terms(
+    model_trace: Any, guide_trace: Any, particles: int = 1, *, analytic_kl: bool = True
+) -> ELBOTerms:
     """Compute :class:`ELBOTerms` from a guide trace and the model trace replayed on it.
 
     The traces must carry the log-probabilities of observed sites (model) and the score
     parts of guide-only and non-reparameterised sites (guide), as
     :func:`importance_traces` and :func:`pyro.infer.enum.get_importance_trace` leave
     them. ``particles`` is the size of a vectorised particle plate (sums are divided by
-    it), 1 otherwise.
+    it), 1 otherwise. ``analytic_kl=False`` takes every KL as the Monte Carlo estimate
+    log q(z) - log p(z), as Pyro's ``Trace_ELBO`` does.
 
     The closed-form KL of a site z integrates over q(z | ...) with p(z | parents) held
     fixed, which is valid only when z's model parents are drawn before z in the guide.
     A site preceded in the model by a latent site that the guide draws after it (e.g.
     a hierarchical prior p(t) p(z | t) with the guide q(z | x) q(t | z)) gets the
     Monte Carlo estimate instead, which is unbiased whatever the guide's order.
+
+    Programs with enumerated sites (guide or model), non-reparameterised guide sites or
+    model-only sites take the general path (:mod:`pyrocollapse._dice`): enumerated
+    guide sites are summed exactly with weights q(y), enumerated model-only sites are
+    summed out of their log-factors, and non-reparameterised sites get score-function
+    gradients from the terms downstream of them only, per plate, with Pyro's baseline
+    options honoured.
     """
+    structure = TraceStructure.from_traces(model_trace, guide_trace)
+    if not structure.simple:
+        return _compute_terms_general(structure, particles, analytic_kl)
     observed: dict[str, torch.Tensor] = {}
     latent: dict[str, LatentTerm] = {}
     guide_order = {name: i for i, name in enumerate(guide_trace.nodes)}
@@ -441,19 +562,129 @@ def compute_terms(model_trace: Any, guide_trace: Any, particles: int = 1) -> ELB
         elif name in guide_trace.nodes:
             position = guide_order[name]
             latent[name] = latent_term(
-                name, guide_trace.nodes[name], site, particles, closed_form=latest < position
+                name,
+                guide_trace.nodes[name],
+                site,
+                particles,
+                closed_form=analytic_kl and latest < position,
             )
             latest = max(latest, position)
-    auxiliary_parts, score_parts = [], []
+    auxiliary_parts = []
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and name not in model_trace.nodes:
+            auxiliary_parts.append(site["log_prob_sum"] / particles)
+    auxiliary = _sum(auxiliary_parts)
+    return ELBOTerms(
+        observed, latent, auxiliary, torch.zeros(()), model_trace, guide_trace, particles
+    )
+
+
+def _compute_terms_general(
+    structure: TraceStructure, particles: int, analytic_kl: bool
+) -> ELBOTerms:
+    """:func:`compute_terms` for programs with enumerated, score-function or model-only
+    sites: every term is weighted by its DiCE weight (see :mod:`pyrocollapse._dice`)."""
+    model_trace, guide_trace = structure.model_trace, structure.guide_trace
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    groups = structure.model_enum_groups()
+    grouped = {n for g in groups for n in g.sites}
+    observed: dict[str, torch.Tensor] = {}
+    latent: dict[str, LatentTerm] = {}
+    costs: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []  # for baselines
+    guide_order = {name: i for i, name in enumerate(guide_trace.nodes)}
+    latest = -1
+
+    def add_latent(term: LatentTerm) -> None:
+        own = term.name in structure.score_sites and not term.analytic
+        term._set_dice(structure.site_weight(term.name, own=own))
+        latent[term.name] = term
+        costs.append((term.name, -term.kl * term.scale, term.dice))
+
+    for group in groups:
+        if group.latent and (group.observed or len(group.latent) > 1):
+            raise ValueError(
+                f"the enumerated model sites {sorted(set(group.sites) - set(group.latent))} "
+                f"couple the latent site(s) {group.latent} with "
+                f"{group.observed or group.latent[1:]} in one sum; the KL of a latent site "
+                "cannot be separated from that sum, so its weight cannot be applied. Use "
+                "pyro.infer.TraceEnum_ELBO, or enumerate those sites in the guide"
+            )
+        if group.latent:
+            name = group.latent[0]
+            info = structure.info[name]
+            if len(group.terms) != 1 or group.terms[0][0] != info.ordinal:
+                raise ValueError(
+                    f"latent site {name!r}: summing out the enumerated model sites "
+                    f"{sorted(set(group.sites) - {name})} leaves a log-density that is not "
+                    "one value per draw of the site (an enumerated site outside its plates), "
+                    "so its KL per data point is undefined. Use pyro.infer.TraceEnum_ELBO"
+                )
+            gsite, msite = guide_trace.nodes[name], model_trace.nodes[name]
+            log_q = scale_and_mask(gsite["unscaled_log_prob"], mask=gsite["mask"])
+            kl = log_q - group.terms[0][1]
+            kl = kl.expand(torch.broadcast_shapes(kl.shape, gsite["fn"].batch_shape))
+            add_latent(LatentTerm(name, kl, None, gsite["scale"], False, gsite, msite, particles))
+            latest = max(latest, guide_order[name])
+            continue
+        key = "+".join(group.observed) if group.observed else "+".join(group.sites)
+        anchor = group.observed[-1] if group.observed else group.sites[-1]
+        total = None
+        for plates, term in group.terms:
+            cost = term * group.scale
+            w = structure.weight(plates, group.model_pos, None)
+            value = structure.expect(cost, w)
+            total = value if total is None else total + value
+            costs.append((anchor, cost, w))
+        observed[key] = (total if total is not None else torch.zeros(())) / particles
+
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or name in grouped:
+            continue
+        if site["is_observed"] or name in structure.model_only:
+            w = structure.site_weight(name)
+            observed[name] = structure.expect(site["log_prob"], w) / particles
+            costs.append((name, site["log_prob"], w))
+        elif name in guide_trace.nodes:
+            position = guide_order[name]
+            add_latent(
+                latent_term(
+                    name,
+                    guide_trace.nodes[name],
+                    site,
+                    particles,
+                    closed_form=analytic_kl and latest < position,
+                )
+            )
+            latest = max(latest, position)
+    auxiliary_parts = []
+    score_parts = []
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample":
             continue
         if name not in model_trace.nodes:
-            auxiliary_parts.append(site["log_prob_sum"] / particles)
-        if not site["fn"].has_rsample:
+            w = structure.site_weight(name, own=name in structure.score_sites)
+            auxiliary_parts.append(structure.expect(site["log_prob"], w) / particles)
+            costs.append((name, -site["log_prob"], w))
+        if name in structure.score_sites:
             score_parts.append(site["score_parts"].score_function.sum())
-    auxiliary, score = _sum(auxiliary_parts), _sum(score_parts)
-    return ELBOTerms(observed, latent, auxiliary, score, model_trace, guide_trace, particles)
+    latent = {n: latent[n] for n in model_trace.nodes if n in latent}  # model order
+    score_factor = structure.whole_trace_factor()
+    for term in latent.values():  # read by local_sites
+        term._structure = structure  # type: ignore[attr-defined]
+        term._score_factor = score_factor  # type: ignore[attr-defined]
+    return ELBOTerms(
+        observed,
+        latent,
+        _sum(auxiliary_parts),
+        _sum(score_parts),
+        model_trace,
+        guide_trace,
+        particles,
+        surrogate=structure.baseline_surrogate(costs),
+        score_factor=score_factor,
+        structure=structure,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -478,6 +709,13 @@ class LocalSite:
     scale : torch.Tensor
         Shape ``(B,)``: the data points each row stands for (plate subsampling x
         ``poutine.scale``).
+    particles : int
+        Number of vectorised particles the objective averages over (each particle is
+        one ``LocalSite``); :meth:`total` divides by it.
+    factor : torch.Tensor or None
+        Scalar of value 1 carrying the score-function gradient of the program's
+        non-reparameterised sites (``ELBOTerms.score_factor``); :meth:`total`
+        multiplies by it.
     """
 
     name: str
@@ -486,6 +724,9 @@ class LocalSite:
     z: torch.Tensor
     mask: torch.Tensor
     scale: torch.Tensor
+    particles: int = 1
+    factor: torch.Tensor | None = field(default=None, repr=False)
+    prior_sampler: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def dataset_size(self) -> float:
@@ -493,44 +734,173 @@ class LocalSite:
         return float((self.scale * self.mask).sum())
 
     def total(self, rows: torch.Tensor) -> torch.Tensor:
-        """Scale-weighted sum over the rows that take part of a per-row quantity ``(B,)``."""
-        return torch.where(self.mask, rows * self.scale, torch.zeros_like(rows)).sum()
+        """Scale-weighted sum over the rows that take part of a per-row quantity ``(B,)``,
+        divided by the number of particles."""
+        out = torch.where(self.mask, rows * self.scale, torch.zeros_like(rows)).sum()
+        if self.factor is not None:
+            out = out * self.factor
+        return out / self.particles if self.particles != 1 else out
+
+    def sample_prior(self) -> torch.Tensor:
+        """One draw from p(z) per row, shape ``(B, D)``, reparameterised where p allows."""
+        if self.prior_sampler is not None:
+            return self.prior_sampler()
+        p = self.p.expand(self.mask.shape)
+        return p.rsample() if p.has_rsample else p.sample()
 
 
-def local_site(term: LatentTerm, objective: str) -> LocalSite | None:
-    """View ``term`` as a :class:`LocalSite`, or ``None`` for a global site.
+def _enumeration_note(term: LatentTerm, objective: str) -> str | None:
+    structure = getattr(term, "_structure", None)
+    if structure is None or not structure.enumerated:
+        return None
+    return (
+        f"{objective}: latent site {term.name!r} lies under the enumerated guide site(s) "
+        f"{structure.enumerated}, so its draw is one z per enumerated value and data point; "
+        "the minibatch estimate of the aggregate posterior q(z) needs one draw per data "
+        "point. Sample those sites instead (infer={'enumerate': None}), or use an objective "
+        "that sums enumerated sites exactly (elbo, annealed, beta, freebits)"
+    )
 
-    A local site lives in one data plate: batch shape ``(B,)``, event shape ``(D,)``. A
-    global site (batch shape ``()``) has no batch to estimate an aggregate posterior
-    from, and the variants treat it with its plain KL.
+
+def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
+    """View ``term`` as :class:`LocalSite` s, one per vectorised particle; ``[]`` for a
+    global site.
+
+    A local site lives in one data plate: batch shape ``(B,)`` (``(K, B)`` under K
+    vectorised particles), event shape ``(D,)``. A global site (batch shape ``()``) has
+    no batch to estimate an aggregate posterior from, and the variants treat it with its
+    plain KL, as they do discrete sites (event shape ``()``, no density to compare
+    across rows in a useful way).
 
     Raises
     ------
     ValueError
-        For any other shape, naming ``objective``, the site and the fix.
+        For a site under an enumerated guide site, or any other shape, naming
+        ``objective``, the site and the fix.
     """
     if not isinstance(term, LatentTerm):
         raise TypeError(f"term must be a LatentTerm, got {type(term).__name__}")
     q, z = term.q, term.value
-    if q.batch_shape == torch.Size():
-        return None
-    if len(q.batch_shape) != 1 or len(q.event_shape) != 1 or term.particles != 1:
+    k = term.particles
+    batch = q.batch_shape
+    if batch == torch.Size() or (k != 1 and batch == torch.Size([k])):
+        return []
+    note = _enumeration_note(term, objective)
+    if note is not None and z.dim() - len(q.event_shape) > len(batch):
+        raise ValueError(note)
+    if not q.has_rsample and len(q.event_shape) == 0:
+        return []  # a discrete local site: plain KL
+    want = 1 if k == 1 else 2
+    if len(batch) != want or len(q.event_shape) != 1 or z.dim() != want + 1:
+        if note is not None:
+            raise ValueError(note)
         raise ValueError(
-            f"{objective}: latent site {term.name!r} has batch shape {tuple(q.batch_shape)} and "
+            f"{objective}: latent site {term.name!r} has batch shape {tuple(batch)} and "
             f"event shape {tuple(q.event_shape)}; its minibatch estimators need a latent local "
             "to one data plate, with batch shape (B,) and event shape (latent_dim,). Try one "
             "of the following fixes: declare the latent dimensions with .to_event(1); put the "
-            "site in a single pyro.plate over the data; use particles that are not vectorised"
+            "site in a single pyro.plate over the data"
         )
-    b = q.batch_shape[0]
+    b = batch[-1]
     mask = term.guide_site["mask"]
     mask = (
-        torch.ones(b, dtype=torch.bool, device=z.device)
+        torch.ones(batch, dtype=torch.bool, device=z.device)
         if mask is None
-        else torch.as_tensor(mask, device=z.device).expand(b).bool()
+        else torch.as_tensor(mask, device=z.device).expand(batch).bool()
     )
-    scale = torch.as_tensor(term.scale, dtype=z.dtype, device=z.device).expand(b)
-    return LocalSite(term.name, q, term.p, z, mask, scale)
+    scale = torch.as_tensor(term.scale, dtype=z.dtype, device=z.device).expand(batch)
+    factor = getattr(term, "_score_factor", None)
+    if k == 1:
+        return [LocalSite(term.name, q, term.p, z, mask, scale, 1, factor)]
+    p_full = term.p
+    draws: list[torch.Tensor] = []
+
+    def sampler(i: int) -> Callable[[], torch.Tensor]:
+        def draw() -> torch.Tensor:
+            if not draws:  # one prior draw for every particle, sliced
+                p = p_full.expand(batch)
+                draws.append(p.rsample() if p.has_rsample else p.sample())
+            return draws[0][i]
+
+        return draw
+
+    return [
+        LocalSite(
+            term.name,
+            _particle_slice(q, i, b),
+            _particle_slice(p_full, i, b),
+            z[i],
+            mask[i],
+            scale[i],
+            k,
+            factor,
+            sampler(i),
+        )
+        for i in range(k)
+    ]
+
+
+def local_site(term: LatentTerm, objective: str) -> LocalSite | None:
+    """View ``term`` as a :class:`LocalSite`, or ``None`` for a global or discrete site.
+
+    The single-particle form of :func:`local_sites`; raises ``ValueError`` under
+    vectorised particles (use :func:`local_sites`).
+    """
+    if isinstance(term, LatentTerm) and term.particles != 1:
+        raise ValueError(
+            f"{objective}: latent site {term.name!r} has {term.particles} vectorised "
+            "particles; use local_sites(term, objective), which gives one LocalSite per particle"
+        )
+    sites = local_sites(term, objective)
+    return sites[0] if sites else None
+
+
+def _particle_slice(d: Any, i: int, b: int) -> Any:
+    """Particle ``i`` of a distribution whose batch shape is ``(K, B)`` (or broadcasts
+    to it): a distribution of batch shape ``(B,)``."""
+    if len(d.batch_shape) < 2:
+        return d  # the same for every particle
+    if d.batch_shape[0] == 1:
+        i = 0
+    if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1:
+        return Independent(_particle_slice(d.base_dist, i, b), 1)
+    if type(d) is Normal or (isinstance(d, Normal) and _is_plain_normal(d)):
+        return type(d)(d.loc[i], d.scale[i])
+    return _ParticleSlice(d, i)
+
+
+class _ParticleSlice(Distribution):
+    """Particle ``i`` of a distribution with batch shape ``(K, *rest)``: batch shape
+    ``rest``. ``log_prob`` evaluates the whole distribution and keeps particle i."""
+
+    arg_constraints: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, base: Any, i: int) -> None:
+        self.base, self.i = base, i
+        super().__init__(base.batch_shape[1:], base.event_shape, validate_args=False)
+
+    @property
+    def support(self) -> Any:
+        return self.base.support
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        rest = len(self.batch_shape) + len(self.event_shape)
+        lp = self.base.log_prob(value.unsqueeze(-rest - 1))  # (..., K, *rest)
+        return lp.select(-len(self.batch_shape) - 1, self.i)
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        shape = torch.Size(sample_shape)
+        return self.base.rsample(shape)[(slice(None),) * len(shape) + (self.i,)]
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            draw = self.base.rsample(shape) if self.has_rsample else self.base.sample(shape)
+        return draw[(slice(None),) * len(shape) + (self.i,)]
 
 
 def log_density_matrix(site: LocalSite, per_dim: bool = False) -> torch.Tensor:
@@ -914,6 +1284,15 @@ def importance_log_weights(
         raise TypeError(f"terms must be an ELBOTerms, got {type(terms).__name__}")
     kl_weight = check_float("kl_weight", kl_weight, minimum=0.0)
     model_trace, guide_trace = terms.model_trace, terms.guide_trace
+    structure = terms.structure
+    if structure is not None and (structure.enumerated or structure.model_enum):
+        names = structure.enumerated + structure.model_enum
+        raise ValueError(
+            f"IWAEELBO: the sites {names} are enumerated; the per-data-point importance "
+            "weights p(x, z) / q(z | x) need every latent site drawn, and Pyro's enumeration "
+            "sums some out instead. Draw them (infer={'enumerate': None}), or use an "
+            "objective that sums enumerated sites exactly (elbo, annealed, beta, freebits)"
+        )
     model_trace.compute_log_prob()  # memoised; the lean trace path leaves latent sites out
     guide_trace.compute_log_prob()
     particle_dim: int | None = None
@@ -1081,8 +1460,9 @@ class BaseELBO(ELBO):
     num_particles : int
         Monte Carlo particles averaged per step.
     max_plate_nesting, vectorize_particles, retain_graph :
-        As for :class:`pyro.infer.ELBO`. ``vectorize_particles=True`` is accepted only by
-        variants that declare ``supports_vectorized_particles``.
+        As for :class:`pyro.infer.ELBO`; every variant takes ``vectorize_particles=True``
+        (the particles are drawn in one extra plate and the variant's minibatch
+        estimators are computed per particle and averaged).
     jit : bool
         Compile the evaluation with :func:`torch.jit.trace`, once per input signature
         (shapes, dtypes and devices of the tensor arguments, values of the others), with
@@ -1090,6 +1470,12 @@ class BaseELBO(ELBO):
         :mod:`pyrocollapse.jit` for what the program must satisfy. The first call of each
         signature runs eagerly (with validation if enabled) and returns the eager result.
         Default ``False``.
+    analytic_kl : bool
+        Take KL(q || p) in closed form where it is known and valid (default), which
+        lowers the variance; ``False`` takes the Monte Carlo estimate log q(z) - log p(z)
+        at the guide's draw everywhere, so that the plain objective equals Pyro's
+        ``Trace_ELBO`` (and ``TraceEnum_ELBO``) on the same draws. Point masses, flows,
+        transformed and masked distributions always take the Monte Carlo estimate.
 
     Attributes
     ----------
@@ -1113,7 +1499,8 @@ class BaseELBO(ELBO):
     ``enable_validation``) adds Pyro's full site checks and NaN warnings.
     """
 
-    supports_vectorized_particles: ClassVar[bool] = False
+    #: Kept for compatibility: every variant supports vectorised particles.
+    supports_vectorized_particles: ClassVar[bool] = True
     #: Constructor arguments reported by :meth:`hyperparameters` (besides ``kl_weight``
     #: and ``num_particles``), read from attributes of the same name.
     _hyperparameters: ClassVar[tuple[str, ...]] = ()
@@ -1127,15 +1514,22 @@ class BaseELBO(ELBO):
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         num_particles = check_int("num_particles", num_particles, minimum=1)
-        if vectorize_particles and not self.supports_vectorized_particles:
-            raise ValueError(
-                f"{type(self).__name__} does not support vectorize_particles=True; "
-                "use num_particles with vectorize_particles=False"
+        if not isinstance(vectorize_particles, bool):
+            raise TypeError(
+                "vectorize_particles must be True or False, got "
+                f"{type(vectorize_particles).__name__} {vectorize_particles!r}"
             )
         if not isinstance(jit, bool):
             raise TypeError(f"jit must be True or False, got {type(jit).__name__} {jit!r}")
+        if not isinstance(analytic_kl, bool):
+            raise TypeError(
+                f"analytic_kl must be True or False, got {type(analytic_kl).__name__} "
+                f"{analytic_kl!r}"
+            )
+        self.analytic_kl = analytic_kl
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -1206,12 +1600,29 @@ class BaseELBO(ELBO):
         finally:
             log.setLevel(level)
 
+    def _get_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        # As TraceEnum_ELBO: a finite plate nesting, then parallel enumeration of the
+        # guide's and the model's configured sites (enumeration dims left of the plates).
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        if self.vectorize_particles:
+            guide = self._vectorized_num_particles(guide)
+            model = self._vectorized_num_particles(model)
+        guide = EnumMessenger(first_available_dim=-1 - self.max_plate_nesting)(guide)
+        model = EnumMessenger()(model)  # continues the guide's enumeration dims
+        for _ in range(1 if self.vectorize_particles else self.num_particles):
+            yield self._get_trace(model, guide, args, kwargs)
+
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         model_trace, guide_trace = importance_traces(
             model, guide, args, kwargs, self.max_plate_nesting
         )
-        if is_validation_enabled():
-            check_if_enumerated(guide_trace)
+        if is_validation_enabled() and any(
+            site["type"] == "sample" and site["infer"].get("_enumerate_dim") is not None
+            for tr in (model_trace, guide_trace)
+            for site in tr.nodes.values()
+        ):
+            check_traceenum_requirements(model_trace, guide_trace)
         return model_trace, guide_trace
 
     def particle_traces(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
@@ -1246,12 +1657,10 @@ class BaseELBO(ELBO):
         per_dim: dict[str, torch.Tensor] = {}
         all_terms = []
         for model_trace, guide_trace in self.particle_traces(model, guide, *args, **kwargs):
-            terms = compute_terms(model_trace, guide_trace, particles)
+            terms = compute_terms(model_trace, guide_trace, particles, analytic_kl=self.analytic_kl)
             loss, extras = self.combine(terms)
-            if terms.score.requires_grad:
-                # score-function gradient for non-reparameterised sites, value unchanged
-                surrogate = terms.score * loss.detach()
-                loss = loss + surrogate - surrogate.detach()
+            if terms.surrogate is not None:
+                loss = loss + terms.surrogate  # baselines of score-function sites (value 0)
             losses.append(loss)
             all_terms.append(terms)
             step_values = {
@@ -1335,14 +1744,16 @@ class BaseELBO(ELBO):
         }
 
     def _local_sites(self, terms: ELBOTerms) -> tuple[list[LocalSite], list[LatentTerm]]:
-        """Split the latent sites into local ones (for minibatch estimators) and global ones."""
+        """Split the latent sites into local ones (for minibatch estimators; one
+        :class:`LocalSite` per vectorised particle) and the others (global or discrete
+        sites, which keep their plain KL)."""
         local, global_ = [], []
         for term in terms.latent.values():
-            site = local_site(term, type(self).__name__)
-            if site is None:
-                global_.append(term)
+            sites = local_sites(term, type(self).__name__)
+            if sites:
+                local.extend(sites)
             else:
-                local.append(site)
+                global_.append(term)
         return local, global_
 
 
@@ -1359,7 +1770,7 @@ class PlainELBO(BaseELBO):
 
     Parameters
     ----------
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO`.
 
     Examples
@@ -1386,6 +1797,7 @@ class PlainELBO(BaseELBO):
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         super().__init__(
             1.0,
@@ -1394,6 +1806,7 @@ class PlainELBO(BaseELBO):
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
 
@@ -1408,7 +1821,7 @@ class AnnealedELBO(BaseELBO):
     ----------
     schedule : Schedule or float
         E.g. ``Linear(warmup_steps=1000)`` or ``Cyclical(period=500, n_cycles=4)``.
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO`.
 
     References
@@ -1426,6 +1839,7 @@ class AnnealedELBO(BaseELBO):
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         super().__init__(
             schedule,
@@ -1434,6 +1848,7 @@ class AnnealedELBO(BaseELBO):
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
 
@@ -1445,7 +1860,7 @@ class BetaELBO(BaseELBO):
     ----------
     beta : float
         KL weight (>= 0; 0 gives a plain autoencoder with a stochastic encoder).
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1472,6 +1887,7 @@ class BetaELBO(BaseELBO):
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         super().__init__(
             check_float("beta", beta, minimum=0.0),
@@ -1480,6 +1896,7 @@ class BetaELBO(BaseELBO):
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
 
@@ -1502,7 +1919,7 @@ class FreeBitsELBO(BaseELBO):
         Group the KL per latent dimension (needs q and p that factorise) or per site.
     kl_weight : Schedule or float
         beta, a constant or a schedule (annealing composes with free bits).
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1529,6 +1946,7 @@ class FreeBitsELBO(BaseELBO):
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         self.free_bits = check_float("free_bits", free_bits, minimum=0.0)
         self.per = check_choice("per", per, ("dimension", "site"))
@@ -1539,6 +1957,7 @@ class FreeBitsELBO(BaseELBO):
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
     @property
@@ -1588,7 +2007,7 @@ class MIRegularizedELBO(BaseELBO):
         the others use the data-set size N read from the plate's subsampling scale.
     kl_weight : Schedule or float
         beta, a constant or a schedule.
-    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1619,8 +2038,10 @@ class MIRegularizedELBO(BaseELBO):
         kl_weight: Schedule | float = 1.0,
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         self.alpha = check_float("alpha", alpha, minimum=0.0)
         self.estimator = check_choice("estimator", estimator, AGGREGATE_ESTIMATORS)
@@ -1628,8 +2049,10 @@ class MIRegularizedELBO(BaseELBO):
             kl_weight,
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
     @property
@@ -1638,10 +2061,11 @@ class MIRegularizedELBO(BaseELBO):
 
     def combine(self, terms: ELBOTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         local, _ = self._local_sites(terms)
-        extras = {
-            f"mi_batch/{s.name}": s.total(minibatch_mutual_information(s, self.estimator))
-            for s in local
-        }
+        extras: dict[str, torch.Tensor] = {}
+        for s in local:
+            key = f"mi_batch/{s.name}"
+            value = s.total(minibatch_mutual_information(s, self.estimator))
+            extras[key] = extras[key] + value if key in extras else value
         mi = sum(extras.values(), torch.zeros(()))
         extras["mi_batch"] = mi
         elbo = terms.reconstruction - self.beta * terms.kl - terms.auxiliary
@@ -1673,7 +2097,7 @@ class InfoVAEELBO(BaseELBO):
         Kernel scale C (> 0); default ``2 * latent_dim``.
     kl_weight : Schedule or float
         beta, a constant or a schedule multiplying the KL term.
-    num_particles, max_plate_nesting, retain_graph, jit :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1703,8 +2127,10 @@ class InfoVAEELBO(BaseELBO):
         kl_weight: Schedule | float = 1.0,
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         self.alpha = check_float("alpha", alpha, maximum=1.0)
         self.lambda_ = check_float("lambda_", lambda_, minimum=0.0)
@@ -1723,8 +2149,10 @@ class InfoVAEELBO(BaseELBO):
             kl_weight,
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
     @property
@@ -1740,13 +2168,15 @@ class InfoVAEELBO(BaseELBO):
         local, global_ = self._local_sites(terms)
         extras: dict[str, torch.Tensor] = {}
         for s in local:
-            p = s.p.expand(s.mask.shape)
-            prior = p.rsample() if p.has_rsample else p.sample()
+            prior = s.sample_prior()
             d = mmd(s.z[s.mask], prior[s.mask], kernel=self.kernel, bandwidth=self.bandwidth)
-            extras[f"mmd/{s.name}"] = d * s.dataset_size
+            value = s.total(d.expand(s.mask.shape))  # N MMD^2
+            key = f"mmd/{s.name}"
+            extras[key] = extras[key] + value if key in extras else value
         divergence = sum(extras.values(), torch.zeros(()))
         extras["mmd"] = divergence
-        local_kl = sum((terms.latent[s.name].total for s in local), torch.zeros(()))
+        names = dict.fromkeys(s.name for s in local)
+        local_kl = sum((terms.latent[n].total for n in names), torch.zeros(()))
         global_kl = sum((t.total for t in global_), torch.zeros(()))
         kl = (1.0 - self.alpha) * self.beta * local_kl + self.beta * global_kl
         elbo = terms.reconstruction - kl - terms.auxiliary
@@ -1773,7 +2203,7 @@ class IWAEELBO(BaseELBO):
     kl_weight : Schedule or float
         beta: the weights become ``p(x|z) (p(z)/q(z|x))^beta`` (warm-up for importance
         weighted bounds as in Sønderby et al. 2016); only beta = 1 gives the bound.
-    max_plate_nesting, retain_graph, jit :
+    max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO` (the particle plate is added outside the model's plates).
 
     Notes
@@ -1791,17 +2221,23 @@ class IWAEELBO(BaseELBO):
     Rainforth et al. (2018). Tighter Variational Bounds are Not Necessarily Better. ICML.
     """
 
-    supports_vectorized_particles = True
-
     def __init__(
         self,
         num_particles: int = 5,
         *,
         kl_weight: Schedule | float = 1.0,
         max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
+        if vectorize_particles is not True:
+            raise ValueError(
+                f"IWAEELBO needs vectorize_particles=True, got {vectorize_particles!r}: the bound "
+                "log (1/K) sum_k w_k combines the K importance weights of each data point, so "
+                "the K particles must be drawn together in one plate"
+            )
         super().__init__(
             kl_weight,
             num_particles=num_particles,
@@ -1809,6 +2245,7 @@ class IWAEELBO(BaseELBO):
             vectorize_particles=True,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
     def combine(self, terms: ELBOTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -1841,7 +2278,7 @@ class BetaTCELBO(BaseELBO):
         shift the reported terms but not the gradients). Needs a factorised guide.
     kl_weight : Schedule or float
         w, a constant or a schedule multiplying all three terms.
-    num_particles, max_plate_nesting, retain_graph, jit :
+    num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
         As for :class:`BaseELBO`.
 
     Notes
@@ -1870,8 +2307,10 @@ class BetaTCELBO(BaseELBO):
         kl_weight: Schedule | float = 1.0,
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
         retain_graph: bool | None = None,
         jit: bool = False,
+        analytic_kl: bool = True,
     ) -> None:
         self.alpha = check_float("alpha", alpha, minimum=0.0)
         self.tc_weight = check_float("beta", beta, minimum=0.0)
@@ -1881,8 +2320,10 @@ class BetaTCELBO(BaseELBO):
             kl_weight,
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             jit=jit,
+            analytic_kl=analytic_kl,
         )
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -1907,7 +2348,8 @@ class BetaTCELBO(BaseELBO):
             rows = total_correlation_decomposition(s, self.estimator)
             for part, r in rows.items():
                 total = s.total(r)
-                extras[f"{part}/{s.name}"] = total
+                key = f"{part}/{s.name}"
+                extras[key] = extras[key] + total if key in extras else total
                 extras[part] = extras.get(part, torch.zeros(())) + total
                 penalty = penalty + coef[part] * total
         for part in self._PARTS:

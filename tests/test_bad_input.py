@@ -473,6 +473,7 @@ TABLE: list[Case] = [
     Case("elbo.importance_log_weights:wrong-type", _make("pyrocollapse.elbo.importance_log_weights", "terms"), TypeError, r"^terms must be an ELBOTerms, got str"),
     Case("elbo.importance_log_weights:kl_weight-negative", _make("pyrocollapse.elbo.importance_log_weights", _Lazy(_terms), kl_weight=-1.0), ValueError, r"^kl_weight must be >= 0\.0, got -1\.0"),
     Case("elbo.local_site:wrong-type", _make("pyrocollapse.elbo.local_site", "z", "mi"), TypeError, r"^term must be a LatentTerm, got str"),
+    Case("elbo.local_sites:wrong-type", _make("pyrocollapse.elbo.local_sites", "z", "mi"), TypeError, r"^term must be a LatentTerm, got str"),
     Case("elbo.log_density_matrix:wrong-type", _make("pyrocollapse.elbo.log_density_matrix", "z"), TypeError, r"^site must be a LocalSite, got str"),
     Case("elbo.minibatch_mutual_information:unknown-estimator", _make("pyrocollapse.elbo.minibatch_mutual_information", _Lazy(_local_site), "exact"), ValueError, r"^estimator must be one of .*got 'exact'"),
     Case("elbo.total_correlation_decomposition:unknown-estimator", _make("pyrocollapse.elbo.total_correlation_decomposition", _Lazy(_local_site), "exact"), ValueError, r"^estimator must be one of .*got 'exact'"),

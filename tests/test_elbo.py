@@ -161,8 +161,10 @@ def test_bad_hyperparameters():
         BetaELBO(-1.0)
     with pytest.raises(ValueError, match="beta must be finite"):
         BetaELBO(float("inf"))
-    with pytest.raises(ValueError, match="does not support vectorize_particles"):
-        PlainELBO(num_particles=2, vectorize_particles=True)
+    with pytest.raises(ValueError, match="IWAEELBO needs vectorize_particles=True"):
+        make_elbo("iwae", vectorize_particles=False)
+    with pytest.raises(TypeError, match="analytic_kl must be True or False"):
+        PlainELBO(analytic_kl="yes")
     with pytest.raises(ValueError, match="unknown elbo 'iwea'; valid names:"):
         make_elbo("iwea")
 
