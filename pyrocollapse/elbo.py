@@ -785,11 +785,11 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
     batch = q.batch_shape
     if batch == torch.Size() or (k != 1 and batch == torch.Size([k])):
         return []
+    if not q.has_rsample:
+        return []  # a discrete (or otherwise non-reparameterised) local site: plain KL
     note = _enumeration_note(term, objective)
     if note is not None and z.dim() - len(q.event_shape) > len(batch):
         raise ValueError(note)
-    if not q.has_rsample and len(q.event_shape) == 0:
-        return []  # a discrete local site: plain KL
     want = 1 if k == 1 else 2
     if len(batch) != want or len(q.event_shape) != 1 or z.dim() != want + 1:
         if note is not None:
@@ -1660,7 +1660,8 @@ class BaseELBO(ELBO):
             terms = compute_terms(model_trace, guide_trace, particles, analytic_kl=self.analytic_kl)
             loss, extras = self.combine(terms)
             if terms.surrogate is not None:
-                loss = loss + terms.surrogate  # baselines of score-function sites (value 0)
+                # baselines of score-function sites and their own losses: gradient only
+                loss = loss + (terms.surrogate - terms.surrogate.detach())
             losses.append(loss)
             all_terms.append(terms)
             step_values = {
@@ -1916,7 +1917,10 @@ class FreeBitsELBO(BaseELBO):
         The floor lambda, nats per data point per group (>= 0). 0 is exactly the ELBO:
         nothing is clamped, so Monte Carlo KL estimates below zero are kept.
     per : {"dimension", "site"}
-        Group the KL per latent dimension (needs q and p that factorise) or per site.
+        Group the KL per latent dimension or per site. Under ``"dimension"`` a site whose
+        q or p does not factorise over the event dimension (a discrete site, a mixture
+        or full-covariance prior) is floored as one group; the objective logs this once
+        per site and lists such sites in :attr:`per_site_fallback`.
     kl_weight : Schedule or float
         beta, a constant or a schedule (annealing composes with free bits).
     num_particles, max_plate_nesting, vectorize_particles, retain_graph, jit, analytic_kl :
@@ -1950,6 +1954,10 @@ class FreeBitsELBO(BaseELBO):
     ) -> None:
         self.free_bits = check_float("free_bits", free_bits, minimum=0.0)
         self.per = check_choice("per", per, ("dimension", "site"))
+        #: Sites floored as one group under ``per="dimension"`` because their q or p does
+        #: not factorise over the event dimension (a discrete site, a full-covariance or
+        #: mixture prior); each is logged once.
+        self.per_site_fallback: list[str] = []
         super().__init__(
             kl_weight,
             num_particles=num_particles,
@@ -1967,15 +1975,19 @@ class FreeBitsELBO(BaseELBO):
     def combine(self, terms: ELBOTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         extras: dict[str, torch.Tensor] = {}
         for name, t in terms.latent.items():
-            if self.per == "dimension":
-                if t.kl_per_dim is None:
-                    raise ValueError(
-                        f"FreeBitsELBO(per='dimension'): latent site {name!r} has no KL per "
-                        f"dimension (q {type(t.q).__name__} or p {type(t.p).__name__} does not "
-                        "factorise over the event dimension); use per='site'"
-                    )
+            if self.per == "dimension" and t.kl_per_dim is not None:
                 kl = t.total_per_dim
             else:
+                if self.per == "dimension" and name not in self.per_site_fallback:
+                    self.per_site_fallback.append(name)
+                    logging.getLogger("pyrocollapse").warning(
+                        "FreeBitsELBO(per='dimension'): latent site %r has no KL per dimension "
+                        "(q %s or p %s does not factorise over the event dimension); its KL is "
+                        "floored as one group (free bits per site)",
+                        name,
+                        type(t.q).__name__,
+                        type(t.p).__name__,
+                    )
                 kl = t.total
             if self.free_bits > 0:
                 kl = torch.clamp(kl, min=self.free_bits * t.weight)

@@ -53,6 +53,7 @@ raises a ``RuntimeError`` and ``jit=False`` keeps working.
 
 from __future__ import annotations
 
+import logging
 import warnings
 import weakref
 from collections.abc import Callable, Hashable
@@ -101,6 +102,8 @@ class CompiledEvaluation:
     def __init__(self, elbo: BaseELBO) -> None:
         self._elbo = weakref.ref(elbo)
         self._cache: dict[Hashable, _Entry] = {}
+        self._eager: set[Hashable] = set()  # signatures that run uncompiled
+        self._said: set[str] = set()
         self.compilations = 0
 
     def __len__(self) -> int:
@@ -110,6 +113,7 @@ class CompiledEvaluation:
     def clear(self) -> None:
         """Drop every compiled graph (the next call of each signature recompiles)."""
         self._cache.clear()
+        self._eager.clear()
 
     # ----------------------------------------------------------------------------------
     def evaluate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Evaluation:
@@ -120,9 +124,22 @@ class CompiledEvaluation:
         entry = self._cache.get(key)
         if entry is not None and _params_current(entry.params):
             return self._run(elbo, entry, args, kwargs)
+        if key in self._eager:
+            return elbo.evaluate_eager(model, guide, *args, **kwargs)
         evaluation = elbo.evaluate_eager(model, guide, *args, **kwargs)
         # the first evaluation may settle max_plate_nesting (part of the key)
         key = self._key(elbo, model, guide, args, kwargs)
+        reason = _eager_reason(evaluation)
+        if reason is not None:
+            self._eager.add(key)
+            if reason not in self._said:
+                self._said.add(reason)
+                logging.getLogger("pyrocollapse").warning(
+                    "%s(jit=True): this program runs uncompiled: %s",
+                    type(elbo).__name__,
+                    reason,
+                )
+            return evaluation
         self._cache[key] = self._compile(elbo, model, guide, args, kwargs, evaluation)
         self.compilations += 1
         return evaluation
@@ -252,6 +269,28 @@ class CompiledEvaluation:
             elbo.weights,
             entry.num_data,
         )
+
+
+def _eager_reason(evaluation: Evaluation) -> str | None:
+    """Why a program cannot be compiled by tracing, or ``None``.
+
+    Enumerated, non-reparameterised and model-only sites take the DiCE path of
+    :mod:`pyrocollapse._dice`, whose baselines update state between steps (decaying
+    averages in the parameter store) that a traced graph would freeze; such programs
+    run eagerly, always correct.
+    """
+    for terms in evaluation.terms:
+        structure = terms.structure
+        if structure is not None and not structure.simple:
+            kinds = []
+            if structure.enumerated or structure.model_enum:
+                kinds.append(f"enumerated sites {structure.enumerated + structure.model_enum}")
+            if structure.score_sites:
+                kinds.append(f"non-reparameterised sites {structure.score_sites}")
+            if structure.model_only:
+                kinds.append(f"model-only sites {structure.model_only}")
+            return " and ".join(kinds) + " are evaluated eagerly"
+    return None
 
 
 def _callable_key(fn: Callable) -> Hashable:
