@@ -86,7 +86,11 @@ import torch
 from pyro import poutine
 from pyro.distributions import Delta, Distribution, Independent
 from pyro.distributions.kl import kl_divergence
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.distributions.torch_distribution import (
+    ExpandedDistribution,
+    MaskedDistribution,
+    TorchDistribution,
+)
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
@@ -767,10 +771,11 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
     global site.
 
     A local site lives in one data plate: batch shape ``(B,)`` (``(K, B)`` under K
-    vectorised particles), event shape ``(D,)``. A global site (batch shape ``()``) has
-    no batch to estimate an aggregate posterior from, and the variants treat it with its
-    plain KL, as they do discrete sites (event shape ``()``, no density to compare
-    across rows in a useful way).
+    vectorised particles), event shape ``(D,)``; a scalar latent per data point (event
+    shape ``()``) is viewed as ``D = 1``. A global site (batch shape ``()``) has no batch
+    to estimate an aggregate posterior from, and the variants treat it with its plain
+    KL, as they do discrete and other non-reparameterised sites. Rows masked out by the
+    site's mask or by a masked distribution (``.mask(m)``) take no part.
 
     Raises
     ------
@@ -780,20 +785,23 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
     """
     if not isinstance(term, LatentTerm):
         raise TypeError(f"term must be a LatentTerm, got {type(term).__name__}")
-    q, z = term.q, term.value
+    q, z, p_full = term.q, term.value, term.p
     k = term.particles
     batch = q.batch_shape
     if batch == torch.Size() or (k != 1 and batch == torch.Size([k])):
         return []
-    if not q.has_rsample:
-        return []  # a discrete (or otherwise non-reparameterised) local site: plain KL
-    note = _enumeration_note(term, objective)
-    if note is not None and z.dim() - len(q.event_shape) > len(batch):
-        raise ValueError(note)
+    if not q.has_rsample or isinstance(_unwrap(q), Delta):
+        # a discrete (or otherwise non-reparameterised) site, or a point estimate: it has
+        # no spread to estimate an aggregate posterior from, and keeps its plain KL
+        return []
     want = 1 if k == 1 else 2
+    note = _enumeration_note(term, objective)
+    if note is not None and (len(batch) > want or z.dim() - len(q.event_shape) > want):
+        raise ValueError(note)
+    if len(q.event_shape) == 0 and len(batch) == want and z.dim() == want:
+        # a scalar latent per data point: one latent dimension
+        q, p_full, z = _as_vector(q), _as_vector(p_full), z.unsqueeze(-1)
     if len(batch) != want or len(q.event_shape) != 1 or z.dim() != want + 1:
-        if note is not None:
-            raise ValueError(note)
         raise ValueError(
             f"{objective}: latent site {term.name!r} has batch shape {tuple(batch)} and "
             f"event shape {tuple(q.event_shape)}; its minibatch estimators need a latent local "
@@ -808,11 +816,16 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
         if mask is None
         else torch.as_tensor(mask, device=z.device).expand(batch).bool()
     )
+    # masks carried by the distributions (``.mask(m)``) leave rows out too
+    q, q_mask = _strip_mask(q)
+    p_full, p_mask = _strip_mask(p_full)
+    for m in (q_mask, p_mask):
+        if m is not None:
+            mask = mask & torch.as_tensor(m, device=z.device).expand(batch).bool()
     scale = torch.as_tensor(term.scale, dtype=z.dtype, device=z.device).expand(batch)
     factor = getattr(term, "_score_factor", None)
     if k == 1:
-        return [LocalSite(term.name, q, term.p, z, mask, scale, 1, factor)]
-    p_full = term.p
+        return [LocalSite(term.name, q, p_full, z, mask, scale, 1, factor)]
     draws: list[torch.Tensor] = []
 
     def sampler(i: int) -> Callable[[], torch.Tensor]:
@@ -838,6 +851,59 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
         )
         for i in range(k)
     ]
+
+
+def _strip_mask(d: Any) -> tuple[Any, Any]:
+    """``(d without its MaskedDistribution wrapper, the mask over d's batch)``, or
+    ``(d, None)``. Handles ``Masked(Independent(...))`` and ``Independent(Masked(...))``."""
+    if isinstance(d, MaskedDistribution):
+        m = d._mask
+        if isinstance(m, bool):
+            m = torch.tensor(m)
+        return d.base_dist, m
+    if isinstance(d, Independent) and isinstance(d.base_dist, MaskedDistribution):
+        base, m = _strip_mask(d.base_dist)
+        n = d.reinterpreted_batch_ndims
+        m = torch.as_tensor(m).expand(base.batch_shape)
+        m = m.reshape((*m.shape[:m.dim() - n], -1)).all(-1) if n else m
+        return Independent(base, n), m
+    return d, None
+
+
+def _as_vector(d: Any) -> Any:
+    """A distribution with event shape ``()`` viewed with event shape ``(1,)``."""
+    return Independent(_Unsqueezed(d), 1)
+
+
+class _Unsqueezed(TorchDistribution):
+    """``d`` with a trailing batch dimension of size 1 (so that ``Independent(., 1)``
+    gives event shape ``(1,)``)."""
+
+    arg_constraints: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        super().__init__((*base.batch_shape, 1), base.event_shape, validate_args=False)
+
+    @property
+    def support(self) -> Any:
+        return self.base.support
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> _Unsqueezed:
+        return _Unsqueezed(self.base.expand(torch.Size(batch_shape)[:-1]))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value.squeeze(-1)).unsqueeze(-1)
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        return self.base.rsample(torch.Size(sample_shape)).unsqueeze(-1)
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        return self.base.sample(torch.Size(sample_shape)).unsqueeze(-1)
 
 
 def local_site(term: LatentTerm, objective: str) -> LocalSite | None:
@@ -869,7 +935,7 @@ def _particle_slice(d: Any, i: int, b: int) -> Any:
     return _ParticleSlice(d, i)
 
 
-class _ParticleSlice(Distribution):
+class _ParticleSlice(TorchDistribution):
     """Particle ``i`` of a distribution with batch shape ``(K, *rest)``: batch shape
     ``rest``. ``log_prob`` evaluates the whole distribution and keeps particle i."""
 
@@ -1746,11 +1812,17 @@ class BaseELBO(ELBO):
 
     def _local_sites(self, terms: ELBOTerms) -> tuple[list[LocalSite], list[LatentTerm]]:
         """Split the latent sites into local ones (for minibatch estimators; one
-        :class:`LocalSite` per vectorised particle) and the others (global or discrete
-        sites, which keep their plain KL)."""
+        :class:`LocalSite` per vectorised particle) and the others, which keep their
+        plain KL: sites outside the data plate (the outermost plate of the observed
+        sites), discrete and other non-reparameterised sites, point estimates."""
         local, global_ = [], []
+        frame = data_plate_frame(terms.model_trace)
         for term in terms.latent.values():
-            sites = local_sites(term, type(self).__name__)
+            in_data = frame is None or any(
+                f.name == frame[0] for f in term.guide_site["cond_indep_stack"]
+            )
+            # sites outside the data plate (per topic, per group) are global to the data
+            sites = local_sites(term, type(self).__name__) if in_data else []
             if sites:
                 local.extend(sites)
             else:

@@ -435,7 +435,7 @@ def test_free_bits_per_site_floors_the_total():
     assert (g_above["loc"][:, 1:].abs() > 0).all()
 
 
-def test_free_bits_per_dimension_needs_a_factorised_site():
+def test_free_bits_per_dimension_floors_a_non_factorised_site_as_one_group(caplog):
     def model(x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.MultivariateNormal(torch.zeros(2), torch.eye(2)))
@@ -446,9 +446,14 @@ def test_free_bits_per_dimension_needs_a_factorised_site():
             pyro.sample("z", dist.MultivariateNormal(torch.zeros(2), 0.5 * torch.eye(2)))
 
     x = torch.randn(4, 2)
-    with pytest.raises(ValueError, match=r"site 'z' has no KL per dimension .* use per='site'"):
-        FreeBitsELBO(0.1).loss(model, guide, x)
-    assert math.isfinite(FreeBitsELBO(0.1, per="site").loss(model, guide, x))
+    per_dim = FreeBitsELBO(0.1)
+    with caplog.at_level("WARNING", logger="pyrocollapse"):
+        pyro.set_rng_seed(0)
+        a = per_dim.loss(model, guide, x)
+    assert per_dim.per_site_fallback == ["z"]
+    assert "latent site 'z' has no KL per dimension" in caplog.text
+    pyro.set_rng_seed(0)
+    assert a == pytest.approx(FreeBitsELBO(0.1, per="site").loss(model, guide, x))
 
 
 # --------------------------------------------------------------------------------------
