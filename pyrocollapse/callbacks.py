@@ -249,8 +249,9 @@ class AggressiveOnCollapse(CollapseCallback):
 class Checkpoint:
     """An in-memory copy of the training state at the end of one epoch.
 
-    Holds copies of the trainable parameters, the optimiser state, the objective's step
-    count (its schedule position) and the previous-epoch MI. Module buffers (e.g. batch
+    Holds copies of the trainable parameters, the optimiser state, the learning-rate
+    scheduler's state (when fit has one), the objective's step count (its schedule
+    position) and the previous-epoch MI. Module buffers (e.g. batch
     norm statistics) are not parameters and are not copied.
     """
 
@@ -259,6 +260,7 @@ class Checkpoint:
     optimizer: dict[str, Any]
     loss_step: int | None
     previous_mi: float | None
+    scheduler: dict[str, Any] | None = None
 
     @classmethod
     def take(cls, state: TrainState) -> Checkpoint:
@@ -272,6 +274,7 @@ class Checkpoint:
             copy.deepcopy(state.optimizer.state_dict()),
             getattr(state.loss, "step_count", None),
             state.previous_mi,
+            None if state.scheduler is None else copy.deepcopy(state.scheduler.state_dict()),
         )
 
     def restore(self, state: TrainState, *, schedule: bool = True) -> None:
@@ -282,6 +285,8 @@ class Checkpoint:
             ):
                 live.copy_(saved)
         state.optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        if self.scheduler is not None and state.scheduler is not None:
+            state.scheduler.load_state_dict(copy.deepcopy(self.scheduler))
         if schedule and self.loss_step is not None:
             state.loss.step_count = self.loss_step
         state.previous_mi = self.previous_mi

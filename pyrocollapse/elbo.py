@@ -31,8 +31,19 @@ For each particle the base runs the guide, replays the model against it and comp
   p factorise over the event dimension, per latent dimension. Analytic when Pyro's
   ``kl_divergence`` has a closed form, else the single-sample Monte Carlo estimate
   log q(z) - log p(z);
-* guide-only (auxiliary) sites' log q and the score-function part of non-reparameterised
-  guide sites.
+* guide-only (auxiliary) sites' log q.
+
+Programs with enumerated sites (guide or model), non-reparameterised guide sites or
+model-only sites take the general path of :mod:`pyrocollapse._dice`: each term is
+weighted by its DiCE weight, so enumerated guide sites are summed exactly (weights q(y)),
+enumerated model-only sites are summed out of their log-factors by Pyro's tensor variable
+elimination, and each non-reparameterised site receives the score-function gradient of
+the terms downstream of it only, per plate, with Pyro's ``baseline`` options. The
+variant's weights apply to every term, the KL of a discrete site included. Point
+masses (``Delta``), flows, transformed and masked distributions take the Monte Carlo KL
+``log q(z) - log p(z)``. ``docs/pyro_programs.md`` lists which Pyro features each
+variant supports; ``tests/test_gallery_objectives.py`` checks each variant against
+Pyro's ``Trace_ELBO``/``TraceEnum_ELBO`` on a gallery of Pyro programs.
 
 One hook, :meth:`BaseELBO.combine`, turns the terms into the loss to minimise and the
 variant's extra components. ``loss``, ``differentiable_loss`` and ``loss_and_grads`` all

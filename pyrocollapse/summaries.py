@@ -53,7 +53,7 @@ def _dim_name(site: str) -> str:
 def to_inference_data(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     num_samples: int = 100,
     *,
     chains: int = 1,
@@ -70,11 +70,14 @@ def to_inference_data(
     Parameters
     ----------
     model, guide : callable
-        Pyro programs taking a chunk ``x`` (see :mod:`pyrocollapse.diagnostics` for what
-        they must look like; the posterior and log-likelihood groups need programs that
-        broadcast over a vectorised particle plate).
-    data : torch.Tensor
-        Shape ``(N, ...)``.
+        Pyro programs taking a chunk of the data's arguments, ``model(*args, **kwargs)``
+        (see :mod:`pyrocollapse.diagnostics` for what they must look like; the posterior
+        and log-likelihood groups need programs that broadcast over a vectorised particle
+        plate).
+    data : torch.Tensor, numpy.ndarray, tuple, list, dict or DataLoader
+        Shape ``(N, ...)``, or the programs' arguments in any form
+        :func:`~pyrocollapse.diagnostics.kl_per_dimension` accepts (every batched
+        argument chunked together along dim 0).
     num_samples : int
         Draws per chain.
     chains : int
@@ -149,7 +152,6 @@ def to_inference_data(
         isinstance(latent_sites, str) or not all(isinstance(s, str) for s in latent_sites)
     ):
         raise TypeError(f"latent_sites must be a sequence of site names; got {latent_sites!r}")
-    probe = x[:2] if dev is None else x[:2].to(dev)
     total = chains * num_samples
     with _seeded(seed, _effective_device(x, dev)):
         traces = _probe(model, guide, x, dev)
@@ -183,7 +185,7 @@ def to_inference_data(
                 loglik.setdefault(name, []).append(parts)
         groups: dict[str, Any] = {}
         coords: dict[str, Any] = {
-            "obs": np.arange(x.shape[0]),
+            "obs": np.arange(x.n),
             "chain": np.arange(chains),
             "draw": np.arange(num_samples),
         }
@@ -226,10 +228,11 @@ def to_inference_data(
                 ll, coords=coords, dims={k: ["obs"] for k in ll}, attrs=attrs, library=None
             )
         if prior:
+            first = x.head(1).to(dev)
             with torch.no_grad(), poutine.block():
                 tr = poutine.trace(
                     _vectorised(model, chains * prior_samples, layout.nesting)
-                ).get_trace(probe[:1])
+                ).get_trace(*first.args, **first.kwargs)
             pr = {s: _numpy(tr.nodes[s]["value"]).reshape(chains, prior_samples, -1) for s in sites}
             groups["prior"] = az.dict_to_dataset(
                 pr,

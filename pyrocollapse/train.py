@@ -20,6 +20,7 @@ gradient stops being finite.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import random
@@ -36,8 +37,27 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.util import is_validation_enabled
+from pyro.params.param_store import (
+    module_from_param_with_module_name,
+    normalize_param_name,
+    user_param_name,
+)
+from pyro.poutine.messenger import Messenger
 
-from pyrocollapse._validation import check_data, check_device, check_float, check_int
+from pyrocollapse._validation import (
+    check_choice,
+    check_data,
+    check_device,
+    check_float,
+    check_int,
+)
+from pyrocollapse.program_data import (
+    ProgramArgs,
+    ProgramData,
+    as_program_args,
+    as_program_data,
+    is_batch_source,
+)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -75,7 +95,8 @@ class EpochRecord:
         and variant weights such as ``mi_weight``), ``time`` (seconds since training
         began), ``epoch_time``, ``aggressive`` (1.0 when the epoch trained the encoder
         aggressively, else 0.0) and ``inner_steps`` (encoder-only steps per decoder
-        step, averaged over the epoch); monitoring metrics (``active_units/<site>``,
+        step, averaged over the epoch), ``lr`` (the learning rate of the optimiser's
+        first parameter group in the epoch's last step); monitoring metrics (``active_units/<site>``,
         ``mi/<site>``) when on. Callbacks may add notes (e.g. ``rollback_to_epoch``).
     kl_per_dim : dict[str, numpy.ndarray]
         Per latent site, the epoch-average KL per dimension (nats per data point), shape
@@ -254,6 +275,9 @@ class TrainState:
         1-based index of the current minibatch within the epoch.
     checkpoint : str or None
         Path of the last checkpoint written (or resumed from) in this run.
+    scheduler : torch.optim.lr_scheduler.LRScheduler, ReduceLROnPlateau or None
+        The learning-rate scheduler of ``optimizer`` (from a ``pyro.optim.PyroLRScheduler``
+        or ``fit``'s ``scheduler``), or ``None``.
     """
 
     model: Callable
@@ -274,8 +298,21 @@ class TrainState:
     device: torch.device | None = None
     batch: int = 0
     checkpoint: str | None = None
+    scheduler: Any = None
     # set once Pyro's validation has run on a step of this fit call
     _validated: bool = field(default=False, init=False, repr=False)
+    # per-parameter clipping of a PyroOptim's clip_args: (param, {"clip_norm": ...})
+    _param_clip: list[tuple[torch.Tensor, dict[str, float]]] = field(
+        default_factory=list, init=False, repr=False
+    )
+    # "epoch" or "step": when the scheduler steps
+    _scheduler_step: str = field(default="epoch", init=False, repr=False)
+    # for objectives that do not report num_data: the model wrapped to count data points
+    _counter: Any = field(default=None, init=False, repr=False)
+    _counted_model: Any = field(default=None, init=False, repr=False)
+    _num_data: float = field(default=1.0, init=False, repr=False)
+    # learning rate (first parameter group) of the last optimiser step
+    _lr: float = field(default=math.nan, init=False, repr=False)
     # CUDA devices whose RNG state a step snapshots (to replay a failing step)
     _rng_devices: list[int] = field(default_factory=list, init=False, repr=False)
 
@@ -333,7 +370,7 @@ def collect_params(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Find the trainable tensors that ``guide`` and ``model`` use.
 
-    Traces the guide and the model replayed on it once.
+    Traces the guide and the model replayed on it once, on ``*args, **kwargs``.
 
     Returns
     -------
@@ -341,6 +378,15 @@ def collect_params(
         Unconstrained leaf tensors, each listed once (a tensor used by both is listed
         with the guide).
     """
+    guide_named, model_named = _collect_named_params(model, guide, *args, **kwargs)
+    return [p for _, p in guide_named], [p for _, p in model_named]
+
+
+def _collect_named_params(
+    model: Callable, guide: Callable, *args: Any, **kwargs: Any
+) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+    """:func:`collect_params` with each tensor's param site name (its Pyro param-store
+    name, e.g. ``"encoder$$$fc.weight"`` for ``pyro.module("encoder", net)``)."""
     for name, fn in (("model", model), ("guide", guide)):
         if not callable(fn):
             raise TypeError(f"{name} must be a callable Pyro program, got {type(fn).__name__}")
@@ -352,54 +398,247 @@ def collect_params(
         ).get_trace(*args, **kwargs)
     seen: set[int] = set()
 
-    def leaves(trace: Any) -> list[torch.Tensor]:
+    def leaves(trace: Any) -> list[tuple[str, torch.Tensor]]:
         out = []
-        for site in trace.nodes.values():
+        for name, site in trace.nodes.items():
             if site["type"] != "param":
                 continue
             v = site["value"]
             u = v.unconstrained() if hasattr(v, "unconstrained") else v
             if isinstance(u, torch.Tensor) and u.requires_grad and id(u) not in seen:
                 seen.add(id(u))
-                out.append(u)
+                out.append((str(name), u))
         return out
 
     return leaves(guide_tr), leaves(model_tr)
 
 
-def make_optimizer(optim: Any, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """Build a torch optimiser from ``None``, a ``pyro.optim.PyroOptim`` (its torch
-    constructor and arguments), or a callable ``params -> Optimizer``.
+#: What ``optim`` may be (named in every refusal).
+_OPTIM_KINDS = (
+    "None (Adam, lr 1e-3), a pyro.optim optimiser (pyro.optim.Adam({'lr': 1e-3}), "
+    "ClippedAdam, SGD, ..., with a dict of arguments or a per-parameter callable), a "
+    "pyro.optim.PyroLRScheduler (pyro.optim.ExponentialLR({'optimizer': torch.optim.Adam, "
+    "'optim_args': {'lr': 1e-2}, 'gamma': 0.9}), StepLR, OneCycleLR, ReduceLROnPlateau, ...) "
+    "or a callable params -> torch.optim.Optimizer (e.g. functools.partial(torch.optim.Adam, "
+    "lr=1e-3))"
+)
 
-    ``None`` gives Adam with lr 1e-3, fused (one kernel for all parameters) where torch
-    supports it for the parameters' devices and dtypes, else the default implementation.
+_SCHEDULER_TYPES: tuple[type, ...] = (
+    torch.optim.lr_scheduler.LRScheduler,
+    torch.optim.lr_scheduler.ReduceLROnPlateau,
+)
+
+
+def make_optimizer(
+    optim: Any,
+    params: Sequence[torch.Tensor],
+    names: Sequence[str] | None = None,
+) -> torch.optim.Optimizer:
+    """Build the torch optimiser that :func:`fit` steps (without a scheduler).
+
+    Parameters
+    ----------
+    optim : None, pyro.optim.PyroOptim or callable
+        See :func:`fit`. ``None`` gives Adam with lr 1e-3, fused (one kernel for all
+        parameters) where torch supports it for the parameters' devices and dtypes, else
+        the default implementation. A ``pyro.optim.PyroLRScheduler`` gives its optimiser
+        (use :func:`make_optimization` to get the scheduler too).
+    params : sequence of torch.Tensor
+        The parameters, in order.
+    names : sequence of str or None
+        Their Pyro param-store names, needed by a per-parameter callable of arguments.
+
+    Returns
+    -------
+    torch.optim.Optimizer
+    """
+    return make_optimization(optim, params, names)[0]
+
+
+def make_optimization(
+    optim: Any,
+    params: Sequence[torch.Tensor],
+    names: Sequence[str] | None = None,
+    *,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+) -> tuple[torch.optim.Optimizer, Any, list[tuple[torch.Tensor, dict[str, float]]]]:
+    """The optimiser, learning-rate scheduler and per-parameter clipping :func:`fit` uses.
+
+    Never substitutes: every ``optim`` that is not understood is refused with a
+    ``TypeError`` or ``ValueError`` naming what is accepted.
+
+    Parameters
+    ----------
+    optim, scheduler :
+        As for :func:`fit`.
+    params : sequence of torch.Tensor
+        The parameters, in order.
+    names : sequence of str or None
+        Their Pyro param-store names (as the param sites name them), for a
+        per-parameter callable of arguments, which Pyro calls with ``param_name`` (one
+        argument, ``"$$$"`` written ``"."``) or ``(module_name, param_name)`` (two).
+
+    Returns
+    -------
+    (optimizer, scheduler, clip) : tuple
+        One ``torch.optim.Optimizer`` over every parameter (one parameter group per
+        parameter with a per-parameter callable); the torch scheduler or ``None``; and
+        ``(param, {"clip_norm": ..., "clip_value": ...})`` pairs from a ``PyroOptim``'s
+        ``clip_args``, which Pyro applies to each parameter separately before its step.
     """
     params = list(params)
     if not params:
         raise ValueError("model and guide have no trainable parameters (no param sites found)")
+    if names is not None and len(names) != len(params):
+        raise ValueError(f"names has {len(names)} entries for {len(params)} parameters")
+    if scheduler is not None and not callable(scheduler):
+        raise TypeError(
+            "scheduler must be None or a callable optimizer -> torch.optim.lr_scheduler."
+            f"LRScheduler (e.g. functools.partial(torch.optim.lr_scheduler.StepLR, "
+            f"step_size=10)); got {type(scheduler).__name__}"
+        )
+    sched: Any = None
+    clip: list[tuple[torch.Tensor, dict[str, float]]] = []
     if optim is None:
-        return torch.optim.Adam(params, lr=1e-3, fused=_fused_supported(params) or None)
-    if isinstance(optim, pyro.optim.PyroOptim):
-        args = optim.pt_optim_args
-        if callable(args):
-            raise ValueError("fit needs pyro.optim arguments as a dict, not a per-param callable")
-        return optim.pt_optim_constructor(params, **args)
-    if isinstance(optim, torch.optim.Optimizer):
+        opt = torch.optim.Adam(params, lr=1e-3, fused=_fused_supported(params) or None)
+    elif isinstance(optim, pyro.optim.PyroOptim):
+        if isinstance(optim, pyro.optim.HorovodOptimizer):
+            raise TypeError(
+                "optim must not be a pyro.optim.HorovodOptimizer: fit trains in one process; "
+                "for several processes use pyrocollapse.lightning. optim may be " + _OPTIM_KINDS
+            )
+        kind = type(optim).__name__
+        opt = _pyro_optimizer(optim, params, names, kind)
+        clip = _pyro_clip(optim, params, names)
+        if isinstance(optim, pyro.optim.PyroLRScheduler):
+            if scheduler is not None:
+                raise ValueError(
+                    "optim is a pyro.optim.PyroLRScheduler, which brings its own scheduler, "
+                    "and scheduler is given too; pass one of them (e.g. optim=pyro.optim."
+                    "Adam({...}) with scheduler=..., or the PyroLRScheduler alone)"
+                )
+            ctor = optim.pt_scheduler_constructor
+            try:
+                sched = ctor(opt, **optim.kwargs)
+            except (TypeError, ValueError, KeyError) as e:
+                raise type(e)(
+                    f"optim ({kind} over {getattr(ctor, '__name__', ctor)}) could not build its "
+                    f"scheduler from the arguments {sorted(optim.kwargs)}: {e}"
+                ) from e
+    elif isinstance(optim, torch.optim.Optimizer):
         raise TypeError(
             "optim must be a factory, not an optimizer instance: pass e.g. "
             "functools.partial(torch.optim.Adam, lr=1e-3) or pyro.optim.Adam({'lr': 1e-3})"
         )
-    if callable(optim):
+    elif isinstance(optim, _SCHEDULER_TYPES):
+        raise TypeError(
+            "optim must not be a learning-rate scheduler instance: pass the optimiser as optim "
+            "and the scheduler as a factory, scheduler=lambda opt: torch.optim.lr_scheduler."
+            "StepLR(opt, step_size=10), or a pyro.optim.PyroLRScheduler as optim"
+        )
+    elif callable(optim):
         opt = optim(params)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(
                 f"optim(params) must return a torch.optim.Optimizer, got {type(opt).__name__}"
             )
-        return opt
-    raise TypeError(
-        "optim must be None, a pyro.optim.PyroOptim or a callable params -> torch.optim.Optimizer; "
-        f"got {type(optim).__name__}"
-    )
+    else:
+        raise TypeError(
+            "optim must be None, a pyro.optim.PyroOptim or a callable params -> "
+            f"torch.optim.Optimizer; got {type(optim).__name__}. Accepted: {_OPTIM_KINDS}"
+        )
+    if scheduler is not None:
+        sched = scheduler(opt)
+        if not isinstance(sched, _SCHEDULER_TYPES):
+            raise TypeError(
+                "scheduler(optimizer) must return a torch.optim.lr_scheduler.LRScheduler or "
+                f"ReduceLROnPlateau, got {type(sched).__name__}"
+            )
+        if sched.optimizer is not opt:
+            raise ValueError(
+                "scheduler(optimizer) must schedule the optimizer it is given, not another one"
+            )
+    return opt, sched, clip
+
+
+def _pyro_args(
+    optim: Any, args: Any, names: Sequence[str] | None, params: Sequence[torch.Tensor], kind: str
+) -> list[dict[str, Any]]:
+    """Per parameter, the arguments of a ``PyroOptim``'s ``args`` (dict or callable)."""
+    if isinstance(args, dict):
+        return [args] * len(params)
+    if not callable(args):
+        raise TypeError(
+            f"optim ({kind}) arguments must be a dict or a per-parameter callable, got "
+            f"{type(args).__name__}"
+        )
+    if names is None:
+        raise ValueError(
+            f"optim ({kind}) has a per-parameter callable of arguments, which Pyro calls with "
+            "each parameter's name, but no names are available here; fit finds them from "
+            "the param sites (pass optim to fit), or use a dict of arguments"
+        )
+    argc = len(inspect.signature(args).parameters)
+    out = []
+    for name in names:
+        value = (
+            args(normalize_param_name(name))
+            if argc == 1
+            else args(module_from_param_with_module_name(name), user_param_name(name))
+        )
+        if not isinstance(value, dict):
+            raise TypeError(
+                f"optim ({kind}): the per-parameter callable must return a dict of arguments, "
+                f"got {type(value).__name__} for parameter {name!r}"
+            )
+        out.append(value)
+    return out
+
+
+def _pyro_optimizer(
+    optim: Any, params: Sequence[torch.Tensor], names: Sequence[str] | None, kind: str
+) -> torch.optim.Optimizer:
+    """The torch optimiser of a ``PyroOptim``: one over all parameters with its dict of
+    arguments, or one parameter group per parameter with a per-parameter callable."""
+    ctor = optim.pt_optim_constructor
+    args = optim.pt_optim_args
+    per_param = _pyro_args(optim, args, names, params, kind)
+    try:
+        if isinstance(args, dict):
+            return ctor(params, **args)
+        return ctor([{"params": [p], **a} for p, a in zip(params, per_param, strict=True)])
+    except (TypeError, ValueError, KeyError) as e:
+        raise type(e)(
+            f"optim ({kind} over {getattr(ctor, '__name__', ctor)}) could not build its "
+            f"optimiser: {e}"
+        ) from e
+
+
+def _pyro_clip(
+    optim: Any, params: Sequence[torch.Tensor], names: Sequence[str] | None
+) -> list[tuple[torch.Tensor, dict[str, float]]]:
+    """A ``PyroOptim``'s ``clip_args``, per parameter (only those with something to do)."""
+    clip_args = getattr(optim, "pt_clip_args", None)
+    if not clip_args:
+        return []
+    per_param = _pyro_args(optim, clip_args, names, params, type(optim).__name__ + " clip_args")
+    out = []
+    for p, a in zip(params, per_param, strict=True):
+        unknown = set(a) - {"clip_norm", "clip_value"}
+        if unknown:
+            raise ValueError(
+                f"optim's clip_args accept clip_norm and clip_value, got {sorted(unknown)}"
+            )
+        kept = {k: float(v) for k, v in a.items() if v is not None}
+        if kept:
+            out.append((p, kept))
+    return out
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the first parameter group."""
+    lr = optimizer.param_groups[0].get("lr", math.nan)
+    return float(lr)
 
 
 def _fused_supported(params: Sequence[torch.Tensor]) -> bool:
@@ -455,141 +694,168 @@ def _move_in_place(tensors: Iterable[torch.Tensor], device: torch.device) -> Non
             t.data = moved
 
 
-def _batch_to(x: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    if device is None or x.device == device:
-        return x
-    return x.to(device, non_blocking=device.type == "cuda")
+class _PlateCounter(Messenger):
+    """Records how many data points a model run stands for, as a stock Pyro ELBO sees it:
+    at the first observed site, the size of its outermost plate (the one entered first;
+    a vectorised particle plate excluded) times the site's scale (plate subsampling and
+    ``poutine.scale``). With no plate around it, 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: float | None = None
+
+    def _postprocess_message(self, msg: dict[str, Any]) -> None:
+        if self.value is not None or msg["type"] != "sample" or not msg["is_observed"]:
+            return
+        frames = [
+            f for f in msg["cond_indep_stack"] if f.vectorized and f.name not in _PARTICLE_PLATES
+        ]
+        if not frames:
+            self.value = 1.0
+            return
+        outer = max(frames, key=lambda f: -f.dim)  # the leftmost dim: entered first
+        scale = msg["scale"]
+        scale = float(scale.mean()) if isinstance(scale, torch.Tensor) else float(scale)
+        self.value = float(outer.size) * scale
+
+
+#: Names of the vectorised particle plates of Pyro's ELBOs and of pyrocollapse's.
+_PARTICLE_PLATES = frozenset({"num_particles_vectorized", "_pyrocollapse_particles"})
 
 
 # --------------------------------------------------------------------------------------
-# Data sources: a tensor or a DataLoader
+# Data sources: data held in memory, or a loader
 # --------------------------------------------------------------------------------------
-class _TensorSource:
-    """Minibatches of an ``(N, ...)`` tensor, reshuffled every epoch with fit's generator.
+def _check_fit_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Data given as one tensor: floating and finite, or integer (not bool); non-empty."""
+    return check_data(name, x, floating=False) if _is_int(x) else check_data(name, x)
 
-    The tensor stays where it is; each minibatch is moved to the device as it is used.
+
+class _MemorySource:
+    """Minibatches of data held in memory (:class:`~pyrocollapse.program_data.ProgramData`:
+    every batched argument cut along dim 0 by the same rows), reshuffled every epoch with
+    fit's generator.
+
+    The data stay where they are; each minibatch is moved to the device as it is used.
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, device: torch.device | None):
+    def __init__(self, data: ProgramData, batch_size: int, device: torch.device | None):
         self.data, self.batch_size, self.device = data, batch_size, device
-        self.n = data.shape[0]
+        self.n = data.n
 
-    def first_batch(self, monitor_size: int) -> torch.Tensor:
-        return _batch_to(self.data[: min(self.n, self.batch_size)], self.device)
+    def first_batch(self, monitor_size: int) -> ProgramArgs:
+        return self.data.head(min(self.n, self.batch_size)).to(self.device)
 
-    def monitor(self, gen: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def monitor(self, gen: torch.Generator, size: int) -> tuple[ProgramData, torch.Tensor]:
         idx = torch.randperm(self.n, generator=gen)[: min(self.n, size)]
-        return _batch_to(self.data[idx], self.device), idx
+        return self.data.take(idx).to(self.device), idx
 
-    def restore_monitor(self, saved: dict[str, Any]) -> torch.Tensor:
+    def restore_monitor(self, saved: dict[str, Any]) -> ProgramData:
         idx = saved.get("indices")
         if not isinstance(idx, torch.Tensor):
             raise ValueError(
-                "the checkpoint was written by fit on a DataLoader, but data is a tensor; resume "
-                "with the same kind of data"
+                "the checkpoint was written by fit on a DataLoader, but data is held in memory; "
+                "resume with the same kind of data"
             )
         if idx.numel() and int(idx.max()) >= self.n:
             raise ValueError(
                 f"the checkpoint's monitoring subset uses row {int(idx.max())}, but data has "
                 f"{self.n} rows; resume with the data the run started with"
             )
-        return _batch_to(self.data[idx], self.device)
+        return self.data.take(idx).to(self.device)
 
     def new_epoch(self) -> None:
         pass
 
-    def epoch(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    def epoch(self, gen: torch.Generator) -> Iterator[ProgramArgs]:
         perm = torch.randperm(self.n, generator=gen)
         for i in range(0, self.n, self.batch_size):
-            yield _batch_to(self.data[perm[i : i + self.batch_size]], self.device)
+            yield self.data.rows(perm[i : i + self.batch_size]).to(self.device)
 
-    def random_batch(self, gen: torch.Generator) -> torch.Tensor:
+    def random_batch(self, gen: torch.Generator) -> ProgramArgs:
         """Rows drawn uniformly with replacement, O(batch_size) whatever N."""
         rows = torch.randint(self.n, (min(self.n, self.batch_size),), generator=gen)
-        return _batch_to(self.data[rows], self.device)
+        return self.data.rows(rows).to(self.device)
 
     def generators(self) -> list[torch.Generator]:
         return []
 
 
 class _LoaderSource:
-    """Minibatches from a ``torch.utils.data.DataLoader`` (one epoch = one pass).
+    """Minibatches from a ``torch.utils.data.DataLoader`` or another re-iterable of
+    batches (one epoch = one pass).
 
-    A batch is a tensor ``x`` or a tuple/list whose first element is ``x`` (as a
-    ``TensorDataset`` gives); it is moved to the device as it is used.
+    A batch is a tensor ``x`` (``model(x)``), a tuple/list (``model(*batch)``) or a dict
+    (``model(**batch)``); every tensor in it is moved to the device as it is used.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device | None):
+    def __init__(self, loader: Iterable[Any], device: torch.device | None):
         self.loader, self.device = loader, device
-        self._head: list[torch.Tensor] | None = None
+        self._head: list[ProgramArgs] | None = None
         self._inner: Iterator[Any] | None = None
 
-    def _x(self, batch: Any) -> torch.Tensor:
-        if isinstance(batch, (tuple, list)) and batch:
-            batch = batch[0]
-        if not isinstance(batch, torch.Tensor):
+    def _args(self, batch: Any, i: int | None = None, *, check_values: bool = False) -> ProgramArgs:
+        name = "data batch" if i is None else f"data batch {i}"
+        if not isinstance(batch, (torch.Tensor, np.ndarray, tuple, list, dict)):
             raise TypeError(
-                "data (a DataLoader) must yield tensors x or tuples/lists whose first element is "
-                f"x, got {type(batch).__name__}"
+                "data (a DataLoader) must yield tensors x, tuples/lists of positional arguments "
+                f"or dicts of keyword arguments, got {type(batch).__name__}"
             )
-        return _batch_to(batch, self.device)
+        return as_program_args(batch, name, check_values=check_values).to(self.device)
 
-    def _read_head(self, size: int) -> list[torch.Tensor]:
+    def _read_head(self, size: int) -> list[ProgramArgs]:
         """The first batches of one pass, up to ``size`` rows (validated: finite, non-empty)."""
         if self._head is None:
-            head: list[torch.Tensor] = []
+            head: list[ProgramArgs] = []
             rows = 0
-            for batch in self.loader:
-                x = self._x(batch)
-                if x.dim() == 0:
+            for i, batch in enumerate(self.loader):
+                if isinstance(batch, torch.Tensor) and batch.dim() == 0:
                     raise ValueError(
                         "data (a DataLoader) yielded a 0-d tensor; batches need a leading "
                         "batch dimension (B, ...)"
                     )
-                head.append(x)
-                rows += x.shape[0]
+                args = self._args(batch, i, check_values=True)
+                head.append(args)
+                rows += args.leading_size() or 1
                 if rows >= size:
                     break
             if not head:
                 raise ValueError("data (a DataLoader) yielded no batches")
-            for i, x in enumerate(head):
-                if _is_int(x):
-                    check_data(f"data batch {i}", x, floating=False)
-                else:
-                    check_data(f"data batch {i}", x)
             self._head = head
         return self._head
 
-    def first_batch(self, monitor_size: int) -> torch.Tensor:
+    def first_batch(self, monitor_size: int) -> ProgramArgs:
         return self._read_head(monitor_size)[0]
 
-    def monitor(self, gen: torch.Generator, size: int) -> tuple[torch.Tensor, None]:
-        return torch.cat(self._read_head(size))[:size], None
+    def monitor(self, gen: torch.Generator, size: int) -> tuple[ProgramData, None]:
+        data = _merge_batches("data", self._read_head(size))
+        return data.take(torch.arange(min(data.n, size))), None
 
-    def restore_monitor(self, saved: dict[str, Any]) -> torch.Tensor:
-        x = saved.get("x")
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(
-                "the checkpoint was written by fit on a tensor, but data is a DataLoader; resume "
-                "with the same kind of data"
-            )
-        return _batch_to(x, self.device)
+    def restore_monitor(self, saved: dict[str, Any]) -> ProgramData:
+        if "x" in saved and isinstance(saved["x"], torch.Tensor):
+            return as_program_data(saved["x"]).to(self.device)
+        if "batches" in saved:
+            return ProgramData.from_payload(saved["batches"]).to(self.device)
+        raise ValueError(
+            "the checkpoint was written by fit on data held in memory, but data is a "
+            "DataLoader; resume with the same kind of data"
+        )
 
     def new_epoch(self) -> None:
         self._inner = None
 
-    def epoch(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    def epoch(self, gen: torch.Generator) -> Iterator[ProgramArgs]:
         for batch in self.loader:
-            yield self._x(batch)
+            yield self._args(batch)
 
-    def random_batch(self, gen: torch.Generator) -> torch.Tensor:
+    def random_batch(self, gen: torch.Generator) -> ProgramArgs:
         """The next batch of a separate pass over the loader, restarted at every epoch (so
         that a resumed run draws what the uninterrupted one drew) and when exhausted."""
         for _ in range(2):
             if self._inner is None:
                 self._inner = iter(self.loader)
             try:
-                return self._x(next(self._inner))
+                return self._args(next(self._inner))
             except StopIteration:
                 self._inner = None
         raise ValueError("data (a DataLoader) yielded no batches")
@@ -597,34 +863,66 @@ class _LoaderSource:
     def generators(self) -> list[torch.Generator]:
         """The loader's own shuffling generators (saved in checkpoints)."""
         out: list[torch.Generator] = []
-        for g in (
-            getattr(self.loader, "generator", None),
-            getattr(self.loader.sampler, "generator", None),
-        ):
+        sampler = getattr(self.loader, "sampler", None)
+        for g in (getattr(self.loader, "generator", None), getattr(sampler, "generator", None)):
             if isinstance(g, torch.Generator) and not any(g is o for o in out):
                 out.append(g)
         return out
 
 
+def _merge_batches(name: str, batches: list[ProgramArgs]) -> ProgramData:
+    from pyrocollapse.program_data import _merge
+
+    return _merge(name, batches)
+
+
 def _make_source(
     data: object, batch_size: int | None, device: torch.device | None
-) -> _TensorSource | _LoaderSource:
-    if isinstance(data, torch.utils.data.DataLoader):
-        if batch_size is not None and batch_size != data.batch_size:
-            raise ValueError(
-                f"batch_size={batch_size!r} cannot apply to a DataLoader, whose batches are its "
-                f"own (batch_size={data.batch_size}); leave batch_size unset or build the "
-                "DataLoader with the batch size wanted"
-            )
-        return _LoaderSource(data, device)
-    if isinstance(data, torch.Tensor):
-        data = (
-            check_data("data", data, floating=False) if _is_int(data) else check_data("data", data)
-        )
-        size = 128 if batch_size is None else check_int("batch_size", batch_size, minimum=1)
-        return _TensorSource(data, size, device)
-    raise TypeError(
-        f"data must be a torch.Tensor or a torch.utils.data.DataLoader, got {type(data).__name__}"
+) -> _MemorySource | _LoaderSource:
+    if is_batch_source(data):
+        if isinstance(data, torch.utils.data.DataLoader):
+            if batch_size is not None and batch_size != data.batch_size:
+                raise ValueError(
+                    f"batch_size={batch_size!r} cannot apply to a DataLoader, whose batches are "
+                    f"its own (batch_size={data.batch_size}); leave batch_size unset or build "
+                    "the DataLoader with the batch size wanted"
+                )
+        else:
+            if isinstance(data, Iterator):  # read once: iter(data) is data
+                raise TypeError(
+                    f"data is an iterator ({type(data).__name__}), which can be read only once, "
+                    "but fit reads the data once per epoch; pass a DataLoader, another "
+                    "re-iterable of batches, or the data itself"
+                )
+            if batch_size is not None:
+                raise ValueError(
+                    f"batch_size={batch_size!r} cannot apply to data that yields its own "
+                    f"batches ({type(data).__name__}); leave batch_size unset"
+                )
+        return _LoaderSource(data, device)  # type: ignore[arg-type]
+    program = as_program_data(data, "data", tensor_check=_check_fit_tensor)
+    size = 128 if batch_size is None else check_int("batch_size", batch_size, minimum=1)
+    return _MemorySource(program, size, device)
+
+
+def _signature_hint(e: TypeError, batch: ProgramArgs) -> TypeError | None:
+    """A clearer error when the programs do not take the arguments a batch holds."""
+    text = str(e)
+    if batch.single_tensor is not None or not any(
+        w in text for w in ("positional argument", "keyword argument")
+    ):
+        return None
+    return TypeError(
+        f"{text}\n\nfit calls model(*args, **kwargs) and guide(*args, **kwargs) with the "
+        f"arguments of each batch, here {batch.describe()}: a tuple/list is passed as "
+        "positional arguments, a dict as keyword arguments. (A DataLoader yielding tuples "
+        "passes all its elements; pyrocollapse up to 0.1.0 passed only the first.) Try one of "
+        "the following fixes:\n"
+        "- give the model and guide a signature taking them all, e.g. def model(xs, ys=None)\n"
+        "- yield dicts of keyword arguments, e.g. {'xs': xs, 'ys': ys}, with the names the "
+        "programs take\n"
+        "- pass only what the programs take, e.g. TensorDataset(xs) instead of "
+        "TensorDataset(xs, ys)"
     )
 
 
@@ -634,10 +932,12 @@ def _make_source(
 def fit(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor | torch.utils.data.DataLoader,
+    data: Any,
     *,
     loss: Any,
     optim: Any = None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    scheduler_step: str = "epoch",
     epochs: int,
     batch_size: int | None = None,
     seed: int | None = None,
@@ -661,23 +961,67 @@ def fit(
     Parameters
     ----------
     model, guide : callable
-        Pyro programs taking one batch ``x`` of shape ``(B, ...)``; e.g. ``vae.model`` and
-        ``vae.guide``, or functions written by hand.
-    data : torch.Tensor or torch.utils.data.DataLoader
-        A tensor of shape ``(N, ...)``, shuffled (with ``seed``) and split into
-        minibatches of ``batch_size`` rows along dim 0 every epoch; or a ``DataLoader``,
-        for data larger than memory, whose batches are used as they come: one epoch is one
-        pass over the loader, and each batch is a tensor ``x`` of shape ``(B, ...)`` or a
-        tuple/list whose first element is ``x`` (as a ``TensorDataset`` yields; the rest is
-        ignored). An ``IterableDataset`` streaming batches works (with ``batch_size=None``
-        in the loader). With a loader, the first batches are checked (finite, non-empty)
-        and later ones are not.
+        Pyro programs called as ``SVI.step`` calls them, ``model(*args, **kwargs)`` with
+        the arguments of one batch: ``vae.model`` and ``vae.guide`` (one tensor ``x`` of
+        shape ``(B, ...)``), a conditional VAE's ``model(xs, ys)``, an M2 VAE's
+        ``model(xs, ys=None)``, a deep Markov model's ``model(seqs, mask, lengths)``, or
+        functions written by hand.
+    data : tensor, NumPy array, tuple, list, dict, DataLoader or re-iterable of batches
+        Held in memory: a tensor of shape ``(N, ...)`` (one positional argument), a
+        tuple/list (positional arguments) or a dict (keyword arguments), shuffled (with
+        ``seed``) and split into minibatches of ``batch_size`` rows every epoch. In a
+        tuple/list/dict every tensor or NumPy array with a dimension is cut along dim 0,
+        which must have the same size N in all of them (else ``ValueError`` naming each
+        argument and its size); other values (``None``, numbers, strings, 0-d tensors)
+        go to every minibatch unchanged; floating NumPy arrays become tensors of the
+        default dtype. Or streamed: a ``torch.utils.data.DataLoader`` (or any other
+        re-iterable of batches, e.g. a list of batches is *not* one: a list is positional
+        arguments) whose batches are used as they come: one epoch is one pass, and each
+        batch is a tensor ``x`` (``model(x)``), a tuple/list (``model(*batch)``: a
+        ``TensorDataset(xs, ys)`` gives ``model(xs, ys)``) or a dict
+        (``model(**batch)``). A loader's tensors need not share a leading size
+        (time-major ``(T, B, D)`` sequences may come with their ``(B,)`` lengths). An
+        ``IterableDataset`` streaming batches works (with ``batch_size=None`` in the
+        loader). With a loader, the first batches are checked (finite, non-empty) and
+        later ones are not. *Changed:* a loader yielding tuples passes every element as
+        a positional argument; up to pyrocollapse 0.1.0 only the first was passed. A
+        model that does not take them fails with a ``TypeError`` saying how to fix it.
     loss : pyro.infer.ELBO
         Any Pyro ELBO with ``differentiable_loss``; pyrocollapse ELBOs also report their
         components and weights and advance their KL schedule once per (decoder) step.
-    optim : None, pyro.optim.PyroOptim or callable
-        Optimiser factory; default Adam with lr 1e-3 (fused where torch supports it for
-        the parameters' device and dtype).
+    optim : None, pyro.optim.PyroOptim, pyro.optim.PyroLRScheduler or callable
+        The optimiser, never substituted (anything else is a ``TypeError``/``ValueError``
+        naming what is accepted):
+
+        * ``None``: Adam with lr 1e-3 (fused where torch supports it for the
+          parameters' device and dtype);
+        * a ``pyro.optim`` optimiser (``Adam``, ``ClippedAdam``, ``SGD``,
+          ``AdagradRMSProp``, ``DCTAdam``, ``RMSprop``, ``Adagrad``, ...): its torch
+          optimiser with its arguments. A per-parameter callable of arguments is called
+          as Pyro calls it, with each parameter's name (``param_name``, or
+          ``(module_name, param_name)``; names from the param sites) and gives one
+          parameter group per parameter; ``clip_args`` clip each parameter's gradient
+          before the step, as Pyro does;
+        * a ``pyro.optim.PyroLRScheduler`` (``ExponentialLR``, ``StepLR``,
+          ``OneCycleLR``, ``ReduceLROnPlateau``, ...): the torch optimiser from its
+          ``"optimizer"`` and ``"optim_args"``, and the torch scheduler from the
+          scheduler constructor with the remaining arguments, stepped as
+          ``scheduler_step`` says;
+        * a callable ``params -> torch.optim.Optimizer`` (e.g.
+          ``functools.partial(torch.optim.SGD, lr=0.1)``), with ``scheduler`` for a
+          schedule.
+    scheduler : callable or None
+        ``optimizer -> torch.optim.lr_scheduler.LRScheduler`` (or ``ReduceLROnPlateau``),
+        e.g. ``lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=10)``, for an
+        ``optim`` without its own scheduler; a ``PyroLRScheduler`` with ``scheduler`` is a
+        ``ValueError``.
+    scheduler_step : {"epoch", "step"}
+        When the scheduler steps: once at the end of every epoch (default; as Pyro's
+        documentation steps a ``PyroLRScheduler``), or after every decoder (outer)
+        optimisation step (e.g. for ``OneCycleLR`` sized in steps). Encoder-only steps of
+        aggressive mode do not step it. ``ReduceLROnPlateau`` is given the epoch's mean
+        per-data-point loss (or the step's). The learning rate of the first parameter
+        group in the epoch's last step is recorded as the History column ``lr``.
     epochs : int
         Number of passes over the data (>= 1); with ``resume``, the total wanted,
         counting the epochs already in the checkpoint.
@@ -703,7 +1047,9 @@ def fit(
         stock ELBOs, every latent site of shape ``(batch, latent_dim)``, others being
         skipped; ``None`` turns monitoring off, except for the mutual information that
         aggressive mode needs). The subset is a random one of tensor data (drawn once,
-        with ``seed``) or the first ``monitor_size`` rows a DataLoader yields.
+        with ``seed``) or the first ``monitor_size`` rows a DataLoader yields (whose
+        batches must then share a leading size in each batch, as diagnostics cut every
+        argument along dim 0; pass ``monitor=None`` for time-major batches).
     monitor_size : int
         Size of the fixed monitoring subset (>= 2).
     clip_norm : float or None
@@ -793,12 +1139,19 @@ def fit(
 
     A checkpoint holds: the parameters (in :func:`collect_params` order), the state
     dicts (parameters and buffers) of the modules behind ``model`` and ``guide``, the
-    optimiser's state, the objective's ``step_count`` (its schedule position; also its
+    optimiser's state, the learning-rate scheduler's state, the objective's ``step_count`` (its schedule position; also its
     ``state_dict()`` where it has one), the :class:`TrainState` counters (``step``,
     ``aggressive``, ``inner_steps``, ``previous_mi``), the torch (CPU and CUDA), NumPy
     and ``random`` RNG states, the shuffling generator, the generators of a DataLoader
-    (``loader.generator`` and its sampler's), the monitoring subset (row indices, or
-    the rows of a DataLoader) and the History. It is read with
+    (``loader.generator`` and its sampler's), the monitoring subset (row indices for data
+    held in memory, or the arguments of a DataLoader's first rows) and the History.
+
+    Per-data-point values divide the epoch's sums by the number of data points its
+    batches stand for: the ``num_data`` a pyrocollapse objective reports (from the traced
+    plates), or, for a stock Pyro ELBO, the size of the outermost plate around the
+    model's first observed site times that site's scale (plate subsampling), read from
+    each step's run of the model (1 when the site lies in no plate). Never the length of
+    the first argument: a time-major ``(T, B, D)`` batch in a plate of size B counts B. It is read with
     ``torch.load(weights_only=True)``, which cannot execute code. Not saved: callbacks'
     own state (they start afresh with :meth:`Callback.on_train_begin`; a resumed run
     repeats an uninterrupted one exactly when callbacks keep no state that changes the
@@ -831,6 +1184,7 @@ def fit(
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+    scheduler_step = check_choice("scheduler_step", scheduler_step, ("epoch", "step"))
     path, saved = _open_checkpoint(checkpoint_dir, resume)
     if saved is not None and saved["epoch"] > epochs:
         raise ValueError(
@@ -849,10 +1203,24 @@ def fit(
     if device is not None:
         for m in modules:
             m.to(device)
-    guide_params, model_params = collect_params(model, guide, source.first_batch(monitor_size))
+    first = source.first_batch(monitor_size)
+    try:
+        guide_named, model_named = _collect_named_params(model, guide, *first.args, **first.kwargs)
+    except TypeError as e:
+        hint = _signature_hint(e, first)
+        if hint is None:
+            raise
+        raise hint from e
+    guide_params = [p for _, p in guide_named]
+    model_params = [p for _, p in model_named]
     if device is not None:
         _move_in_place(guide_params + model_params, device)
-    optimizer = make_optimizer(optim, guide_params + model_params)
+    optimizer, lr_scheduler, param_clip = make_optimization(
+        optim,
+        guide_params + model_params,
+        [n for n, _ in guide_named + model_named],
+        scheduler=scheduler,
+    )
     history = History()
     state = TrainState(
         model,
@@ -866,14 +1234,30 @@ def fit(
         model_params=model_params,
         validate=bool(validate),
         device=device,
+        scheduler=lr_scheduler,
     )
+    state._param_clip = param_clip
+    state._scheduler_step = scheduler_step
+    if not _reports_terms(loss):
+        state._counter = _PlateCounter()
+        state._counted_model = state._counter(model)
     state._rng_devices = sorted(
         {p.device.index or 0 for p in guide_params + model_params if p.device.type == "cuda"}
     )
-    monitor_x, monitor_idx = source.monitor(gen, monitor_size)
+    monitor_error: ValueError | None = None
+    try:
+        monitor_x, monitor_idx = source.monitor(gen, monitor_size)
+    except ValueError as e:  # batches the diagnostics cannot cut along dim 0
+        if monitor is not None or aggressive:
+            raise ValueError(
+                f"{e}. fit monitors active units and mutual information on the first "
+                "monitor_size rows of the data; pass monitor=None to turn monitoring off"
+            ) from e
+        monitor_x, monitor_idx, monitor_error = None, None, e
     first_epoch, elapsed = 1, 0.0
     if saved is not None:
-        monitor_x = source.restore_monitor(saved["monitor"])
+        if monitor_x is not None:
+            monitor_x = source.restore_monitor(saved["monitor"])
         monitor_idx = saved["monitor"].get("indices")
         elapsed = _restore_checkpoint(saved, state, modules, gen, source, path)
         first_epoch = saved["epoch"] + 1
@@ -914,7 +1298,7 @@ def fit(
                 else:
                     comps, dims = _train_step(state, xb, clip_norm, clip_value=clip_value)
                 outer += 1
-                seen += comps.get("num_data", float(len(xb)))
+                seen += comps["num_data"]
                 for k, v in comps.items():
                     if k not in not_summed:
                         sums[k] = sums.get(k, 0.0) + v
@@ -926,8 +1310,14 @@ def fit(
             values.update(_weights(loss))
             values["aggressive"] = float(aggressive_epoch)
             values["inner_steps"] = inner_total / outer
+            values["lr"] = state._lr
             values["epoch_time"] = time.perf_counter() - t0
             values["time"] = time.perf_counter() - start
+            if monitor_x is None and (monitor is not None or aggressive_epoch):
+                raise ValueError(
+                    f"{monitor_error}. Aggressive mode measures the mutual information on "
+                    "the first monitor_size rows of the data, which must be cut along dim 0"
+                )
             if monitor is not None:
                 values.update(_monitor(model, guide, monitor_x, monitor, list(per_dim)))
             if aggressive_epoch and not any(k.startswith("mi/") for k in values):
@@ -941,6 +1331,8 @@ def fit(
                     state.aggressive = False  # I_q stopped rising: back to joint updates
                 state.previous_mi = current
             kl_dims = {k: (v / seen).detach().cpu().numpy() for k, v in per_dim.items()}
+            if state.scheduler is not None and scheduler_step == "epoch":
+                _step_scheduler(state.scheduler, values.get("loss", -values.get("elbo", 0.0)))
             record = EpochRecord(epoch, values, kl_dims)
             history.append(record)
             bar.update(1)
@@ -960,6 +1352,19 @@ def fit(
     for cb in callbacks:
         cb.on_train_end(state)
     return history
+
+
+def _reports_terms(loss: Any) -> bool:
+    """Whether the objective reports its components (a pyrocollapse ELBO: ``last``)."""
+    return hasattr(loss, "last") and hasattr(loss, "evaluate")
+
+
+def _step_scheduler(scheduler: Any, loss: float) -> None:
+    """One step of a torch scheduler; ``ReduceLROnPlateau`` gets the loss."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(loss)
+    else:
+        scheduler.step()
 
 
 def _is_int(x: object) -> bool:
@@ -983,7 +1388,7 @@ def _check_aggressive(state: TrainState) -> None:
 
 def _train_step(
     state: TrainState,
-    xb: torch.Tensor,
+    xb: ProgramArgs,
     clip_norm: float | None,
     params: Sequence[torch.Tensor] | None = None,
     *,
@@ -1001,8 +1406,19 @@ def _train_step(
     state.optimizer.zero_grad(set_to_none=True)
     checks = is_validation_enabled() and (state.validate or not state._validated)
     rng = _rng_snapshot(state._rng_devices)
+    counter = state._counter
+    model = state.model
+    if counter is not None:
+        counter.value = None
+        model = state._counted_model
     with pyro.validation_enabled(checks):
-        loss = loss_fn.differentiable_loss(state.model, state.guide, xb)
+        try:
+            loss = loss_fn.differentiable_loss(model, state.guide, *xb.args, **xb.kwargs)
+        except TypeError as e:
+            hint = None if state._validated else _signature_hint(e, xb)
+            if hint is None:
+                raise
+            raise hint from e
     state._validated = True
     if params is None:
         loss.backward()
@@ -1012,20 +1428,43 @@ def _train_step(
     norm = _grad_norm(params, clip_norm)
     if clip_value is not None:
         torch.nn.utils.clip_grad_value_(params, clip_value)
+    if state._param_clip:
+        _clip_per_param(state._param_clip, params)
     loss = loss.detach()
     # the norm is >= 0 or NaN: the sum is finite exactly when both are (barring overflow)
     if not bool(torch.isfinite(norm + loss.to(norm.device))):
         _raise_non_finite(state, xb, params, loss, norm, rng, outer)
+    state._lr = _current_lr(state.optimizer)
     state.optimizer.step()
+    last = getattr(loss_fn, "last", None) if counter is None else None
+    if last is not None:
+        comps, dims = dict(last.components), dict(last.kl_per_dim)
+    else:
+        if counter is not None and counter.value is not None:
+            state._num_data = counter.value  # else (a compiled model) the last one seen
+        value = float(loss)
+        comps, dims = {"loss": value, "elbo": -value, "num_data": state._num_data}, {}
     if outer:
         if hasattr(loss_fn, "step"):
             loss_fn.step()
         state.step += 1
-    last = getattr(loss_fn, "last", None)
-    if last is not None:
-        return dict(last.components), dict(last.kl_per_dim)
-    value = float(loss)
-    return {"loss": value, "elbo": -value, "num_data": float(len(xb))}, {}
+        if state.scheduler is not None and state._scheduler_step == "step":
+            _step_scheduler(state.scheduler, comps["loss"] / max(comps["num_data"], 1e-12))
+    return comps, dims
+
+
+def _clip_per_param(
+    clip: Sequence[tuple[torch.Tensor, dict[str, float]]], params: Sequence[torch.Tensor]
+) -> None:
+    """A ``PyroOptim``'s ``clip_args``: each parameter's gradient clipped on its own."""
+    updating = {id(p) for p in params}
+    for p, args in clip:
+        if p.grad is None or id(p) not in updating:
+            continue
+        if "clip_norm" in args:
+            torch.nn.utils.clip_grad_norm_(p, args["clip_norm"])
+        if "clip_value" in args:
+            torch.nn.utils.clip_grad_value_(p, args["clip_value"])
 
 
 def _grad_norm(params: Sequence[torch.Tensor], clip_norm: float | None) -> torch.Tensor:
@@ -1053,7 +1492,7 @@ def _rng_snapshot(cuda: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]
 
 def _raise_non_finite(
     state: TrainState,
-    xb: torch.Tensor,
+    xb: ProgramArgs,
     params: Sequence[torch.Tensor],
     loss: torch.Tensor,
     norm: torch.Tensor,
@@ -1086,7 +1525,7 @@ def _raise_non_finite(
 
 def _find_non_finite_term(
     state: TrainState,
-    xb: torch.Tensor,
+    xb: ProgramArgs,
     params: Sequence[torch.Tensor],
     rng: tuple[torch.Tensor, list[torch.Tensor]],
     kind: str,
@@ -1113,7 +1552,7 @@ def _find_non_finite_term(
             torch.set_rng_state(cpu)
             for i, s in zip(state._rng_devices, cuda, strict=True):
                 torch.cuda.set_rng_state(s, i)
-            ev = evaluate(state.model, state.guide, xb)
+            ev = evaluate(state.model, state.guide, *xb.args, **xb.kwargs)
             n = len(ev.terms)
             if n == 0:
                 why = f"the evaluation of {name} exposes no terms, so the failing term could not "
@@ -1157,7 +1596,7 @@ class _InnerLoop:
     """The encoder-only loop of aggressive training (He et al. 2019, Algorithm 1).
 
     Updates the guide parameters on fresh random minibatches (see
-    ``_TensorSource.random_batch`` and ``_LoaderSource.random_batch``); every ``window``
+    ``_MemorySource.random_batch`` and ``_LoaderSource.random_batch``); every ``window``
     steps the mean per-data-point loss of the window is compared with the previous
     window's, and the loop stops when it got worse (the authors'
     ``burn_pre_loss - burn_cur_loss < 0``) or after ``max_inner`` steps.
@@ -1169,7 +1608,7 @@ class _InnerLoop:
     def run(
         self,
         state: TrainState,
-        source: _TensorSource | _LoaderSource,
+        source: _MemorySource | _LoaderSource,
         gen: torch.Generator,
         clip_norm: float | None,
         clip_value: float | None = None,
@@ -1183,7 +1622,7 @@ class _InnerLoop:
             )
             steps += 1
             current += comps["loss"]
-            count += comps.get("num_data", float(len(xb)))
+            count += comps["num_data"]
             if steps % self.window == 0:
                 mean = current / count
                 if previous - mean < 0:
@@ -1322,8 +1761,8 @@ def _write_checkpoint(
     state: TrainState,
     modules: Sequence[torch.nn.Module],
     gen: torch.Generator,
-    source: _TensorSource | _LoaderSource,
-    monitor_x: torch.Tensor,
+    source: _MemorySource | _LoaderSource,
+    monitor_x: ProgramData | None,
     monitor_idx: torch.Tensor | None,
     elapsed: float,
 ) -> None:
@@ -1350,13 +1789,28 @@ def _write_checkpoint(
         "rng": _rng_payload(state._rng_devices),
         "generator": gen.get_state(),
         "loader_generators": [g.get_state() for g in source.generators()],
-        "monitor": (
-            {"x": monitor_x.detach().cpu()} if monitor_idx is None else {"indices": monitor_idx}
-        ),
+        "monitor": _monitor_payload(monitor_x, monitor_idx),
+        "scheduler_class": (None if state.scheduler is None else type(state.scheduler).__name__),
+        "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
         "history": _history_payload(state.history),
     }
     _atomic_save(path, payload)
     state.checkpoint = str(path)
+
+
+def _monitor_payload(
+    monitor_x: ProgramData | None, monitor_idx: torch.Tensor | None
+) -> dict[str, Any]:
+    """The monitoring subset in a checkpoint: row indices for data held in memory, the
+    rows themselves for a loader (``"x"``: one tensor; ``"batches"``: the arguments)."""
+    if monitor_idx is not None:
+        return {"indices": monitor_idx}
+    if monitor_x is None:
+        return {}
+    tensor = monitor_x.tensor
+    if tensor is not None:
+        return {"x": tensor.detach().cpu()}
+    return {"batches": monitor_x.to_payload()}
 
 
 def _restore_checkpoint(
@@ -1364,7 +1818,7 @@ def _restore_checkpoint(
     state: TrainState,
     modules: Sequence[torch.nn.Module],
     gen: torch.Generator,
-    source: _TensorSource | _LoaderSource,
+    source: _MemorySource | _LoaderSource,
     path: Path,
 ) -> float:
     """Load ``saved`` into the live run after checking that it fits; returns the training
@@ -1394,6 +1848,16 @@ def _restore_checkpoint(
             f"optimiser, but optim builds a {type(state.optimizer).__name__}; resume with the "
             "original optim"
         )
+    then_sched = saved.get("scheduler_class")
+    now_sched = None if state.scheduler is None else type(state.scheduler).__name__
+    if then_sched != now_sched:
+        raise ValueError(
+            f"the checkpoint {str(path)!r} holds "
+            + ("no learning-rate scheduler" if then_sched is None else f"a {then_sched} scheduler")
+            + ", but optim and scheduler build "
+            + ("none" if now_sched is None else f"a {now_sched}")
+            + "; resume with the original optim and scheduler"
+        )
     generators = source.generators()
     if len(saved["loader_generators"]) != len(generators):
         raise ValueError(
@@ -1408,6 +1872,8 @@ def _restore_checkpoint(
             for p, t in zip(params, saved["params"], strict=True):
                 p.copy_(t)
         state.optimizer.load_state_dict(saved["optimizer"])
+        if state.scheduler is not None:
+            state.scheduler.load_state_dict(saved["scheduler"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(
             f"the checkpoint {str(path)!r} does not fit this model, guide and optimiser: {e}"
@@ -1438,7 +1904,7 @@ def _restore_checkpoint(
 def _monitor(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: ProgramData,
     monitor: Any,
     default_sites: list[str],
     *,

@@ -198,8 +198,8 @@ def test_errors_name_the_problem(lg):
         x2 = x.clone()
         x2[0, 0] = float("nan")
         diagnose(lg.model, lg.guide, x2)
-    with pytest.raises(TypeError, match="data must be a torch.Tensor"):
-        diagnose(lg.model, lg.guide, x.numpy())
+    with pytest.raises(TypeError, match="data must be a torch.Tensor, a NumPy array"):
+        diagnose(lg.model, lg.guide, 3.0)
     with pytest.raises(ValueError, match="data is empty"):
         diagnose(lg.model, lg.guide, x[:0])
     with pytest.raises(TypeError, match="latent_sites must be a sequence"):

@@ -268,11 +268,9 @@ def test_m2_learns_a_classifier() -> None:
     elbo = program.reference_elbo(strict_enumeration_warning=False)
     svi = SVI(program.model, program.guide, pyro.optim.Adam({"lr": 3e-3}), loss=elbo)
     assert m2_accuracy(program, x_test, y_test) < 0.7
-    start = time.perf_counter()
     for _ in range(150):
         for batch in x_u.split(50):
             svi.step(batch, ys=None)
         svi.step(x_l, ys=y_l)
     accuracy = m2_accuracy(program, x_test, y_test)
     assert accuracy >= 0.7, accuracy
-    assert time.perf_counter() - start < 60

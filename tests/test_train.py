@@ -167,7 +167,7 @@ def test_callbacks_can_stop_training(digits):
         ({"callbacks": [print]}, TypeError, "callbacks must be Callback instances"),
         ({"data": torch.zeros(0, 64)}, ValueError, "data is empty"),
         ({"data": torch.full((3, 64), float("nan"))}, ValueError, "data contains 192 NaN"),
-        ({"data": np.zeros((3, 64))}, TypeError, "data must be a torch.Tensor"),
+        ({"data": 3.0}, TypeError, "data must be a torch.Tensor, a NumPy array"),
         ({"data": torch.rand(3, 5)}, ValueError, r"x must have shape \(N, 64\), got \(3, 5\)"),
     ],
 )

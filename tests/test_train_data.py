@@ -87,7 +87,7 @@ def test_monitoring_subset_is_the_first_rows_of_the_loader(digits, monkeypatch):
 
     monkeypatch.setattr(train_module, "_monitor", spy)
     train(DataLoader(TensorDataset(digits[:96]), batch_size=32), epochs=1, monitor_size=40)
-    assert torch.equal(seen[0], digits[:40])
+    assert torch.equal(seen[0].tensor, digits[:40])
 
 
 def test_aggressive_training_draws_encoder_batches_from_the_loader(digits):
@@ -144,7 +144,8 @@ class Empty(IterableDataset):
             lambda x: DataLoader(Strings(), batch_size=None),
             {},
             TypeError,
-            "must yield tensors x or tuples/lists whose first element is x, got str",
+            "must yield tensors x, tuples/lists of positional arguments or dicts of keyword "
+            "arguments, got str",
         ),
         (lambda x: DataLoader(Empty(), batch_size=None), {}, ValueError, "yielded no batches"),
         (
@@ -154,10 +155,11 @@ class Empty(IterableDataset):
             "data batch 0 contains 1024 NaN or infinite values",
         ),
         (
-            lambda x: [x],
+            lambda x: "digits.csv",
             {},
             TypeError,
-            "data must be a torch.Tensor or a torch.utils.data.DataLoader, got list",
+            "data must be a torch.Tensor, a NumPy array, a tuple/list of positional "
+            "arguments, a dict of keyword arguments, or a torch.utils.data.DataLoader",
         ),
     ],
 )

@@ -6,8 +6,11 @@ well as to :mod:`pyrocollapse.models`, and to several latent sites (hierarchical
 
 What the programs must look like
 --------------------------------
-* ``model(x)`` and ``guide(x)`` take one chunk ``x`` of shape ``(B, ...)`` of the data,
-  whose dim 0 indexes observations.
+* ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)`` take one chunk of the data,
+  as ``SVI.step`` passes it: one tensor ``x`` of shape ``(B, ...)``, or several
+  arguments (a tuple or dict of them, or a loader yielding such batches; see
+  :mod:`pyrocollapse.program_data`), every tensor of which is cut along dim 0, which
+  indexes observations; other values (``None``, numbers) go to every chunk unchanged.
 * A latent site to diagnose lies in one data plate over dim -1 (batch shape ``(B,)``) and
   has event shape ``(latent_dim,)`` (e.g. ``dist.Normal(loc, scale).to_event(1)``).
 * Estimators that need the model's density per observation (:func:`iw_log_likelihood`,
@@ -92,6 +95,7 @@ from pyrocollapse.diagnostics._tracing import (
     _numpy,
     _observed_names,
     _probe,
+    _rows,
     _run,
     _seeded,
     _setup_device,
@@ -137,6 +141,7 @@ from pyrocollapse.diagnostics.probes import (
     reconstruction_means,
 )
 from pyrocollapse.diagnostics.rhat import DatapointRhat, _rhat_from_draws, datapoint_rhat
+from pyrocollapse.program_data import ProgramData
 
 __all__ = [
     "DEFAULT_ESTIMATORS",
@@ -194,7 +199,7 @@ class _Sweep:
 def _sweep(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: ProgramData,
     sites: Sequence[str],
     batch_size: int,
     device: torch.device | None,
@@ -206,7 +211,7 @@ def _sweep(
         with torch.no_grad():
             model_tr, guide_tr = _run(model, guide, xb)
             for s in sites:
-                d = _site_draw(model_tr, guide_tr, s, len(xb))
+                d = _site_draw(model_tr, guide_tr, s, _rows(xb))
                 draws[s].append(d)
                 conditional[s] = conditional[s] or _varies_over_points(d.p, d.z)
             for name in _observed_names(model_tr):
@@ -217,7 +222,7 @@ def _sweep(
                 if g["mask"] is not None:
                     kl = scale_and_mask(kl, mask=g["mask"])
                 kls[name] = kls.get(name, 0.0) + float(kl.sum())
-    return _Sweep(draws, recon, kls, int(x.shape[0]), conditional)
+    return _Sweep(draws, recon, kls, x.n, conditional)
 
 
 def _check_estimators(estimators: object) -> tuple[str, ...]:
@@ -237,7 +242,7 @@ def _check_estimators(estimators: object) -> tuple[str, ...]:
 def diagnose(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     latent_sites: Sequence[str] | None = ("z",),
     *,
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
@@ -264,9 +269,13 @@ def diagnose(
     Parameters
     ----------
     model, guide : callable
-        Pyro programs taking a batch ``x`` (any Pyro model/guide pair).
-    data : torch.Tensor
-        Shape ``(N, ...)``.
+        Pyro programs taking a batch of the data's arguments, ``model(*args, **kwargs)``
+        (any Pyro model/guide pair).
+    data : torch.Tensor, numpy.ndarray, tuple, list, dict or DataLoader
+        Shape ``(N, ...)``, or the programs' arguments: a tuple/list (positional) or dict
+        (keyword) whose tensors of shape ``(N, ...)`` are chunked together along dim 0,
+        or a loader of such batches (read once, whole); see
+        :mod:`pyrocollapse.program_data`.
     latent_sites : sequence of str or None
         Latent sites to diagnose; ``None`` means every latent site of the guide.
     estimators : sequence of str
@@ -371,9 +380,9 @@ def diagnose(
             f"latent_sites must be a sequence of site names, e.g. ('z',); got {latent_sites!r}"
         )
     with _seeded(seed, _effective_device(x, dev)):
-        if max_points is not None and x.shape[0] > max_points:
+        if max_points is not None and x.n > max_points:
             # the subset comes from the CPU generator, the same whatever the device
-            x = x[torch.randperm(x.shape[0], device="cpu")[:max_points].to(x.device)]
+            x = x.take(torch.randperm(x.n, device="cpu")[:max_points])
         traces = _probe(model, guide, x, dev)
         if latent_sites is None:
             latent_sites = _latent_names(*traces)

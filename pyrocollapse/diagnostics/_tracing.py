@@ -18,6 +18,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 from pyrocollapse._validation import check_data, check_device, check_float, check_int, module_device
+from pyrocollapse.program_data import ProgramArgs, ProgramData, as_program_data
 
 _PARTICLES = "_pyrocollapse_particles"
 #: Entries per block of the pairwise (draw x component) log-density matrices: small
@@ -39,12 +40,29 @@ _LOG_2PI = math.log(2 * math.pi)
 # --------------------------------------------------------------------------------------
 # Inputs, devices, seeds
 # --------------------------------------------------------------------------------------
-def _check_inputs(data: object, batch_size: object) -> tuple[torch.Tensor, int]:
-    if isinstance(data, torch.Tensor) and not data.is_floating_point():
-        x = check_data("data", data, floating=False)
-    else:
-        x = check_data("data", data)
+def _check_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Data given as one tensor: floating and finite, or integer; non-empty."""
+    if not x.is_floating_point():
+        return check_data(name, x, floating=False)
+    return check_data(name, x)
+
+
+def _check_inputs(data: object, batch_size: object) -> tuple[ProgramData, int]:
+    """``data`` in any form :mod:`pyrocollapse.program_data` accepts, as
+    :class:`~pyrocollapse.program_data.ProgramData`, and ``batch_size`` checked."""
+    x = as_program_data(data, "data", tensor_check=_check_tensor)
     return x, check_int("batch_size", batch_size, minimum=1)
+
+
+def _as_args(x: ProgramArgs | torch.Tensor) -> ProgramArgs:
+    """One call's arguments (a tensor is the single positional argument)."""
+    return x if isinstance(x, ProgramArgs) else ProgramArgs((x,), {}, int(x.shape[0]))
+
+
+def _rows(xb: ProgramArgs) -> int:
+    """Number of data points in a chunk."""
+    n = xb.leading_size()
+    return 0 if n is None else n
 
 
 def _check_device(device: object) -> torch.device | None:
@@ -63,7 +81,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def _setup_device(
-    model: Callable, guide: Callable, x: torch.Tensor, device: object
+    model: Callable, guide: Callable, x: ProgramData | torch.Tensor, device: object
 ) -> torch.device | None:
     """Check ``device`` and that the programs' modules live where the chunks will go.
 
@@ -86,15 +104,13 @@ def _setup_device(
     return dev
 
 
-def _effective_device(x: torch.Tensor, device: torch.device | None) -> torch.device:
+def _effective_device(x: ProgramData | torch.Tensor, device: torch.device | None) -> torch.device:
     return x.device if device is None else device
 
 
-def _chunks(
-    x: torch.Tensor, batch_size: int, device: torch.device | None
-) -> Iterator[torch.Tensor]:
-    for xb in x.split(batch_size):
-        yield xb if device is None else xb.to(device)
+def _chunks(x: ProgramData, batch_size: int, device: torch.device | None) -> Iterator[ProgramArgs]:
+    """Consecutive chunks of at most ``batch_size`` data points, moved to ``device``."""
+    return x.chunks(batch_size, device)
 
 
 class _seeded:
@@ -155,7 +171,7 @@ def _vectorised(fn: Callable, particles: int | None, nesting: int) -> Callable:
 def _run(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: ProgramArgs | torch.Tensor,
     *,
     particles: int | None = None,
     nesting: int = 1,
@@ -168,9 +184,12 @@ def _run(
     when ``guide_trace`` is given); ``values`` replaces the guide's values of some sites
     before the replay. Gradients follow the caller's grad mode.
     """
+    xa = _as_args(x)
     with poutine.block():
         if guide_trace is None:
-            guide_trace = poutine.trace(_vectorised(guide, particles, nesting)).get_trace(x)
+            guide_trace = poutine.trace(_vectorised(guide, particles, nesting)).get_trace(
+                *xa.args, **xa.kwargs
+            )
         replay = guide_trace
         if values:
             replay = guide_trace.copy()
@@ -178,7 +197,7 @@ def _run(
                 replay.nodes[name] = {**replay.nodes[name], "value": value}
         model_trace = poutine.trace(
             poutine.replay(_vectorised(model, particles, nesting), trace=replay)
-        ).get_trace(x)
+        ).get_trace(*xa.args, **xa.kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
@@ -215,7 +234,10 @@ def _expected_shape(model: Callable) -> str:
 
 
 def _probe(
-    model: Callable, guide: Callable, x: torch.Tensor, device: torch.device | None = None
+    model: Callable,
+    guide: Callable,
+    x: ProgramData | torch.Tensor,
+    device: torch.device | None = None,
 ) -> tuple[Any, Any]:
     """Trace guide and model on the first two points of ``x`` (moved to ``device``).
 
@@ -223,16 +245,27 @@ def _probe(
     type and message and says what was traced and how to fix the usual causes (data of
     the wrong shape, a plate sized by a fixed number instead of ``x.shape[0]``).
     """
-    probe = x[:2] if device is None else x[:2].to(device)
+    data = as_program_data(x) if not isinstance(x, ProgramData) else x
+    probe = data.head(2).to(device)
     try:
         with torch.no_grad():
             return _run(model, guide, probe)
     except _PROBE_ERRORS as e:
         if type(e) not in _PROBE_ERRORS:
             raise
+        tensor = data.tensor
+        if tensor is not None:
+            traced = (
+                f"data[:2] (shape {tuple(probe.args[0].shape)}; data has shape "
+                f"{tuple(tensor.shape)}{_expected_shape(model)})"
+            )
+        else:
+            traced = (
+                f"the first two data points, model{probe.describe()} (data: "
+                f"{data.describe()}, every batched argument cut along dim 0)"
+            )
         raise type(e)(
-            f"{e}\n\nWhile tracing the model and guide on data[:2] (shape "
-            f"{tuple(probe.shape)}; data has shape {tuple(x.shape)}{_expected_shape(model)}), "
+            f"{e}\n\nWhile tracing the model and guide on {traced}, "
             "which the diagnostics do to find the latent sites and plates before running on "
             "chunks of batch_size points. Try one of the following fixes:\n"
             "- pass data with one observation per row of dim 0, with the trailing shape the "
@@ -243,7 +276,10 @@ def _probe(
 
 
 def _layout(
-    model: Callable, guide: Callable, x: torch.Tensor, traces: tuple[Any, Any] | None = None
+    model: Callable,
+    guide: Callable,
+    x: ProgramData | torch.Tensor,
+    traces: tuple[Any, Any] | None = None,
 ) -> _Layout:
     """Probe the programs on two points (or read ``traces`` of such a probe): plate
     nesting and the data plate."""
@@ -324,7 +360,7 @@ def _per_point(
 def latent_site_names(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     device: str | torch.device | None = None,
 ) -> list[str]:
@@ -333,9 +369,11 @@ def latent_site_names(
     Parameters
     ----------
     model, guide : callable
-        Pyro programs taking a chunk ``x``.
-    data : torch.Tensor
-        Shape ``(N, ...)``; only ``data[:2]`` is traced.
+        Pyro programs taking a chunk of the data's arguments, ``model(*args, **kwargs)``.
+    data : torch.Tensor, tuple, list, dict or DataLoader
+        Shape ``(N, ...)``, or the programs' arguments in any form
+        :mod:`pyrocollapse.program_data` accepts; only the first two data points are
+        traced.
     device : str, torch.device or None
         Device the two points are moved to (``None``: where the data are).
     """
@@ -383,19 +421,20 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
 def site_draws(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     site: str,
     batch_size: int = 256,
     *,
     device: str | torch.device | None = None,
 ) -> Iterator[SiteDraw]:
-    """Yield :class:`SiteDraw` for ``site`` over consecutive chunks of ``data``."""
+    """Yield :class:`SiteDraw` for ``site`` over consecutive chunks of ``data`` (any form
+    :mod:`pyrocollapse.program_data` accepts)."""
     x, batch_size = _check_inputs(data, batch_size)
     device = _setup_device(model, guide, x, device)
     for xb in _chunks(x, batch_size, device):
         with torch.no_grad():
             model_tr, guide_tr = _run(model, guide, xb)
-        yield _site_draw(model_tr, guide_tr, site, len(xb))
+        yield _site_draw(model_tr, guide_tr, site, _rows(xb))
 
 
 def _varies_over_points(p: dist.Distribution, z: torch.Tensor) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyro.distributions as dist
@@ -347,7 +348,7 @@ def _mi_from_draws(
 def mutual_information(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     site: str = "z",
     num_samples: int = 1,
@@ -420,7 +421,7 @@ def mutual_information(
 def aggregate_posterior_kl(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     site: str = "z",
     num_samples: int = 1,

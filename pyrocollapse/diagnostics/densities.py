@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyro.distributions as dist
@@ -21,6 +22,7 @@ from pyrocollapse.diagnostics._tracing import (
     _DIM_BLOCK,
     _LOG_2PI,
     SiteDraw,
+    _check_inputs,
     _numpy,
     _varies_over_points,
     site_draws,
@@ -266,7 +268,7 @@ def _densities(draws: Sequence[SiteDraw], site: str) -> PosteriorDensities | Non
 def posterior_densities(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     site: str = "z",
     num_points: int = 5,
@@ -289,7 +291,12 @@ def posterior_densities(
     """
     num_points = check_int("num_points", num_points, minimum=1)
     grid_size = check_int("grid_size", grid_size, minimum=2)
-    draw = next(site_draws(model, guide, data[:num_points], site, num_points, device=device))
+    if isinstance(data, torch.Tensor):
+        data = data[:num_points]  # only these points are traced (or checked)
+    x, _ = _check_inputs(data, 1)
+    if x.n > num_points:
+        x = x.take(torch.arange(num_points))
+    draw = next(site_draws(model, guide, x, site, num_points, device=device))
     with torch.no_grad():
         out = _densities_from_draw(draw, num_points, grid_size)
     if out is None:

@@ -22,12 +22,14 @@ from pyrocollapse.diagnostics._tracing import (
     _numpy,
     _per_point,
     _probe,
+    _rows,
     _run,
     _sample_sites,
     _setup_device,
     _site_log_prob,
 )
 from pyrocollapse.diagnostics.activity import _posterior_mean
+from pyrocollapse.program_data import ProgramArgs, ProgramData
 
 
 # --------------------------------------------------------------------------------------
@@ -36,7 +38,7 @@ from pyrocollapse.diagnostics.activity import _posterior_mean
 def _particle_chunks(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: ProgramData,
     num_samples: int,
     batch_size: int,
     device: torch.device | None,
@@ -45,8 +47,8 @@ def _particle_chunks(
     """Per data chunk, its points and an iterator of vectorised (model, guide) trace
     pairs that together hold ``num_samples`` draws of every point (no gradients)."""
 
-    def runs(xb: torch.Tensor) -> Iterator[tuple[Any, Any]]:
-        k = max(1, min(num_samples, _PARTICLE_ROWS // xb.shape[0]))
+    def runs(xb: ProgramArgs) -> Iterator[tuple[Any, Any]]:
+        k = max(1, min(num_samples, _PARTICLE_ROWS // max(1, _rows(xb))))
         for s in range(0, num_samples, k):
             with torch.no_grad():
                 yield _run(
@@ -55,8 +57,9 @@ def _particle_chunks(
 
     start = 0
     for xb in _chunks(x, batch_size, device):
-        yield slice(start, start + xb.shape[0]), runs(xb)
-        start += xb.shape[0]
+        rows = _rows(xb)
+        yield slice(start, start + rows), runs(xb)
+        start += rows
 
 
 def _log_weights(model_tr: Any, guide_tr: Any, layout: _Layout) -> torch.Tensor:
@@ -227,7 +230,7 @@ class _ImportancePass:
 def _importance_pass(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: ProgramData,
     num_samples: int,
     batch_size: int,
     device: torch.device | None,
@@ -288,7 +291,7 @@ def _importance_pass(
 
 def _importance_setup(
     model: Callable, guide: Callable, data: object, batch_size: object, device: object
-) -> tuple[torch.Tensor, int, torch.device | None, _Layout]:
+) -> tuple[ProgramData, int, torch.device | None, _Layout]:
     x, batch_size = _check_inputs(data, batch_size)
     device = _setup_device(model, guide, x, device)
     return x, batch_size, device, _layout(model, guide, x, _probe(model, guide, x, device))
@@ -297,7 +300,7 @@ def _importance_setup(
 def iw_log_likelihood(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     num_samples: int = 100,
     batch_size: int = 256,
@@ -349,7 +352,7 @@ def _check_psis_samples(name: str, num_samples: object) -> int:
 def psis_khat(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     num_samples: int = 200,
     batch_size: int = 256,
@@ -392,7 +395,7 @@ def psis_khat(
 def posterior_mean_space(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     site: str = "z",
     num_samples: int = 100,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ def _kl_from_draws(draws: Sequence[SiteDraw], site: str, num_samples: int) -> KL
 def kl_per_dimension(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     site: str = "z",
     num_samples: int = 64,
@@ -118,9 +119,12 @@ def kl_per_dimension(
     Parameters
     ----------
     model, guide : callable
-        Pyro programs taking a chunk ``x``.
-    data : torch.Tensor
-        Shape ``(N, ...)``.
+        Pyro programs taking a chunk of the data's arguments, ``model(*args, **kwargs)``.
+    data : torch.Tensor, numpy.ndarray, tuple, list, dict or DataLoader
+        Shape ``(N, ...)`` (one positional argument); or the programs' arguments: a
+        tuple/list (positional) or dict (keyword) whose tensors of shape ``(N, ...)`` are
+        chunked together along dim 0, other values passed to every chunk unchanged; or a
+        loader of such batches, read once, whole (see :mod:`pyrocollapse.program_data`).
     site : str
         Latent site, batch shape ``(N,)``, event shape ``(D,)``.
     num_samples : int

@@ -16,6 +16,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyrocollapse._validation import check_choice, check_data, check_float, check_int
 from pyrocollapse.diagnostics._tracing import (
+    _as_args,
     _check_inputs,
     _chunks,
     _Layout,
@@ -23,6 +24,7 @@ from pyrocollapse.diagnostics._tracing import (
     _numpy,
     _observed_names,
     _per_point,
+    _probe,
     _run,
     _sample_sites,
     _setup_device,
@@ -31,6 +33,7 @@ from pyrocollapse.diagnostics._tracing import (
 )
 from pyrocollapse.diagnostics.activity import _posterior_mean
 from pyrocollapse.diagnostics.importance import _importance_setup
+from pyrocollapse.program_data import ProgramArgs, ProgramData, as_program_data
 
 
 # --------------------------------------------------------------------------------------
@@ -79,14 +82,16 @@ def _target_sites(model_tr: Any, site: str, targets: Sequence[str] | None) -> li
 def _sensitivity_score(
     model: Callable,
     guide: Callable,
-    xb: torch.Tensor,
+    xb: ProgramArgs,
     site: str,
     layout: _Layout,
     num_samples: int,
     targets: Sequence[str] | None,
 ) -> dict[str, torch.Tensor]:
     with torch.no_grad(), poutine.block():
-        guide_tr = poutine.trace(_vectorised(guide, num_samples, layout.nesting)).get_trace(xb)
+        guide_tr = poutine.trace(_vectorised(guide, num_samples, layout.nesting)).get_trace(
+            *xb.args, **xb.kwargs
+        )
     if site not in guide_tr.nodes:
         raise ValueError(f"latent site {site!r} is not a sample site of the guide")
     z = guide_tr.nodes[site]["value"].detach().clone().requires_grad_(True)
@@ -124,7 +129,7 @@ def _sensitivity_score(
 def _sensitivity_fd(
     model: Callable,
     guide: Callable,
-    xb: torch.Tensor,
+    xb: ProgramArgs,
     site: str,
     layout: _Layout,
     num_samples: int,
@@ -134,7 +139,7 @@ def _sensitivity_fd(
     out: dict[str, torch.Tensor] = {}
     for _ in range(num_samples):
         with torch.no_grad(), poutine.block():
-            guide_tr = poutine.trace(guide).get_trace(xb)
+            guide_tr = poutine.trace(guide).get_trace(*xb.args, **xb.kwargs)
             z = guide_tr.nodes[site]["value"]
             shift = 0.5 * step * torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)[:, None, :]
             traces = [
@@ -172,7 +177,7 @@ def _sensitivity_fd(
 def decoder_sensitivity(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     site: str = "z",
     method: str = "score",
@@ -246,7 +251,7 @@ def decoder_sensitivity(
 def _sensitivity(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: ProgramData,
     site: str,
     layout: _Layout,
     method: str,
@@ -264,7 +269,7 @@ def _sensitivity(
             parts = _sensitivity_fd(model, guide, xb, site, layout, num_samples, step, targets)
         for name, f in parts.items():
             sums[name] = sums.get(name, 0.0) + f.sum(0)  # type: ignore[operator]
-    n = x.shape[0]
+    n = x.n
     per_site = {k: _numpy(v / n) for k, v in sums.items()}
     per_dim = sum(per_site.values()) if per_site else np.zeros(0)
     return DecoderSensitivity(
@@ -295,9 +300,12 @@ def _observed_mean(model_tr: Any, observed: str | None) -> tuple[str, torch.Tens
         ) from None
 
 
-def _guide_at_means(guide: Callable, xb: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
+def _guide_at_means(
+    guide: Callable, xb: ProgramArgs | torch.Tensor
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    xa = _as_args(xb)
     with poutine.block():
-        guide_tr = prune_subsample_sites(poutine.trace(guide).get_trace(xb))
+        guide_tr = prune_subsample_sites(poutine.trace(guide).get_trace(*xa.args, **xa.kwargs))
     values = {
         name: _posterior_mean(site["fn"], 64).expand_as(site["value"])
         for name, site in _sample_sites(guide_tr)
@@ -331,7 +339,7 @@ class LatentTraversal:
 def latent_traversal(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: Any,
     *,
     site: str = "z",
     dims: Sequence[int] | None = None,
@@ -347,8 +355,10 @@ def latent_traversal(
 
     Parameters
     ----------
-    x : torch.Tensor
-        One observation, shape ``(1, *event_shape)``.
+    x : torch.Tensor, tuple, list or dict
+        One observation, shape ``(1, *event_shape)``, or the programs' arguments for one
+        data point (each batched tensor with one row; see
+        :mod:`pyrocollapse.program_data`).
     dims : sequence of int or None
         Dimensions to traverse (default all).
     values : sequence of float or None
@@ -365,25 +375,29 @@ def latent_traversal(
     Higgins et al. (2017). beta-VAE: Learning Basic Visual Concepts with a Constrained
     Variational Framework. ICLR (latent traversals).
     """
-    x = (
-        check_data("x", x, floating=x.is_floating_point())
-        if isinstance(x, torch.Tensor)
-        else check_data("x", x)
-    )
-    if x.shape[0] != 1:
+    if isinstance(x, torch.Tensor):
+        x = check_data("x", x, floating=x.is_floating_point())
+        if x.shape[0] != 1:
+            raise ValueError(
+                f"x must hold exactly one observation, shape (1, ...); got {tuple(x.shape)}. "
+                "Pass data[:1]"
+            )
+    data = as_program_data(x, "x")
+    if data.n != 1:
         raise ValueError(
-            f"x must hold exactly one observation, shape (1, ...); got {tuple(x.shape)}. Pass data[:1]"
+            f"x must hold exactly one observation (one row of every batched argument); got "
+            f"{data.n} rows in {data.describe()}. Pass the first row of each argument"
         )
-    device = _setup_device(model, guide, x, device)
-    x = x if device is None else x.to(device)
+    device = _setup_device(model, guide, data, device)
+    xa = data.head(1).to(device)
     vals = (
         torch.linspace(-3, 3, 7) if values is None else torch.as_tensor(values, dtype=torch.float32)
     )
     if vals.dim() != 1 or vals.numel() < 1:
         raise ValueError(f"values must be a non-empty 1-d sequence, got shape {tuple(vals.shape)}")
-    layout = _layout(model, guide, x)
+    layout = _layout(model, guide, data, _probe(model, guide, data, device))
     with torch.no_grad():
-        guide_tr, means = _guide_at_means(guide, x)
+        guide_tr, means = _guide_at_means(guide, xa)
         if site not in means:
             raise ValueError(
                 f"latent site {site!r} is not a latent site of the guide; found {sorted(means)}"
@@ -406,7 +420,7 @@ def latent_traversal(
         model_tr, _ = _run(
             model,
             guide,
-            x,
+            xa,
             particles=z.shape[0],
             nesting=layout.nesting,
             guide_trace=guide_tr,
@@ -421,7 +435,7 @@ def latent_traversal(
 def reconstruction_means(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     observed: str | None = None,
     batch_size: int = 256,

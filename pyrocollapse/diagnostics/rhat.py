@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ def _rhat_from_draws(draws: Sequence[SiteDraw], num_samples: int) -> DatapointRh
 def datapoint_rhat(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    data: Any,
     *,
     site: str = "z",
     num_samples: int = 10,
