@@ -564,26 +564,14 @@ def compute_terms(
     if not structure.simple:
         return _compute_terms_general(structure, particles, analytic_kl)
     observed: dict[str, torch.Tensor] = {}
-    latent: dict[str, LatentTerm] = {}
-    guide_order = {name: i for i, name in enumerate(guide_trace.nodes)}
-    latest = -1  # latest guide position among the latent sites met so far in the model
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        if site["is_observed"]:
+        if site["type"] == "sample" and site["is_observed"]:
             observed[name] = (
                 site["log_prob_sum"] / particles if particles != 1 else site["log_prob_sum"]
             )
-        elif name in guide_trace.nodes:
-            position = guide_order[name]
-            latent[name] = latent_term(
-                name,
-                guide_trace.nodes[name],
-                site,
-                particles,
-                closed_form=analytic_kl and latest < position,
-            )
-            latest = max(latest, position)
+    latent = {
+        t.name: t for t in _latent_terms(model_trace, guide_trace, particles, analytic_kl)
+    }
     auxiliary_parts = []
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and name not in model_trace.nodes:
@@ -592,6 +580,34 @@ def compute_terms(
     return ELBOTerms(
         observed, latent, auxiliary, torch.zeros(()), model_trace, guide_trace, particles
     )
+
+
+def _latent_terms(
+    model_trace: Any,
+    guide_trace: Any,
+    particles: int,
+    analytic_kl: bool,
+    skip: frozenset[str] | set[str] = frozenset(),
+    latest: int = -1,
+) -> Iterator[LatentTerm]:
+    """The :class:`LatentTerm` of every site sampled by both programs (but ``skip``), in
+    model order. The KL is in closed form only where allowed and where the site's model
+    parents were drawn before it in the guide (``latest``: the latest guide position
+    among the latent sites met so far in the model)."""
+    guide_order = {name: i for i, name in enumerate(guide_trace.nodes)}
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or name not in guide_order:
+            continue
+        position = guide_order[name]
+        if name not in skip:
+            yield latent_term(
+                name,
+                guide_trace.nodes[name],
+                site,
+                particles,
+                closed_form=analytic_kl and latest < position,
+            )
+        latest = max(latest, position)
 
 
 def _compute_terms_general(
@@ -660,18 +676,8 @@ def _compute_terms_general(
             w = structure.site_weight(name)
             observed[name] = structure.expect(site["log_prob"], w) / particles
             costs.append((name, site["log_prob"], w))
-        elif name in guide_trace.nodes:
-            position = guide_order[name]
-            add_latent(
-                latent_term(
-                    name,
-                    guide_trace.nodes[name],
-                    site,
-                    particles,
-                    closed_form=analytic_kl and latest < position,
-                )
-            )
-            latest = max(latest, position)
+    for term in _latent_terms(model_trace, guide_trace, particles, analytic_kl, grouped, latest):
+        add_latent(term)
     auxiliary_parts = []
     score_parts = []
     for name, site in guide_trace.nodes.items():
