@@ -95,6 +95,7 @@ except ImportError:  # the standalone "pytorch-lightning" distribution has the s
 
 from pyrocollapse._validation import check_float, check_int
 from pyrocollapse.elbo import BaseELBO, PlainELBO, make_elbo
+from pyrocollapse.program_data import ProgramArgs, as_program_args
 
 __all__ = [
     "RankStateDump",
@@ -134,7 +135,7 @@ class VAELightningModule(pl.LightningModule):
         Default :class:`~pyrocollapse.elbo.PlainELBO`.
     lr : float
         Adam learning rate, > 0. Default ``1e-3``.
-    example_batch : torch.Tensor or None
+    example_batch : torch.Tensor, tuple, dict or None
         A batch ``(N, *event_shape)`` to run the model and guide on once at
         construction, creating lazily initialised parameters (Pyro's autoguides) before
         the optimiser and DDP see the module. Not needed for pyrocollapse models.
@@ -163,8 +164,9 @@ class VAELightningModule(pl.LightningModule):
     (``sync_dist=True``): ``train/loss`` (also per step) and, for pyrocollapse
     objectives, ``train/elbo``, ``train/reconstruction``, ``train/kl``, ``train/kl/<site>``
     and the variant's extras in nats, plus the current weights (``train/kl_weight``, ...)
-    unscaled; the same under ``val/`` and ``test/``. A batch is the data tensor
-    ``(N, *event_shape)`` or a tuple/list whose first element is (labels are ignored).
+    unscaled; the same under ``val/`` and ``test/``. A batch holds the program's
+    arguments as ``fit`` takes them: a tensor ``x`` (``model(x)``), a tuple/list
+    (``model(*batch)``, e.g. a CVAE's ``(xs, ys)``) or a dict (``model(**batch)``).
 
     See the module docstring for what DDP requires of Pyro parameters.
 
@@ -188,7 +190,7 @@ class VAELightningModule(pl.LightningModule):
         *,
         elbo: ELBO | str | None = None,
         lr: float = 1e-3,
-        example_batch: torch.Tensor | None = None,
+        example_batch: Any = None,
         decorrelate_ranks: bool = True,
     ) -> None:
         super().__init__()
@@ -238,14 +240,15 @@ class VAELightningModule(pl.LightningModule):
         )
 
     # -- set-up ----------------------------------------------------------------------------
-    def initialize(self, batch: torch.Tensor) -> None:
-        """Run the loss once on ``batch`` ``(N, *event_shape)``, creating lazy parameters.
+    def initialize(self, batch: Any) -> None:
+        """Run the loss once on ``batch`` (a tensor ``(N, ...)``, a tuple of positional
+        arguments or a dict of keyword arguments), creating lazy parameters.
 
         The torch RNG is left where it was, and the KL schedule does not advance.
         """
-        x = _batch_data(batch, "example_batch")
+        call = _batch_data(batch, "example_batch")
         with torch.random.fork_rng(devices=[]):
-            self.elbo_module(x)
+            self.elbo_module(*call.args, **call.kwargs)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over every parameter of the model and guide, learning rate :attr:`lr`."""
@@ -265,34 +268,34 @@ class VAELightningModule(pl.LightningModule):
             torch.manual_seed((torch.initial_seed() + self.global_rank) % 2**63)
 
     # -- steps -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The differentiable loss of ``x`` ``(N, *event_shape)``: nats, summed over the batch."""
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The differentiable loss of ``model(*args, **kwargs)``: nats, summed over the batch."""
         if self._checked_sites:
-            return self.elbo_module(x)
+            return self.elbo_module(*args, **kwargs)
         with poutine.trace(param_only=True) as params:
-            loss = self.elbo_module(x)
+            loss = self.elbo_module(*args, **kwargs)
         self._check_param_sites(params.trace)
         self._checked_sites = True
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Loss of one batch (summed over it); logs the per-data-point ``train/`` terms."""
-        x = _batch_data(batch)
-        loss = self(x)
+        call = _batch_data(batch)
+        loss = self(*call.args, **call.kwargs)
         if self._optimised is not None:
             self._check_parameters_unchanged()
-        self._log_terms("train", loss, len(x))
+        self._log_terms("train", loss, _rows(call))
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Logs the per-data-point ``val/`` terms (``val/elbo``: the validation ELBO)."""
-        x = _batch_data(batch)
-        self._log_terms("val", self(x), len(x))
+        call = _batch_data(batch)
+        self._log_terms("val", self(*call.args, **call.kwargs), _rows(call))
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         """Logs the per-data-point ``test/`` terms."""
-        x = _batch_data(batch)
-        self._log_terms("test", self(x), len(x))
+        call = _batch_data(batch)
+        self._log_terms("test", self(*call.args, **call.kwargs), _rows(call))
 
     def optimizer_step(
         self,
@@ -460,9 +463,9 @@ class RankStateDump(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        x = _batch_data(batch)
-        self._rows += len(x)
-        self._sum += float(x.double().sum())
+        call = _batch_data(batch)
+        self._rows += _rows(call)
+        self._sum += sum(float(t.double().sum()) for t in call.tensors())
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from pyrocollapse._io import atomic_write
@@ -562,15 +565,16 @@ def _describe(objective: ELBO) -> dict[str, Any]:
     return {"class": type(objective).__name__, "num_particles": objective.num_particles}
 
 
-def _batch_data(batch: Any, name: str = "batch") -> torch.Tensor:
-    """The data tensor of a batch: the batch itself, or the first element of a tuple/list."""
-    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a data tensor (N, ...) or a tuple/list whose first element is one, "
-            f"got {type(batch).__name__}"
-        )
-    return x
+def _batch_data(batch: Any, name: str = "batch") -> ProgramArgs:
+    """A batch as the arguments of one call: a tensor ``x`` (``model(x)``), a tuple/list
+    (``model(*batch)``) or a dict (``model(**batch)``), as ``fit`` takes them."""
+    return as_program_args(batch, name, check_values=False)
+
+
+def _rows(call: ProgramArgs) -> int:
+    """Rows of a batch, the per-data-point divisor for objectives without a breakdown
+    (pyrocollapse objectives use the traced data plate)."""
+    return call.leading_size() or 1
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
