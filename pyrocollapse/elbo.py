@@ -98,9 +98,7 @@ from pyro import poutine
 from pyro.distributions import Delta, Distribution, Independent
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.torch_distribution import (
-    ExpandedDistribution,
     MaskedDistribution,
-    TorchDistribution,
 )
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
@@ -113,6 +111,7 @@ from pyro.util import check_traceenum_requirements, warn_if_nan
 from torch.distributions import Normal, TransformedDistribution
 
 from pyrocollapse._dice import TraceStructure
+from pyrocollapse._distributions import as_vector, particle_slice, strip_mask, unwrap
 from pyrocollapse._validation import check_choice, check_float, check_int
 from pyrocollapse.registry import Registry
 from pyrocollapse.schedules import Schedule, make_schedule
@@ -421,13 +420,6 @@ def _factor(d: Any) -> Any:
     return None
 
 
-def _unwrap(d: Any) -> Any:
-    """The innermost distribution under ``Independent`` and ``ExpandedDistribution``."""
-    while isinstance(d, (Independent, ExpandedDistribution)):
-        d = d.base_dist
-    return d
-
-
 def closed_form_allowed(q: Any, p: Any) -> bool:
     """Whether KL(q || p) may be taken in closed form for a site.
 
@@ -438,7 +430,7 @@ def closed_form_allowed(q: Any, p: Any) -> bool:
     every term, as Pyro's ``Trace_ELBO`` does.
     """
     for d in (q, p):
-        if isinstance(_unwrap(d), (Delta, TransformedDistribution, MaskedDistribution)):
+        if isinstance(unwrap(d), (Delta, TransformedDistribution, MaskedDistribution)):
             return False
     return True
 
@@ -807,7 +799,7 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
     batch = q.batch_shape
     if batch == torch.Size() or (k != 1 and batch == torch.Size([k])):
         return []
-    if not q.has_rsample or isinstance(_unwrap(q), Delta):
+    if not q.has_rsample or isinstance(unwrap(q), Delta):
         # a discrete (or otherwise non-reparameterised) site, or a point estimate: it has
         # no spread to estimate an aggregate posterior from, and keeps its plain KL
         return []
@@ -817,7 +809,7 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
         raise ValueError(note)
     if len(q.event_shape) == 0 and len(batch) == want and z.dim() == want:
         # a scalar latent per data point: one latent dimension
-        q, p_full, z = _as_vector(q), _as_vector(p_full), z.unsqueeze(-1)
+        q, p_full, z = as_vector(q), as_vector(p_full), z.unsqueeze(-1)
     if len(batch) != want or len(q.event_shape) != 1 or z.dim() != want + 1:
         raise ValueError(
             f"{objective}: latent site {term.name!r} has batch shape {tuple(batch)} and "
@@ -834,8 +826,8 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
         else torch.as_tensor(mask, device=z.device).expand(batch).bool()
     )
     # masks carried by the distributions (``.mask(m)``) leave rows out too
-    q, q_mask = _strip_mask(q)
-    p_full, p_mask = _strip_mask(p_full)
+    q, q_mask = strip_mask(q)
+    p_full, p_mask = strip_mask(p_full)
     for m in (q_mask, p_mask):
         if m is not None:
             mask = mask & torch.as_tensor(m, device=z.device).expand(batch).bool()
@@ -857,8 +849,8 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
     return [
         LocalSite(
             term.name,
-            _particle_slice(q, i, b),
-            _particle_slice(p_full, i, b),
+            particle_slice(q, i, b),
+            particle_slice(p_full, i, b),
             z[i],
             mask[i],
             scale[i],
@@ -868,59 +860,6 @@ def local_sites(term: LatentTerm, objective: str) -> list[LocalSite]:
         )
         for i in range(k)
     ]
-
-
-def _strip_mask(d: Any) -> tuple[Any, Any]:
-    """``(d without its MaskedDistribution wrapper, the mask over d's batch)``, or
-    ``(d, None)``. Handles ``Masked(Independent(...))`` and ``Independent(Masked(...))``."""
-    if isinstance(d, MaskedDistribution):
-        m = d._mask
-        if isinstance(m, bool):
-            m = torch.tensor(m)
-        return d.base_dist, m
-    if isinstance(d, Independent) and isinstance(d.base_dist, MaskedDistribution):
-        base, m = _strip_mask(d.base_dist)
-        n = d.reinterpreted_batch_ndims
-        m = torch.as_tensor(m).expand(base.batch_shape)
-        m = m.reshape((*m.shape[:m.dim() - n], -1)).all(-1) if n else m
-        return Independent(base, n), m
-    return d, None
-
-
-def _as_vector(d: Any) -> Any:
-    """A distribution with event shape ``()`` viewed with event shape ``(1,)``."""
-    return Independent(_Unsqueezed(d), 1)
-
-
-class _Unsqueezed(TorchDistribution):
-    """``d`` with a trailing batch dimension of size 1 (so that ``Independent(., 1)``
-    gives event shape ``(1,)``)."""
-
-    arg_constraints: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, base: Any) -> None:
-        self.base = base
-        super().__init__((*base.batch_shape, 1), base.event_shape, validate_args=False)
-
-    @property
-    def support(self) -> Any:
-        return self.base.support
-
-    @property
-    def has_rsample(self) -> bool:
-        return self.base.has_rsample
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> _Unsqueezed:
-        return _Unsqueezed(self.base.expand(torch.Size(batch_shape)[:-1]))
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return self.base.log_prob(value.squeeze(-1)).unsqueeze(-1)
-
-    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
-        return self.base.rsample(torch.Size(sample_shape)).unsqueeze(-1)
-
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
-        return self.base.sample(torch.Size(sample_shape)).unsqueeze(-1)
 
 
 def local_site(term: LatentTerm, objective: str) -> LocalSite | None:
@@ -936,54 +875,6 @@ def local_site(term: LatentTerm, objective: str) -> LocalSite | None:
         )
     sites = local_sites(term, objective)
     return sites[0] if sites else None
-
-
-def _particle_slice(d: Any, i: int, b: int) -> Any:
-    """Particle ``i`` of a distribution whose batch shape is ``(K, B)`` (or broadcasts
-    to it): a distribution of batch shape ``(B,)``."""
-    if len(d.batch_shape) < 2:
-        return d  # the same for every particle
-    if d.batch_shape[0] == 1:
-        i = 0
-    if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1:
-        return Independent(_particle_slice(d.base_dist, i, b), 1)
-    if type(d) is Normal or (isinstance(d, Normal) and _is_plain_normal(d)):
-        return type(d)(d.loc[i], d.scale[i])
-    return _ParticleSlice(d, i)
-
-
-class _ParticleSlice(TorchDistribution):
-    """Particle ``i`` of a distribution with batch shape ``(K, *rest)``: batch shape
-    ``rest``. ``log_prob`` evaluates the whole distribution and keeps particle i."""
-
-    arg_constraints: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, base: Any, i: int) -> None:
-        self.base, self.i = base, i
-        super().__init__(base.batch_shape[1:], base.event_shape, validate_args=False)
-
-    @property
-    def support(self) -> Any:
-        return self.base.support
-
-    @property
-    def has_rsample(self) -> bool:
-        return self.base.has_rsample
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        rest = len(self.batch_shape) + len(self.event_shape)
-        lp = self.base.log_prob(value.unsqueeze(-rest - 1))  # (..., K, *rest)
-        return lp.select(-len(self.batch_shape) - 1, self.i)
-
-    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
-        shape = torch.Size(sample_shape)
-        return self.base.rsample(shape)[(slice(None),) * len(shape) + (self.i,)]
-
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
-        shape = torch.Size(sample_shape)
-        with torch.no_grad():
-            draw = self.base.rsample(shape) if self.has_rsample else self.base.sample(shape)
-        return draw[(slice(None),) * len(shape) + (self.i,)]
 
 
 def log_density_matrix(site: LocalSite, per_dim: bool = False) -> torch.Tensor:
