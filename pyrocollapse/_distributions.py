@@ -69,6 +69,14 @@ class _Unsqueezed(TorchDistribution):
     def has_rsample(self) -> bool:
         return self.base.has_rsample
 
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base.mean.unsqueeze(-1)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.base.variance.unsqueeze(-1)
+
     def expand(self, batch_shape: Any, _instance: Any = None) -> _Unsqueezed:
         return _Unsqueezed(self.base.expand(torch.Size(batch_shape)[:-1]))
 
@@ -152,8 +160,8 @@ def take_rows(d: Any, idx: torch.Tensor) -> Any:
         return d
     if isinstance(d, MaskedDistribution):
         return take_rows(d.base_dist, idx)
-    if isinstance(d, Independent):
-        return Independent(take_rows(d.base_dist, idx), d.reinterpreted_batch_ndims)
+    if isinstance(d, torch.distributions.Independent):  # Pyro's or torch's
+        return type(d)(take_rows(d.base_dist, idx), d.reinterpreted_batch_ndims)
     if isinstance(d, ExpandedDistribution):
         base = d.base_dist
         rows = (len(idx), *batch[1:])

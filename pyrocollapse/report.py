@@ -23,7 +23,12 @@ STATUSES = (ACTIVE, INFORMATIVE, COLLAPSED)
 STATUS_RULE = (
     "active: Cov_x(E_q[z_d]) > au_threshold; "
     "inactive-but-informative: not active but I_q(x; z_d) > mi_threshold; "
-    "collapsed: otherwise (z_d carries no information about x)"
+    "collapsed: otherwise (z_d carries no information about x). "
+    "A site with a conditional diagonal-Normal prior p(z | parents) (a Markov chain "
+    "z_t | z_{t-1}, a hierarchical prior) is measured in the prior's standardised "
+    "coordinates (z - E_p[z | parents]) / sd_p[z | parents] at the guide's draws of the "
+    "parents, i.e. on what x tells beyond the parents. A discrete site is active when "
+    "I_q(x; y) > mi_threshold (exact for the categorical aggregate posterior)"
 )
 
 #: PSIS k-hat above which a guide is a poor importance proposal (Yao et al. 2018).
@@ -136,6 +141,13 @@ class SiteReport:
         Monte Carlo standard error of ``aggregate_kl`` (nats). A KL is >= 0, but its
         estimate is not clipped (clipping would break KL = MI + marginal KL): a slightly
         negative value within a few standard errors of 0 is noise.
+    kind : str
+        ``"continuous"`` (one entry per latent dimension) or ``"discrete"`` (one entry for
+        the site: exact KL, exact I_q(x; y), and as ``au_variance`` the spread
+        sum_k Var_x q(y = k | x)).
+    innovation : bool
+        The site was measured in its conditional prior's standardised coordinates (see
+        :data:`STATUS_RULE`).
     """
 
     site: str
@@ -164,6 +176,8 @@ class SiteReport:
     mean_space: dict[str, np.ndarray] | None = None
     kl_identity_stderr: float | None = None
     aggregate_kl_stderr: float | None = None
+    kind: str = "continuous"
+    innovation: bool = False
 
     @classmethod
     def build(
@@ -179,6 +193,7 @@ class SiteReport:
         densities: Any = None,
         mean_space: Any = None,
         conditional_prior: bool = False,
+        innovation: bool = False,
     ) -> SiteReport:
         """Assemble from the results of :mod:`pyrocollapse.diagnostics` estimators
         (``mi`` and the keyword results may be ``None``), applying :data:`STATUS_RULE`."""
@@ -212,8 +227,8 @@ class SiteReport:
             au_count_ci=au.count_ci,
             au_probability_active=au.probability_active,
             au_variance_ci=au.variance_ci,
-            rhat=None if rhat is None else rhat.per_dim,
-            sensitivity=None if sensitivity is None else sensitivity.per_dim,
+            rhat=None if rhat is None else np.atleast_1d(rhat.per_dim),
+            sensitivity=None if sensitivity is None else np.atleast_1d(sensitivity.per_dim),
             sensitivity_method=None if sensitivity is None else sensitivity.method,
             densities=None
             if densities is None
@@ -226,6 +241,32 @@ class SiteReport:
             if mean_space is None
             else {"approximate": mean_space.approximate, "model": mean_space.model},
             kl_identity_stderr=None if mi is None else mi.stderr,
+            innovation=bool(innovation),
+        )
+
+    @classmethod
+    def build_discrete(
+        cls, site: str, summary: Any, *, au_threshold: float, mi_threshold: float
+    ) -> SiteReport:
+        """Assemble a discrete site's report from a
+        :class:`pyrocollapse.diagnostics.sites.DiscreteSite`: one entry, active when
+        I_q(x; y) > ``mi_threshold``."""
+        one = np.ones(1)
+        status = [ACTIVE if summary.mi > mi_threshold else COLLAPSED]
+        return cls(
+            site=site,
+            kl_per_dim=summary.kl * one,
+            kl_estimator="exact (sum over the support)",
+            kl_fraction_below=np.array([float((summary.kl_per_point < 0.01).mean())]),
+            au_variance=summary.spread * one,
+            au_threshold=au_threshold,
+            mi=summary.mi,
+            mi_per_dim=summary.mi * one,
+            aggregate_kl=summary.aggregate_kl,
+            aggregate_kl_per_dim=summary.aggregate_kl * one,
+            status=status,
+            kl_total=summary.kl,
+            kind="discrete",
         )
 
     @property
@@ -261,7 +302,13 @@ class SiteReport:
     def notes(self) -> list[str]:
         """Warnings a reader should see next to this site's numbers."""
         out = []
-        if self.conditional_prior:
+        if self.innovation:
+            out.append(
+                f"site {self.site!r} has a conditional prior p({self.site} | parents): it is "
+                "measured in that prior's standardised coordinates at the guide's draws of the "
+                "parents, so activity and MI count only what x tells beyond the parents"
+            )
+        elif self.conditional_prior:
             out.append(
                 f"site {self.site!r} has a conditional prior p({self.site} | parents): its KL, MI "
                 "and marginal KL use that conditional at the guide's draws of the parents"
@@ -350,6 +397,8 @@ class SiteReport:
             "kl_identity_stderr": None
             if self.kl_identity_stderr is None
             else _num(self.kl_identity_stderr),
+            "kind": self.kind,
+            "innovation": self.innovation,
         }
 
     @classmethod
@@ -398,7 +447,19 @@ class SiteReport:
             kl_identity_stderr=None
             if d.get("kl_identity_stderr") is None
             else float(d["kl_identity_stderr"]),
+            kind=str(d.get("kind", "continuous")),
+            innovation=bool(d.get("innovation", False)),
         )
+
+
+#: Verdict of a report without local latent sites.
+NO_LOCAL = "no local latent sites"
+
+
+def _global_site() -> Any:
+    from pyrocollapse.diagnostics.sites import GlobalSite
+
+    return GlobalSite
 
 
 def _verdict(collapsed: np.ndarray) -> str:
@@ -428,6 +489,16 @@ class CollapseReport:
     guide_quality : dict or None
         PSIS k-hat summary (``mean``, ``median``, ``max``, ``fraction_above_0.5``,
         ``fraction_above_0.7``, ``num_samples``) and per-point values (``khat``).
+    global_sites : dict[str, GlobalSite]
+        Latent sites outside the data plate, where per-data-point collapse does not
+        apply: their KL(q || p) and posterior contraction 1 - Var_q / Var_p per element
+        (:class:`pyrocollapse.diagnostics.sites.GlobalSite`).
+    skipped : dict[str, str]
+        Latent sites not diagnosed, each with the reason (a point-mass guide, a shape the
+        estimators cannot read).
+    unavailable : dict[str, str]
+        Estimators asked for that could not run on this program (``"sensitivity of
+        'z'"`` -> why), instead of an exception.
     """
 
     sites: dict[str, SiteReport]
@@ -435,10 +506,16 @@ class CollapseReport:
     num_points: int
     settings: dict[str, Any] = field(default_factory=dict)
     guide_quality: dict[str, Any] | None = None
+    global_sites: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
-        """``"healthy"``, ``"partial collapse"`` or ``"full collapse"`` over all sites."""
+        """``"healthy"``, ``"partial collapse"`` or ``"full collapse"`` over all local
+        sites; ``"no local latent sites"`` when none was diagnosed."""
+        if not self.sites:
+            return NO_LOCAL
         return _verdict(np.concatenate([s.collapsed for s in self.sites.values()]))
 
     @property
@@ -465,6 +542,18 @@ class CollapseReport:
             )
         for s in self.sites.values():
             out.extend(s.notes())
+        for g in self.global_sites.values():
+            flat = np.flatnonzero(g.uninformed)
+            if len(flat):
+                out.append(
+                    f"global site {g.site!r}: the data do not inform element(s) "
+                    f"{flat.tolist()} (posterior contraction 1 - Var_q/Var_p below "
+                    f"{g.threshold}): the posterior there is the prior"
+                )
+        for name, reason in self.skipped.items():
+            out.append(f"site {name!r} not diagnosed: {reason}")
+        for what, reason in self.unavailable.items():
+            out.append(f"{what} not computed: {reason}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -482,6 +571,9 @@ class CollapseReport:
             "guide_quality": g,
             "notes": self.notes(),
             "sites": {k: v.to_dict() for k, v in self.sites.items()},
+            "global_sites": {k: v.to_dict() for k, v in self.global_sites.items()},
+            "skipped": dict(self.skipped),
+            "unavailable": dict(self.unavailable),
         }
 
     @classmethod
@@ -502,6 +594,11 @@ class CollapseReport:
                 num_points=int(d["num_points"]),
                 settings=dict(d.get("settings", {})),
                 guide_quality=g,
+                global_sites={
+                    k: _global_site().from_dict(v) for k, v in d.get("global_sites", {}).items()
+                },
+                skipped={str(k): str(v) for k, v in d.get("skipped", {}).items()},
+                unavailable={str(k): str(v) for k, v in d.get("unavailable", {}).items()},
             )
         except KeyError as e:
             raise ValueError(f"malformed report: missing entry {e}") from None
@@ -613,8 +710,23 @@ class CollapseReport:
                 f"guide quality: PSIS k-hat mean {g['mean']:.2f}, max {g['max']:.2f}, "
                 f"{100 * g['fraction_above_0.7']:.1f}% of points > {KHAT_BAD}"
             )
+        for g in self.global_sites.values():
+            lines.append("")
+            lines.append(
+                f"global site {g.site!r} {tuple(g.shape)}: KL(q || p) {g.kl:.3f} nats; "
+                "posterior contraction 1 - Var_q/Var_p per element: "
+                + ", ".join(f"{c:.2f}" for c in g.contraction[:8])
+                + (" ..." if len(g.contraction) > 8 else "")
+            )
         for s in self.sites.values():
             lines.append("")
+            if s.kind == "discrete":
+                lines.append(
+                    f"discrete site {s.site!r}: {'active' if s.active_units else 'collapsed'}; "
+                    f"KL {s.kl:.3f} = MI {s.mi:.3f} + marginal KL {s.aggregate_kl:.3f} (exact); "
+                    f"spread of q(y|x) {float(s.au_variance[0]):.4f}"
+                )
+                continue
             head = f"site {s.site!r}: {s.active_units}/{s.latent_dim} active, verdict {s.verdict}"
             if s.au_count_ci is not None:
                 head += f" (AU {ci_text(s.au_count_ci, '.0f')})"

@@ -1,10 +1,11 @@
 """Posterior summaries with ArviZ: the guide's draws as ``InferenceData``.
 
-``arviz.from_pyro`` accepts only MCMC results; here the amortised guide's draws
-q(z | x_n) of every latent site become an :class:`arviz.InferenceData` with the groups
-``posterior`` (dims ``chain, draw, obs, <site>_dim``), ``prior`` (``chain, draw,
-<site>_dim``), ``observed_data`` and ``log_likelihood`` (``chain, draw, obs``), which
-saves to and loads from netCDF unchanged. :func:`summarize` turns it into a
+``arviz.from_pyro`` accepts only MCMC results; here the guide's draws of every latent
+site (local latents q(z | x_n), global latents, discrete ones) become an
+:class:`arviz.InferenceData` with the groups ``posterior``, ``prior``, ``observed_data``,
+``log_likelihood`` and ``posterior_predictive``, dims named after the Pyro plates
+(``chain, draw, data, z_dim_0`` for a VAE's ``z`` in ``pyro.plate("data")``), which saves
+to and loads from netCDF unchanged. :func:`summarize` turns it into a
 per-latent-dimension table built on ``arviz.summary`` in which collapse shows as the
 posterior matching the prior.
 
@@ -18,13 +19,17 @@ adapter for it is added here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 
-from pyrocollapse._validation import check_float, check_int
+from pyrocollapse._validation import check_bool, check_float, check_int
 
 __all__ = ["load_inference_data", "save_inference_data", "summarize", "to_inference_data"]
 
@@ -46,8 +51,443 @@ def _arviz() -> Any:
     return az
 
 
-def _dim_name(site: str) -> str:
-    return f"{site}_dim"
+# ---------------------------------------------------------------------------------------
+# to_inference_data: tracing the programs
+# ---------------------------------------------------------------------------------------
+#: ArviZ's sample dims: a site of one of these names is stored under another name.
+_SAMPLE_DIMS = ("chain", "draw")
+#: Name of the vectorised plate of draws (left of every plate of the programs).
+_DRAWS_PLATE = "_pyrocollapse_draws"
+#: (draws x points) rows per vectorised run.
+_ROWS_PER_RUN = 2**14
+#: Exceptions of a vectorised run that make the draws fall back to one at a time.
+_VECTORISE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+def _vectorised(fn: Callable, particles: int | None, nesting: int) -> Callable:
+    if particles is None:
+        return fn
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with pyro.plate(_DRAWS_PLATE, particles, dim=-(nesting + 1)):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _sample_sites(trace: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample":
+            yield name, site
+
+
+def _frames(site: dict[str, Any]) -> list[Any]:
+    """The vectorised plates around a site, the plate of draws left out."""
+    return [f for f in site["cond_indep_stack"] if f.vectorized and f.name != _DRAWS_PLATE]
+
+
+def _trace_pair(
+    model: Callable,
+    guide: Callable,
+    xa: Any,
+    *,
+    particles: int | None,
+    nesting: int,
+    globals_trace: Any = None,
+    enumerated: bool = False,
+) -> tuple[Any, Any]:
+    """Trace the guide (its global sites replayed from ``globals_trace``) and the model
+    replayed on it; model-only enumerated sites drawn from their exact conditional
+    posterior with :func:`pyro.infer.infer_discrete`. No gradients, nothing recorded in
+    an enclosing trace."""
+    from pyro.infer import infer_discrete
+
+    with torch.no_grad(), poutine.block():
+        g = _vectorised(guide, particles, nesting)
+        if globals_trace is not None:
+            g = poutine.replay(g, trace=globals_trace)
+        guide_tr = poutine.trace(g).get_trace(*xa.args, **xa.kwargs)
+        m = poutine.replay(_vectorised(model, particles, nesting), trace=guide_tr)
+        if enumerated:
+            first = -(nesting + (2 if particles is not None else 1))
+            m = infer_discrete(m, first_available_dim=first, temperature=1)
+        model_tr = poutine.trace(m).get_trace(*xa.args, **xa.kwargs)
+    return prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr)
+
+
+def _check_vectorised(traces: tuple[Any, Any], particles: int, nesting: int) -> None:
+    """``ValueError`` unless every sample site carries the plate of draws where expected
+    (a program that reshapes or indexes its batch may lose it without an error)."""
+    for tr in traces:
+        for name, site in _sample_sites(tr):
+            shape = tuple(site["fn"].batch_shape)
+            if len(shape) != nesting + 1 or shape[0] != particles:
+                raise ValueError(f"site {name!r} lost the plate of draws: batch shape {shape}")
+
+
+def _plate_nesting(traces: tuple[Any, Any]) -> int:
+    nesting = 1
+    for tr in traces:
+        for _, site in _sample_sites(tr):
+            nesting = max(nesting, len(site["fn"].batch_shape))
+            for frame in _frames(site):
+                if frame.dim is not None:
+                    nesting = max(nesting, -frame.dim)
+    return nesting
+
+
+def _find_data_plate(traces: tuple[Any, Any], latent: Sequence[str], rows: int) -> str | None:
+    """The plate over the data points: a plate of the observed sites whose size is the
+    number of rows of the traced chunk (one also around a latent site preferred)."""
+    model_tr = traces[0]
+    candidates: list[str] = []
+    for _, site in _sample_sites(model_tr):
+        if site["is_observed"]:
+            for f in _frames(site):
+                if f.size == rows and f.name not in candidates:
+                    candidates.append(f.name)
+    around_latents = {
+        f.name for s in latent for tr in traces if s in tr.nodes for f in _frames(tr.nodes[s])
+    }
+    preferred = [c for c in candidates if c in around_latents]
+    return (preferred or candidates or [None])[0]
+
+
+def _in_plate(site: dict[str, Any], plate: str | None) -> bool:
+    return plate is not None and any(f.name == plate for f in _frames(site))
+
+
+def _site_mask(site: dict[str, Any]) -> torch.Tensor | bool | None:
+    """The mask of a site, batch shaped (``poutine.mask`` and ``.mask(...)`` combined),
+    or ``None`` when nothing is masked."""
+    masks = []
+    if site["mask"] is not None:
+        masks.append(site["mask"])
+    fn = site["fn"]
+    while True:
+        if isinstance(fn, dist.MaskedDistribution):
+            masks.append(fn._mask)
+            fn = fn.base_dist
+        elif isinstance(fn, dist.Independent):
+            inner = _site_mask({"mask": None, "fn": fn.base_dist})
+            if isinstance(inner, torch.Tensor) and fn.reinterpreted_batch_ndims:
+                inner = inner.expand(fn.base_dist.batch_shape)
+                inner = inner.flatten(-fn.reinterpreted_batch_ndims).any(-1)
+            if inner is not None:
+                masks.append(inner)
+            break
+        else:
+            break
+    if not masks:
+        return None
+    out: torch.Tensor | bool = True
+    for m in masks:
+        out = m if out is True else (out & m if isinstance(m, torch.Tensor) else out and m)
+    return out
+
+
+def _batch_mask(site: dict[str, Any], batch_shape: torch.Size) -> torch.Tensor | None:
+    mask = _site_mask(site)
+    if mask is None or mask is True:
+        return None
+    if mask is False:
+        return torch.zeros(batch_shape, dtype=torch.bool)
+    return torch.as_tensor(mask, dtype=torch.bool).expand(batch_shape)
+
+
+def _named(
+    var: str,
+    site: dict[str, Any],
+    value: torch.Tensor,
+    nesting: int,
+    particles: bool,
+    *,
+    event_dim: int,
+    drop_plate: str | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """``value`` of a site as ``(draws, *kept dims)`` with the names of the kept dims.
+
+    Batch dims are named after the site's plates; dims of size 1 outside every plate are
+    dropped (as is ``drop_plate``, when of size 1); event dims are ``<var>_dim_<i>``.
+    Without ``particles`` the value is one draw and gets a leading dim of size 1.
+    """
+    width = nesting + (1 if particles else 0) + event_dim
+    if value.dim() < width:
+        value = value.reshape((1,) * (width - value.dim()) + tuple(value.shape))
+    elif value.dim() > width:  # extra leading dims (a value broadcast by the program)
+        value = value.reshape(-1, *value.shape[value.dim() - width :])[0]
+    if not particles:
+        value = value.unsqueeze(0)
+    by_dim = {f.dim: f for f in _frames(site)}
+    keep: list[int] = [0]
+    dims: list[str] = []
+    sizes: list[int] = []
+    for i in range(nesting):
+        pos = 1 + i
+        frame = by_dim.get(i - nesting)
+        if frame is not None and not (frame.name == drop_plate and value.shape[pos] == 1):
+            keep.append(pos)
+            dims.append(frame.name)
+            sizes.append(frame.size if value.shape[pos] == 1 else value.shape[pos])
+        elif value.shape[pos] != 1:
+            keep.append(pos)
+            dims.append(f"{var}_batch_dim_{i}")
+            sizes.append(value.shape[pos])
+    for j in range(event_dim):
+        keep.append(1 + nesting + j)
+        dims.append(f"{var}_dim_{j}")
+        sizes.append(value.shape[1 + nesting + j])
+    squeeze = [d for d in range(value.dim()) if d not in keep]
+    # squeeze only size-1 dims; plates of size 1 at which the value broadcasts get expanded
+    value = value.squeeze(squeeze) if squeeze else value
+    value = value.expand(value.shape[0], *sizes)
+    return value, dims
+
+
+def _mask_values(value: torch.Tensor, site: dict[str, Any], event_dim: int) -> torch.Tensor:
+    """``value`` (full batch + event shape) with masked elements set to NaN (as float)."""
+    shape = value.shape[: value.dim() - event_dim]
+    mask = _batch_mask(site, shape)
+    if mask is None or bool(mask.all()):
+        return value
+    value = value.double() if not value.is_floating_point() else value.clone()
+    full = mask.reshape(*mask.shape, *(1,) * event_dim).expand_as(value)
+    return value.masked_fill(~full, float("nan"))
+
+
+def _full(value: torch.Tensor, fn: Any) -> torch.Tensor:
+    """``value`` broadcast to its distribution's batch + event shape."""
+    shape = torch.broadcast_shapes(value.shape, tuple(fn.batch_shape) + tuple(fn.event_shape))
+    return value.expand(shape)
+
+
+def _point_log_lik(
+    site: dict[str, Any], nesting: int, data_plate: str | None, particles: bool
+) -> tuple[torch.Tensor, list[str]]:
+    """log density of an observed site per draw and data point, ``(draws, points)``
+    (``(draws,)`` outside the data plate), the other plates summed; scale not applied.
+    Masked elements are left out, and a point whose every element is masked is NaN."""
+    fn = site["fn"]
+    lp = fn.log_prob(site["value"])
+    lp = lp.expand(torch.broadcast_shapes(lp.shape, fn.batch_shape))
+    width = nesting + (1 if particles else 0)
+    lp = lp.reshape((1,) * (width - lp.dim()) + tuple(lp.shape))
+    mask = _batch_mask(site, lp.shape)
+    if not particles:
+        lp = lp.unsqueeze(0)
+        mask = None if mask is None else mask.unsqueeze(0)
+    frame = next((f for f in _frames(site) if f.name == data_plate), None)
+    keep = [0] if frame is None else [0, 1 + nesting + frame.dim]
+    drop = tuple(d for d in range(lp.dim()) if d not in keep)
+    if mask is None:
+        out = lp.sum(drop) if drop else lp
+    else:
+        lp = lp.masked_fill(~mask, 0.0)
+        count = mask.sum(drop) if drop else mask.long()
+        out = lp.sum(drop) if drop else lp
+        out = out.masked_fill(count == 0, float("nan"))
+    return out, [] if frame is None else [data_plate]  # type: ignore[list-item]
+
+
+# ---------------------------------------------------------------------------------------
+# to_inference_data: collecting the draws
+# ---------------------------------------------------------------------------------------
+_Named = tuple[torch.Tensor, list[str]]
+
+
+def _records(
+    traces: tuple[Any, Any],
+    sites: Sequence[str],
+    nesting: int,
+    data_plate: str | None,
+    particles: bool,
+    *,
+    log_likelihood: bool,
+    predictive: bool,
+) -> dict[str, dict[str, _Named]]:
+    """One run's draws by group and site: ``(draws, *dims)`` tensors with dim names
+    (``observed_data`` without the draws dim)."""
+    model_tr, guide_tr = traces
+    out: dict[str, dict[str, _Named]] = {
+        "posterior": {},
+        "observed_data": {},
+        "log_likelihood": {},
+        "posterior_predictive": {},
+    }
+    for s in sites:
+        site = guide_tr.nodes[s] if s in guide_tr.nodes else model_tr.nodes[s]
+        fn = site["fn"]
+        ed = len(fn.event_shape)
+        value = _mask_values(_full(site["value"], fn), site, ed)
+        out["posterior"][s] = _named(s, site, value, nesting, particles, event_dim=ed)
+    for name, site in _sample_sites(model_tr):
+        if not site["is_observed"]:
+            continue
+        fn = site["fn"]
+        ed = len(fn.event_shape)
+        obs, dims = _named(name, site, site["value"], nesting, False, event_dim=ed)
+        out["observed_data"][name] = (obs[0], dims)
+        if log_likelihood:
+            out["log_likelihood"][name] = _point_log_lik(site, nesting, data_plate, particles)
+        if predictive:
+            draw = _mask_values(_full(fn.sample(), fn), site, ed)
+            out["posterior_predictive"][name] = _named(
+                name, site, draw, nesting, particles, event_dim=ed
+            )
+    return out
+
+
+def _concat_runs(runs: list[dict[str, dict[str, _Named]]]) -> dict[str, dict[str, _Named]]:
+    """The runs of one chunk joined along the draws dim (observed data from the first)."""
+    out: dict[str, dict[str, _Named]] = {}
+    for group, first in runs[0].items():
+        if group == "observed_data":
+            out[group] = dict(first)
+            continue
+        out[group] = {
+            name: (torch.cat([r[group][name][0] for r in runs], 0), dims)
+            for name, (_, dims) in first.items()
+        }
+    return out
+
+
+def _concat_chunks(
+    chunks: list[dict[str, dict[str, _Named]]], data_plate: str | None
+) -> dict[str, dict[str, _Named]]:
+    """Chunks joined along the data plate; variables outside it taken from the first."""
+    out: dict[str, dict[str, _Named]] = {}
+    for group, first in chunks[0].items():
+        lead = 0 if group == "observed_data" else 1
+        out[group] = {}
+        for name, (value, dims) in first.items():
+            if data_plate in dims and len(chunks) > 1:
+                missing = [i for i, c in enumerate(chunks) if name not in c[group]]
+                if missing:
+                    raise ValueError(
+                        f"site {name!r} is missing from the programs' run on chunk {missing[0]} "
+                        "of the data; to_inference_data needs the same sites on every chunk. "
+                        "Try a batch_size that holds all the data"
+                    )
+                axis = lead + dims.index(data_plate)
+                value = torch.cat([c[group][name][0] for c in chunks], axis)
+            out[group][name] = (value, dims)
+    return out
+
+
+def _global_trace(guide_tr: Any, data_plate: str | None) -> Any:
+    """The guide's sample sites outside the data plate, to replay on later chunks."""
+    tr = poutine.Trace()
+    for name, site in _sample_sites(guide_tr):
+        if not _in_plate(site, data_plate):
+            tr.add_node(name, **site)
+    return tr
+
+
+def _draw_chunk(
+    model: Callable,
+    guide: Callable,
+    xa: Any,
+    total: int,
+    per_run: int | None,
+    globals_traces: list[Any] | None,
+    run: Callable[..., dict[str, dict[str, _Named]]],
+    nesting: int,
+    enumerated: bool,
+) -> tuple[dict[str, dict[str, _Named]], list[Any]]:
+    """``total`` draws on one chunk: runs of ``per_run`` vectorised draws, or one draw at a
+    time (``per_run=None``); returns the records and each run's guide trace."""
+    runs, guides = [], []
+    step = per_run or 1
+    for i, start in enumerate(range(0, total, step)):
+        k = min(step, total - start)
+        particles = k if per_run is not None else None
+        traces = _trace_pair(
+            model,
+            guide,
+            xa,
+            particles=particles,
+            nesting=nesting,
+            globals_trace=None if globals_traces is None else globals_traces[i],
+            enumerated=enumerated,
+        )
+        if particles is not None:
+            _check_vectorised(traces, particles, nesting)
+        runs.append(run(traces, particles is not None))
+        guides.append(traces[1])
+    return _concat_runs(runs), guides
+
+
+def _prior_draws(
+    model: Callable,
+    x: Any,
+    dev: Any,
+    draws: int,
+    sites: Sequence[str],
+    nesting: int,
+    data_plate: str | None,
+) -> dict[str, _Named]:
+    """Ancestral draws of ``sites`` from the model alone: vectorised on one data point
+    (the data plate dropped), else on all the data, else one draw at a time."""
+    attempts = [(x.head(1).to(dev), True), (_all_rows(x, dev), True), (x.head(1).to(dev), False)]
+    error: Exception | None = None
+    for xa, vectorised in attempts:
+        try:
+            runs = []
+            for _ in range(1 if vectorised else draws):
+                particles = draws if vectorised else None
+                with torch.no_grad(), poutine.block():
+                    tr = poutine.trace(_vectorised(model, particles, nesting)).get_trace(
+                        *xa.args, **xa.kwargs
+                    )
+                tr = prune_subsample_sites(tr)
+                if particles is not None:
+                    _check_vectorised((tr,), particles, nesting)
+                one = {}
+                for s in sites:
+                    site = tr.nodes[s]
+                    ed = len(site["fn"].event_shape)
+                    value = _full(site["value"], site["fn"])
+                    one[s] = _named(
+                        s, site, value, nesting, vectorised, event_dim=ed, drop_plate=data_plate
+                    )
+                runs.append(one)
+            return {s: (torch.cat([r[s][0] for r in runs]), runs[0][s][1]) for s in sites}
+        except _VECTORISE_ERRORS as e:
+            error = e
+    raise type(error)(f"the prior draws failed: {error}") from error  # type: ignore[misc]
+
+
+def _all_rows(x: Any, dev: Any) -> Any:
+    """All the data as one call's arguments."""
+    return next(iter(x.chunks(max(1, x.n), dev)))
+
+
+def _unique_names(sites: Sequence[str], observed: Sequence[str]) -> dict[str, str]:
+    """Variable name of each site: the site's name, except ``chain`` and ``draw`` (ArviZ's
+    sample dims), which get ``_site`` appended (repeatedly, until the name is free)."""
+    taken = set(sites) | set(observed)
+    out = {}
+    for s in [*sites, *observed]:
+        name = s
+        if s in _SAMPLE_DIMS:
+            while name in taken or name in _SAMPLE_DIMS:
+                name += "_site"
+            taken.add(name)
+        out[s] = name
+    return out
+
+
+def _dim_renames(groups: dict[str, dict[str, _Named]], var_names: set[str]) -> dict[str, str]:
+    """Dim names that clash with a variable name (``plate_`` prefixed until free)."""
+    dims = {d for g in groups.values() for _, ds in g.values() for d in ds}
+    renames = {}
+    for d in sorted(dims):
+        new = d
+        while new in var_names or new in _SAMPLE_DIMS or (new != d and new in dims):
+            new = f"plate_{new}"
+        if new != d:
+            renames[d] = new
+    return renames
 
 
 def to_inference_data(
@@ -56,46 +496,62 @@ def to_inference_data(
     data: Any,
     num_samples: int = 100,
     *,
-    chains: int = 1,
+    chains: int = 2,
     latent_sites: Sequence[str] | None = None,
     prior: bool = True,
     prior_samples: int | None = None,
     log_likelihood: bool = True,
+    posterior_predictive: bool = True,
     batch_size: int = 256,
     device: str | torch.device | None = None,
     seed: int | None = 0,
 ) -> Any:
     """Draws of the guide q(z | x), the prior and the data as ``arviz.InferenceData``.
 
+    Works on any Pyro model/guide pair: local latents (one per data point, inside the
+    data plate), global latents (outside it: eight schools' ``mu`` and ``tau``, the sites
+    of an autoguide), discrete latents (sampled in the guide, or enumerated in the model
+    only, which are then drawn from their exact conditional posterior given the guide's
+    draws with :func:`pyro.infer.infer_discrete`), masked sites and programs taking
+    several arguments.
+
     Parameters
     ----------
     model, guide : callable
-        Pyro programs taking a chunk of the data's arguments, ``model(*args, **kwargs)``
-        (see :mod:`pyrocollapse.diagnostics` for what they must look like; the posterior
-        and log-likelihood groups need programs that broadcast over a vectorised particle
-        plate).
+        Pyro programs taking the data's arguments, ``model(*args, **kwargs)``.
     data : torch.Tensor, numpy.ndarray, tuple, list, dict or DataLoader
         Shape ``(N, ...)``, or the programs' arguments in any form
-        :func:`~pyrocollapse.diagnostics.kl_per_dimension` accepts (every batched
-        argument chunked together along dim 0).
+        :mod:`pyrocollapse.program_data` accepts (every batched argument cut along dim 0).
     num_samples : int
         Draws per chain.
     chains : int
-        Independent chains of draws (draws from q are independent, so chains differ
-        only by their random numbers).
+        Independent chains of draws (default 2, so that ``arviz.summary``'s ``r_hat`` is
+        defined; draws from q are independent, so chains differ only by their random
+        numbers and ``r_hat`` is about 1 by construction).
     latent_sites : sequence of str or None
-        Latent sites to include (default every latent site of the guide).
+        Latent sites to include (default every latent site: the guide's, auxiliary sites
+        of autoguides left out, and the model's enumerated sites).
     prior : bool
-        Add the ``prior`` group: the latent sites drawn by running the model alone on
-        one observation (ancestral sampling, so a hierarchical prior is sampled jointly).
+        Add the ``prior`` group: the latent sites drawn by running the model alone
+        (ancestral sampling, so a hierarchical prior is sampled jointly) on one data point,
+        the data plate dropped (on all the data where the program needs them, e.g. a
+        plate of fixed size; the data plate is then kept).
     prior_samples : int or None
         Prior draws per chain (default ``max(num_samples, 1000)``, so that the prior's
         summaries are as precise as the aggregate posterior's).
     log_likelihood : bool
-        Add the ``log_likelihood`` group: each observed site's log density per
-        observation under each posterior draw, dims ``chain, draw, obs`` (nats).
+        Add the ``log_likelihood`` group: each observed site's log density (nats, its
+        ``poutine.scale`` not applied) per data point under each draw, summed over the
+        site's other plates and event dims. Masked elements (``.mask(m)``,
+        ``poutine.mask``) are left out of the sum, and a point whose every element is
+        masked is NaN (the padded steps of a sequence model), never 0 nats.
+    posterior_predictive : bool
+        Add the ``posterior_predictive`` group: one replicate of each observed site per
+        draw, drawn from the site's distribution in the model replayed on the draw
+        (masked elements NaN).
     batch_size : int
-        Points per chunk.
+        Points per chunk. Programs whose plates cannot be cut (a plate of fixed size, a
+        parameter per data point) run on all the data at once.
     device : str, torch.device or None
         Device each chunk is moved to (``None``: where the data are); the model is not
         moved (``vae.to(device)`` first). A device this machine lacks, or a model on
@@ -107,40 +563,77 @@ def to_inference_data(
     Returns
     -------
     arviz.InferenceData
-        ``posterior`` variables named after the latent sites, dims ``(chain, draw, obs,
-        <site>_dim)``; ``prior`` the same sites with dims ``(chain, draw, <site>_dim)``;
-        ``observed_data`` and ``log_likelihood`` variables named after the observed
-        sites. Values keep the programs' dtype (float32 for the ready models).
-        Coordinates are integer indices; attributes record that the draws come from a
-        variational guide, not MCMC.
+        Groups ``posterior``, ``prior``, ``observed_data``, ``log_likelihood`` and
+        ``posterior_predictive``, variables named after the Pyro sites. Dims are named
+        after the Pyro plates (``<plate name>``, e.g. ``data``) and the sites' event
+        dims (``<site>_dim_<i>``): a local latent ``z`` of a VAE has dims ``(chain, draw,
+        data, z_dim_0)``, a global scalar ``mu`` has ``(chain, draw)``, the log-likelihood
+        ``(chain, draw, data)``. The data plate is recorded in each group's attribute
+        ``data_plate``. Values keep the programs' dtype (float32 for the ready models);
+        integer sites with masked elements become float64 with NaN there. Coordinates are
+        integer indices; attributes record that the draws come from a variational guide,
+        not MCMC, and (``draw_method``) whether they were vectorised.
+
+    Notes
+    -----
+    **No name clashes.** A dim named after a plate cannot share its name with a site
+    (Pyro gives a plate a site of its own name), and event dims carry their site's name.
+    Should a dim name still equal a variable name, the dim gets a ``plate_`` prefix. A
+    site called ``chain`` or ``draw`` (ArviZ's sample dims) is stored as ``chain_site`` /
+    ``draw_site``; every variable's attribute ``pyro_site`` names its site.
+
+    **What the log-likelihood means, and** ``az.loo``. For local latents the
+    ``log_likelihood`` group holds log p(x_n | z_n^(s), globals^(s)): the density of
+    observation n given draw s of *its own* latent from q(z | x_n), which has seen x_n.
+    It is not integrated over the posterior predictive of a new point, so ``az.loo``
+    or ``az.waic`` computed on it is **not** the model's leave-one-out predictive
+    accuracy: it scores how well each observation is reconstructed from its own
+    encoding, and is optimistic (the more so the more the latent memorises x_n). For the
+    model's predictive density of a point use the importance-weighted estimate
+    :func:`pyrocollapse.diagnostics.iw_log_likelihood`, log p(x_n) with the local
+    latents integrated out. For programs with global latents only (eight schools' theta
+    aside), ``az.loo`` has its usual meaning, for the variational posterior instead of
+    the exact one.
+
+    **Posterior predictive.** ``pyro.infer.Predictive(model, guide=guide)`` keeps an
+    observed site at its data when the model is called with the observations (it
+    resamples ``obs=`` sites only when the program's observation argument is ``None``,
+    which depends on each program's signature). Here each observed site is drawn from its
+    distribution in the model trace replayed on the posterior draw, ``site["fn"].sample()``,
+    whatever the signature. Where an observed site's distribution depends on another
+    observed site (an autoregressive likelihood), the replicate is conditioned on the
+    observed values (one step ahead), not on the replicates.
+
+    **Vectorisation and modules.** The draws of a chunk run as a vectorised plate of
+    draws left of the programs' plates; programs that do not broadcast over it (boolean-
+    mask indexing, a batch flattened into a network, a fixed-size plate that meets the
+    draws) run one draw at a time instead (``draw_method`` attribute). Every
+    ``nn.Module`` behind the programs (a module, a method bound to one, or one held by a
+    closure) is in eval mode during the draws (dropout off, BatchNorm's running
+    statistics used and left unchanged) and its train/eval flags are restored afterwards.
 
     References
     ----------
     Kumar, Carroll, Hartikainen, Martin (2019). ArviZ a unified library for exploratory
     analysis of Bayesian models in Python. JOSS 4(33).
+    Vehtari, Gelman, Gabry (2017). Practical Bayesian model evaluation using leave-one-out
+    cross-validation and WAIC. Statistics and Computing 27(5).
     """
-    import pyro
-    from pyro import poutine
-
     from pyrocollapse import __version__
     from pyrocollapse.diagnostics._tracing import (
         _check_inputs,
         _effective_device,
-        _latent_names,
-        _layout,
-        _observed_names,
-        _per_point,
-        _probe,
         _seeded,
         _setup_device,
-        _site_log_prob,
-        _vectorised,
+        eval_mode,
     )
-    from pyrocollapse.diagnostics.importance import _particle_chunks
 
     az = _arviz()
     num_samples = check_int("num_samples", num_samples, minimum=1)
     chains = check_int("chains", chains, minimum=1)
+    prior = check_bool("prior", prior)
+    log_likelihood = check_bool("log_likelihood", log_likelihood)
+    posterior_predictive = check_bool("posterior_predictive", posterior_predictive)
     prior_samples = (
         max(num_samples, 1000)
         if prior_samples is None
@@ -153,94 +646,121 @@ def to_inference_data(
     ):
         raise TypeError(f"latent_sites must be a sequence of site names; got {latent_sites!r}")
     total = chains * num_samples
-    with _seeded(seed, _effective_device(x, dev)):
-        traces = _probe(model, guide, x, dev)
-        layout = _layout(model, guide, x, traces)
-        names = _latent_names(*traces)
+    with _seeded(seed, _effective_device(x, dev)), eval_mode(model, guide):
+        chunked = x.n > batch_size
+        first = next(iter(x.chunks(batch_size, dev)))
+        try:
+            probe = _trace_pair(model, guide, first, particles=None, nesting=1)
+        except _VECTORISE_ERRORS:
+            if not chunked:
+                raise
+            chunked, first = False, _all_rows(x, dev)  # e.g. a plate of fixed size
+            probe = _trace_pair(model, guide, first, particles=None, nesting=1)
+        model_tr, guide_tr = probe
+        nesting = _plate_nesting(probe)
+        names = [
+            s
+            for s, site in _sample_sites(guide_tr)
+            if not site["is_observed"]
+            and s in model_tr.nodes
+            and not site["infer"].get("is_auxiliary")
+        ]
+        enumerated = [
+            s
+            for s, site in _sample_sites(model_tr)
+            if not site["is_observed"]
+            and s not in guide_tr.nodes
+            and site["infer"].get("enumerate") == "parallel"
+        ]
+        names += enumerated
         sites = names if latent_sites is None else list(latent_sites)
         missing = [s for s in sites if s not in names]
         if missing:
             raise ValueError(
-                f"latent sites {missing} are not latent sites of both guide and model; found {names}"
+                f"latent sites {missing} are not latent sites of the programs; found {names}"
             )
-        post: dict[str, list[list[torch.Tensor]]] = {s: [] for s in sites}
-        loglik: dict[str, list[list[torch.Tensor]]] = {}
-        observed: dict[str, list[torch.Tensor]] = {}
-        for _, runs in _particle_chunks(model, guide, x, total, batch_size, dev, layout):
-            chunk_post: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-            chunk_ll: dict[str, list[torch.Tensor]] = {}
-            for i, (model_tr, guide_tr) in enumerate(runs):
-                for s in sites:
-                    chunk_post[s].append(guide_tr.nodes[s]["value"])  # (k, B, D)
-                for name in _observed_names(model_tr):
-                    site = model_tr.nodes[name]
-                    if i == 0:
-                        observed.setdefault(name, []).append(site["value"])
-                    if log_likelihood:
-                        lp = _per_point(_site_log_prob(site), site, layout, particles=True)
-                        chunk_ll.setdefault(name, []).append(lp)
-            for s in sites:
-                post[s].append(chunk_post[s])
-            for name, parts in chunk_ll.items():
-                loglik.setdefault(name, []).append(parts)
-        groups: dict[str, Any] = {}
-        coords: dict[str, Any] = {
-            "obs": np.arange(x.n),
-            "chain": np.arange(chains),
-            "draw": np.arange(num_samples),
-        }
-        posterior = {}
-        dims: dict[str, list[str]] = {}
-        for s in sites:
-            arr = torch.cat([torch.cat(parts, 0) for parts in post[s]], 1)  # (total, N, D)
-            arr = _numpy(arr).reshape(chains, num_samples, *arr.shape[1:])
-            posterior[s] = arr
-            dims[s] = ["obs", _dim_name(s)]
-            coords[_dim_name(s)] = np.arange(arr.shape[-1])
-        attrs = {
-            "inference_library": "pyro",
-            "inference_library_version": pyro.__version__,
-            "creation_library": "pyrocollapse",
-            "creation_library_version": __version__,
-            "posterior_kind": "draws of an amortised variational guide q(z | x_n), not MCMC",
-        }
-        groups["posterior"] = az.dict_to_dataset(
-            posterior, coords=coords, dims=dims, attrs=attrs, library=None
-        )
-        obs_data, obs_dims = {}, {}
-        for name, parts in observed.items():
-            arr = _numpy(torch.cat(parts, 0))
-            obs_data[name] = arr
-            obs_dims[name] = ["obs", *(f"{name}_dim_{i}" for i in range(arr.ndim - 1))]
-            for i, size in enumerate(arr.shape[1:]):
-                coords[f"{name}_dim_{i}"] = np.arange(size)
-        groups["observed_data"] = az.dict_to_dataset(
-            obs_data, coords=coords, dims=obs_dims, default_dims=[], attrs=attrs, library=None
-        )
-        if log_likelihood:
-            ll = {
-                name: _numpy(torch.cat([torch.cat(p, 0) for p in parts], 1)).reshape(
-                    chains, num_samples, -1
-                )
-                for name, parts in loglik.items()
-            }
-            groups["log_likelihood"] = az.dict_to_dataset(
-                ll, coords=coords, dims={k: ["obs"] for k in ll}, attrs=attrs, library=None
+        observed = [s for s, site in _sample_sites(model_tr) if site["is_observed"]]
+        rows = first.leading_size() or x.n
+        data_plate = _find_data_plate(probe, names, rows)
+        chunked = chunked and data_plate is not None
+        per_run: int | None = max(1, min(total, _ROWS_PER_RUN // max(1, rows)))
+
+        def run(traces: tuple[Any, Any], particles: bool) -> dict[str, dict[str, _Named]]:
+            return _records(
+                traces,
+                sites,
+                nesting,
+                data_plate,
+                particles,
+                log_likelihood=log_likelihood,
+                predictive=posterior_predictive,
             )
+
+        chunks = iter(x.chunks(batch_size, dev)) if chunked else iter([first])
+        xa = next(chunks)
+        args = (model, guide, xa, total)
+        try:
+            records, guides = _draw_chunk(*args, per_run, None, run, nesting, bool(enumerated))
+        except _VECTORISE_ERRORS:
+            per_run = None  # the programs do not broadcast over a plate of draws
+            records, guides = _draw_chunk(*args, per_run, None, run, nesting, bool(enumerated))
+        found = [records]
+        replay = [_global_trace(g, data_plate) for g in guides]
+        for xa in chunks:
+            found.append(
+                _draw_chunk(
+                    model, guide, xa, total, per_run, replay, run, nesting, bool(enumerated)
+                )[0]
+            )
+        groups_t = _concat_chunks(found, data_plate)
         if prior:
-            first = x.head(1).to(dev)
-            with torch.no_grad(), poutine.block():
-                tr = poutine.trace(
-                    _vectorised(model, chains * prior_samples, layout.nesting)
-                ).get_trace(*first.args, **first.kwargs)
-            pr = {s: _numpy(tr.nodes[s]["value"]).reshape(chains, prior_samples, -1) for s in sites}
-            groups["prior"] = az.dict_to_dataset(
-                pr,
-                coords={**coords, "draw": np.arange(prior_samples)},
-                dims={s: [_dim_name(s)] for s in sites},
-                attrs={**attrs, "prior_kind": "ancestral draws of the model's latent sites"},
-                library=None,
+            groups_t["prior"] = _prior_draws(
+                model, x, dev, chains * prior_samples, sites, nesting, data_plate
             )
+    if not log_likelihood:
+        del groups_t["log_likelihood"]
+    if not posterior_predictive:
+        del groups_t["posterior_predictive"]
+    var_of = _unique_names(names, observed)
+    renames = _dim_renames(groups_t, set(var_of.values()))
+    attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "creation_library": "pyrocollapse",
+        "creation_library_version": __version__,
+        "posterior_kind": "draws of a variational guide q(z | x), not MCMC",
+        "data_plate": renames.get(data_plate, data_plate) if data_plate is not None else "",
+        "draw_method": "vectorised" if per_run is not None else "one draw at a time",
+    }
+    kinds = {
+        "prior": "ancestral draws of the model's latent sites",
+        "log_likelihood": "log p(x_n | draws of x_n's own latents); not a predictive density",
+        "posterior_predictive": "observed sites drawn from the model replayed on each draw",
+    }
+    groups: dict[str, Any] = {}
+    for group, tensors in groups_t.items():
+        draws = prior_samples if group == "prior" else num_samples
+        lead = [] if group == "observed_data" else [chains, draws]
+        data_vars, dims, coords = {}, {}, {}
+        for site, (value, site_dims) in tensors.items():
+            arr = _numpy(value)
+            arr = arr.reshape(*lead, *arr.shape[1 if lead else 0 :])
+            var = var_of[site]
+            data_vars[var] = arr
+            dims[var] = [renames.get(d, d) for d in site_dims]
+            for d, size in zip(dims[var], arr.shape[len(lead) :], strict=True):
+                coords[d] = np.arange(size)
+        ds = az.dict_to_dataset(
+            data_vars,
+            coords=coords,
+            dims=dims,
+            attrs={**attrs, f"{group}_kind": kinds.get(group, "")} if group in kinds else attrs,
+            library=None,
+            **({"default_dims": []} if not lead else {}),
+        )
+        for site in tensors:
+            ds[var_of[site]].attrs["pyro_site"] = site
+        groups[group] = ds
     return az.InferenceData(**groups)
 
 
@@ -283,6 +803,17 @@ def load_inference_data(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
+def _pooled_dims(array: Any, data_plate: str) -> np.ndarray:
+    """A variable's values as ``(chain, draw, points, dimensions)``: the data plate (size 1
+    when absent) and every other dim flattened into one axis of dimensions."""
+    rest = [d for d in array.dims[2:] if d != data_plate]
+    local = data_plate in array.dims
+    values = array.transpose("chain", "draw", *([data_plate] if local else []), *rest).values
+    c, s = values.shape[:2]
+    n = values.shape[2] if local else 1
+    return values.reshape(c, s, n, -1)
+
+
 def summarize(
     idata: Any,
     *,
@@ -308,7 +839,11 @@ def summarize(
     Parameters
     ----------
     idata : arviz.InferenceData
-        From :func:`to_inference_data` (needs ``posterior`` and ``prior``).
+        From :func:`to_inference_data` (needs ``posterior`` and ``prior``). The
+        observations are the dim of the data plate (the groups' ``data_plate``
+        attribute; ``obs`` in files written before it); every other dim of a site is
+        flattened into its dimensions. A global site counts as one observation, so its
+        ``obs_sd`` is the sd of its draws and its ``rhat_obs`` is NaN.
     var_names : sequence of str or None
         Latent sites to summarise (default every posterior variable).
     hdi_prob : float
@@ -347,32 +882,38 @@ def summarize(
         raise ValueError(
             f"var_names {missing} are not posterior variables; found {list(idata.posterior.data_vars)}"
         )
+    data_plate = idata.posterior.attrs.get("data_plate", "obs")  # files before 0.x: "obs"
     tables = []
     for name in names:
-        post = idata.posterior[name]
-        dim = _dim_name(name)
-        if post.dims != ("chain", "draw", "obs", dim):
-            raise ValueError(
-                f"posterior variable {name!r} must have dims (chain, draw, obs, {dim}); got {post.dims}"
-            )
+        values = _pooled_dims(idata.posterior[name], data_plate)  # (C, S, N, D)
         if name not in idata.prior.data_vars:
             raise ValueError(f"the prior group has no variable {name!r}")
-        values = post.values  # (C, S, N, D)
+        prior_values = _pooled_dims(idata.prior[name], data_plate)
         c, s, n, d = values.shape
+        dim = f"{name}_dim"
         pooled = xr.Dataset(
             {name: (("chain", "draw", dim), values.reshape(c, s * n, d))},
             coords={"chain": np.arange(c), "draw": np.arange(s * n), dim: np.arange(d)},
         )
         stats = az.summary(pooled, kind="stats", hdi_prob=hdi_prob, round_to="none")
+        pc, ps, pn, _ = prior_values.shape
+        prior_pooled = xr.Dataset(
+            {name: (("chain", "draw", dim), prior_values.reshape(pc, ps * pn, d))},
+            coords={"chain": np.arange(pc), "draw": np.arange(ps * pn), dim: np.arange(d)},
+        )
         prior_stats = az.summary(
-            idata.prior[[name]], kind="stats", hdi_prob=hdi_prob, round_to="none"
+            prior_pooled, kind="stats", hdi_prob=hdi_prob, round_to="none"
         ).add_prefix("prior_")
         obs_sd = values.std(axis=1, ddof=1).mean(axis=(0, 1)) if s > 1 else np.full(d, np.nan)
         as_chains = xr.Dataset(
             {name: (("chain", "draw", dim), values.transpose(0, 2, 1, 3).reshape(c * n, s, d))},
             coords={"chain": np.arange(c * n), "draw": np.arange(s), dim: np.arange(d)},
         )
-        rhat = az.rhat(as_chains, method="identity")[name].values if s > 1 else np.full(d, np.nan)
+        rhat = (
+            az.rhat(as_chains, method="identity")[name].values
+            if s > 1 and n > 1
+            else np.full(d, np.nan)
+        )
         table = stats.join(prior_stats)
         table.insert(0, "dim", np.arange(d))
         table.insert(0, "site", name)

@@ -587,6 +587,8 @@ TABLE: list[Case] = [
     Case("pyrocollapse.to_inference_data:chains-0", _make("pyrocollapse.to_inference_data", MODEL, GUIDE, X, chains=0), ValueError, r"^chains must be >= 1, got 0"),
     Case("pyrocollapse.to_inference_data:latent_sites-str", _make("pyrocollapse.to_inference_data", MODEL, GUIDE, X, latent_sites="z"), TypeError, r"^latent_sites must be a sequence of site names"),
     Case("pyrocollapse.to_inference_data:unknown-site", _make("pyrocollapse.to_inference_data", MODEL, GUIDE, X, latent_sites=["w"]), ValueError, r"'w'"),
+    Case("pyrocollapse.to_inference_data:posterior_predictive-str", _make("pyrocollapse.to_inference_data", MODEL, GUIDE, X, posterior_predictive="yes"), TypeError, r"^posterior_predictive must be a bool, got str 'yes'"),
+    Case("pyrocollapse.to_inference_data:log_likelihood-int", _make("pyrocollapse.to_inference_data", MODEL, GUIDE, X, log_likelihood=1), TypeError, r"^log_likelihood must be a bool, got int 1"),
     Case("pyrocollapse.summarize:hdi_prob-above-1", _make("pyrocollapse.summarize", IDATA, hdi_prob=1.5), ValueError, r"^hdi_prob must be <= 1\.0, got 1\.5"),
     Case("pyrocollapse.summarize:hdi_prob-0", _make("pyrocollapse.summarize", IDATA, hdi_prob=0.0), ValueError, r"^hdi_prob must be > 0\.0, got 0\.0"),
     Case("pyrocollapse.summarize:unknown-var", _make("pyrocollapse.summarize", IDATA, var_names=["w"]), ValueError, r"'w'"),
@@ -850,10 +852,12 @@ EXEMPT = {
                 "PosteriorDensities",
                 "PosteriorMeanSpace",
                 "SiteDraw",
+                "GlobalSite",
             )
         ],
         "result record built by an estimator",
     ),
+    "diagnostics.SiteSkipped": "an exception class the diagnostics raise, takes a message only",
     # intermediate records of one ELBO evaluation, built by BaseELBO.evaluate
     **dict.fromkeys(
         ["elbo.ELBOTerms", "elbo.Evaluation", "elbo.LatentTerm", "elbo.LocalSite"],

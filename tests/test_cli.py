@@ -67,9 +67,9 @@ def test_end_to_end_run_writes_report_folder(tmp_path, capsys):
     from pyrocollapse.summaries import load_inference_data
 
     idata = load_inference_data(out / "posterior.nc")
-    assert idata.posterior["z"].dims == ("chain", "draw", "obs", "z_dim")
-    assert idata.posterior["z"].shape == (1, 100, 180, 3)
-    assert idata.log_likelihood["x"].shape == (1, 100, 180)
+    assert idata.posterior["z"].dims == ("chain", "draw", "data", "z_dim_0")
+    assert idata.posterior["z"].shape == (2, 100, 180, 3)
+    assert idata.log_likelihood["x"].shape == (2, 100, 180)
     page = (out / "report.html").read_text()
     assert "Posterior collapse report" in page and page.count("<img ") == 10
     assert "report.html" in printed and "posterior.nc" in printed

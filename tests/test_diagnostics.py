@@ -50,6 +50,7 @@ def test_kl_per_dimension_matches_analytic_gaussian_kl_on_hand_written_guide():
     def model(x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand(x.shape).to_event(1), obs=x)
 
     def guide(x):  # x holds the row index, so the guide works on any chunk
         i = x[:, 0].long()
@@ -589,6 +590,7 @@ def test_prior_without_closed_form_marginals_gets_a_kernel_density_estimate():
     def model(x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", prior())
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand(x.shape).to_event(1), obs=x)
 
     def guide(x):
         with pyro.plate("data", x.shape[0]):
@@ -678,7 +680,7 @@ def test_data_of_the_wrong_shape_gives_an_error_naming_both_shapes_and_a_fix():
         assert "Try one of the following fixes" in msg and "data.reshape(len(data), -1)" in msg
 
 
-def test_a_plate_of_fixed_size_gives_an_error_that_says_to_size_it_from_the_batch():
+def test_a_plate_of_fixed_size_is_diagnosed_in_one_chunk_or_named_in_the_error():
     def model(x):
         with pyro.plate("data", 40):
             z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
@@ -689,19 +691,22 @@ def test_a_plate_of_fixed_size_gives_an_error_that_says_to_size_it_from_the_batc
             pyro.sample("z", dist.Normal(x.expand(-1, 2), 1.0).to_event(1))
 
     x = torch.randn(40, 1)
+    report = diagnose(model, guide, x, batch_size=16)  # runs only on the whole data
+    assert report.settings["whole_data"] and report.settings["batch_size"] == 40
+    assert report.num_points == 40 and report["z"].status == ["active", "active"]
     with pytest.raises(
         ValueError,
         match=r"(?s)data\[:2\] \(shape \(2, 1\); data has shape "
-        r"\(40, 1\)\).*pyro.plate\('data', x.shape\[0\]\)",
+        r"\(50, 1\)\).*pyro.plate\('data', x.shape\[0\]\)",
     ):
-        diagnose(model, guide, x)
+        diagnose(model, guide, torch.randn(50, 1))
 
 
 # -- the marginal KL: not clipped, with its standard error -------------------------------
 def _conditional_prior_programs():
     """z | t ~ N(t, 0.1) in both programs, t ~ N(x, 0.1) in the guide: the site z has a
-    conditional prior equal to its guide, so its KL is 0 while I(x; z) is large, and its
-    "marginal KL" E[log q(z) - log p(z | t)] = KL - MI is genuinely negative."""
+    conditional prior equal to its guide, so its KL is 0 and, given its parent t, z tells
+    nothing more about x (the innovation (z - t) / 0.1 is N(0, 1) for every point)."""
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
@@ -717,17 +722,23 @@ def _conditional_prior_programs():
     return model, guide
 
 
-def test_marginal_kl_of_a_conditional_prior_is_negative_and_reported_with_its_stderr():
+def test_a_site_equal_to_its_conditional_prior_carries_no_information_beyond_its_parent():
+    """Issue 15: measured on the parent's draw, z's spread is t's spread; measured in the
+    conditional prior's standardised coordinates it is nothing, and z reads collapsed
+    while its parent t is active."""
     model, guide = _conditional_prior_programs()
     x = torch.randn(200, 1, generator=torch.Generator().manual_seed(0))
     mi = mutual_information(model, guide, x, site="z", num_samples=4)
     assert mi.conditional_prior
-    assert 0 < mi.aggregate_kl_stderr < 0.1
-    assert mi.aggregate_kl < -20 * mi.aggregate_kl_stderr  # genuinely negative, not noise
+    assert mi.total == pytest.approx(0.0, abs=1e-5)
+    assert mi.aggregate_kl == pytest.approx(0.0, abs=1e-5)
     kl = kl_per_dimension(model, guide, x, site="z").total
     assert kl == pytest.approx(0.0, abs=1e-6)
-    assert mi.total + mi.aggregate_kl == pytest.approx(kl, abs=4 * mi.stderr)
+    assert active_units(model, guide, x, site="z").variance[0] == pytest.approx(0.0, abs=1e-10)
+    report = diagnose(model, guide, x)
+    assert report["z"].status == ["collapsed"] and report["z"].innovation
+    assert report["t"].status == ["active"] and not report["t"].innovation
+    assert report.verdict == "partial collapse"
     # the top site has an unconditional prior: a divergence, estimated within its error
     top = mutual_information(model, guide, x, site="t", num_samples=4)
     assert not top.conditional_prior and top.aggregate_kl > -4 * top.aggregate_kl_stderr
-    assert aggregate_posterior_kl(model, guide, x, site="z") < 0  # not clipped at 0

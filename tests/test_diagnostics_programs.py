@@ -141,7 +141,7 @@ def test_to_inference_data_on_a_tuple_equals_the_wrapper():
         a.log_likelihood["x"].values, b.log_likelihood["x"].values, rtol=1e-6
     )
     np.testing.assert_array_equal(a.observed_data["x"].values, xs.numpy())  # from the trace
-    assert a.posterior["z"].shape == (1, 10, 20, Z_DIM)
+    assert a.posterior["z"].shape == (2, 10, 20, Z_DIM)  # two chains by default
 
 
 def test_diagnose_and_probes_run_on_a_dict():

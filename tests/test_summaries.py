@@ -31,16 +31,23 @@ def idata(lg):
 
 def test_groups_dims_coords_and_values(lg, idata):
     x = lg.sample_data(120)
-    assert set(idata.groups()) == {"posterior", "prior", "observed_data", "log_likelihood"}
+    assert set(idata.groups()) == {
+        "posterior",
+        "prior",
+        "observed_data",
+        "log_likelihood",
+        "posterior_predictive",
+    }
     post = idata.posterior["z"]
-    assert post.dims == ("chain", "draw", "obs", "z_dim") and post.shape == (2, 40, 120, 3)
-    for name, size in (("chain", 2), ("draw", 40), ("obs", 120), ("z_dim", 3)):
+    assert post.dims == ("chain", "draw", "data", "z_dim_0") and post.shape == (2, 40, 120, 3)
+    for name, size in (("chain", 2), ("draw", 40), ("data", 120), ("z_dim_0", 3)):
         np.testing.assert_array_equal(idata.posterior[name].values, np.arange(size))
-    assert idata.prior["z"].dims == ("chain", "draw", "z_dim")
+    assert idata.prior["z"].dims == ("chain", "draw", "z_dim_0")
     assert idata.prior["z"].shape == (2, 1000, 3)  # max(num_samples, 1000) prior draws
     np.testing.assert_array_equal(idata.observed_data["x"].values, x.numpy())
-    assert idata.observed_data["x"].dims == ("obs", "x_dim_0")
-    assert idata.log_likelihood["x"].dims == ("chain", "draw", "obs")
+    assert idata.observed_data["x"].dims == ("data", "x_dim_0")
+    assert idata.log_likelihood["x"].dims == ("chain", "draw", "data")
+    assert idata.posterior_predictive["x"].dims == ("chain", "draw", "data", "x_dim_0")
     # log_likelihood is log N(x_n; W z, I) at each posterior draw
     z = torch.as_tensor(post.values, dtype=torch.float64)
     expected = log_normal_pdf(x.double(), z @ lg.W.T, 1.0)
@@ -111,9 +118,9 @@ def test_summarize_shows_collapse_as_posterior_matching_prior(lg):
 def test_hierarchical_model_gets_one_variable_per_layer():
     two = TwoLayer(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]), torch.eye(3), 0.5)
     data = to_inference_data(two.model, two.guide, two.sample(60), 20, prior_samples=20)
-    assert data.posterior["z_top"].dims == ("chain", "draw", "obs", "z_top_dim")
-    assert data.posterior["z"].dims == ("chain", "draw", "obs", "z_dim")
-    assert data.prior["z_top"].shape == (1, 20, 2) and data.prior["z"].shape == (1, 20, 3)
+    assert data.posterior["z_top"].dims == ("chain", "draw", "data", "z_top_dim_0")
+    assert data.posterior["z"].dims == ("chain", "draw", "data", "z_dim_0")
+    assert data.prior["z_top"].shape == (2, 20, 2) and data.prior["z"].shape == (2, 20, 3)
     table = summarize(data, var_names=["z"])
     assert list(table["site"]) == ["z"] * 3
 
@@ -123,7 +130,7 @@ def test_arviz_functions_work_on_the_result(idata):
     assert stats.shape == (120 * 3, 4)
     ll = idata.log_likelihood["x"]
     # draws are independent: the effective sample size of the log-likelihood is near 80
-    ess = az.ess(ll.isel(obs=slice(0, 5)).to_dataset(), method="bulk")["x"].values
+    ess = az.ess(ll.isel(data=slice(0, 5)).to_dataset(), method="bulk")["x"].values
     assert (ess > 40).all() and (ess < 160).all()
 
 

@@ -266,7 +266,7 @@ def what_collapse_looks_like() -> list[nbformat.NotebookNode]:
 
             `to_inference_data` turns the guide's draws into an `arviz.InferenceData`:
             the `posterior` group holds draws of $z$ for every held-out sequence (dims
-            `chain, draw, obs, z_dim`), the `prior` group ancestral draws of $z$, plus the
+            `chain, draw, data, z_dim_0`: named after the plates), the `prior` group ancestral draws of $z$, plus the
             observed data and the log-likelihood of every draw. `summarize` then puts, per
             latent dimension, the aggregate posterior (all draws of all sequences pooled) next
             to the prior, with two collapse columns:
@@ -2331,7 +2331,7 @@ def bring_your_own_model() -> list[nbformat.NotebookNode]:
 
             `to_inference_data` runs the guide and the model over the held-out data and returns
             an `arviz.InferenceData` with the guide's draws of every latent site (`posterior`,
-            dims `chain, draw, obs, z_dim`), ancestral draws from the model (`prior`), the
+            dims `chain, draw, data, z_dim_0`, named after the plates), ancestral draws from the model (`prior`), the
             observations, and the log-likelihood of every observation under every draw.
             `summarize` compares, per latent dimension, the aggregate posterior with the prior;
             a collapsed dimension has `sd_ratio` and `rhat_obs` near 1 (notebook 1), as the two

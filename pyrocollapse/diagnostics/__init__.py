@@ -80,12 +80,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pyro.distributions.util import scale_and_mask
 
 from pyrocollapse._validation import check_choice, check_float, check_int
 from pyrocollapse.diagnostics._tracing import (
     _MEAN_SPACE_POINTS,
     SiteDraw,
+    SiteSkipped,
     _check_bootstrap,
     _check_inputs,
     _chunks,
@@ -94,14 +94,13 @@ from pyrocollapse.diagnostics._tracing import (
     _layout,
     _numpy,
     _observed_names,
-    _probe,
+    _probe_whole,
     _rows,
     _run,
     _seeded,
     _setup_device,
     _site_draw,
     _site_log_prob,
-    _varies_over_points,
     latent_site_names,
     site_draws,
 )
@@ -116,7 +115,6 @@ from pyrocollapse.diagnostics.aggregate import (
 from pyrocollapse.diagnostics.densities import (
     PosteriorDensities,
     _densities,
-    _joint_kl,
     marginal_log_prob,
     posterior_densities,
 )
@@ -141,6 +139,14 @@ from pyrocollapse.diagnostics.probes import (
     reconstruction_means,
 )
 from pyrocollapse.diagnostics.rhat import DatapointRhat, _rhat_from_draws, datapoint_rhat
+from pyrocollapse.diagnostics.sites import (
+    DiscreteDraw,
+    GlobalSite,
+    discrete_draw,
+    discrete_summary,
+    global_summaries,
+    site_kinds,
+)
 from pyrocollapse.program_data import ProgramData
 
 __all__ = [
@@ -149,6 +155,7 @@ __all__ = [
     "ActiveUnits",
     "DatapointRhat",
     "DecoderSensitivity",
+    "GlobalSite",
     "ImportanceWeightedLogLikelihood",
     "KLPerDimension",
     "LatentTraversal",
@@ -157,6 +164,7 @@ __all__ = [
     "PosteriorDensities",
     "PosteriorMeanSpace",
     "SiteDraw",
+    "SiteSkipped",
     "active_units",
     "aggregate_posterior_kl",
     "datapoint_rhat",
@@ -187,42 +195,106 @@ DEFAULT_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity")
 @dataclass
 class _Sweep:
     """One pass of guide and model over the data: draws of the diagnosed sites and the
-    per-point sums of the ELBO's terms (every latent site, one draw of z per point)."""
+    per-point sums of the ELBO's terms (every latent site, one draw of z per point).
+
+    Sites are collected over every chunk (a sequence model's chunks may hold different
+    time steps); each keeps its own number of rows.
+    """
 
     draws: dict[str, list[SiteDraw]]
+    discrete: dict[str, list[DiscreteDraw]]
+    kinds: dict[str, str]
+    skipped: dict[str, str]
     reconstruction: float
     kl: dict[str, float]
     num_points: int
     conditional_prior: dict[str, bool]
+    innovation: dict[str, bool]
+    first: Any = None
 
 
 def _sweep(
     model: Callable,
     guide: Callable,
     x: ProgramData,
-    sites: Sequence[str],
+    sites: Sequence[str] | None,
     batch_size: int,
     device: torch.device | None,
 ) -> _Sweep:
-    draws: dict[str, list[SiteDraw]] = {s: [] for s in sites}
-    conditional = dict.fromkeys(sites, False)
+    """Trace every chunk once. ``sites=None``: every latent site met (discovery), those
+    the estimators do not apply to listed with the reason; else exactly ``sites``, and
+    one that cannot be diagnosed raises its reason."""
+    from pyrocollapse.elbo import data_plate_frame, latent_term
+
+    draws: dict[str, list[SiteDraw]] = {}
+    discrete: dict[str, list[DiscreteDraw]] = {}
+    kinds: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    conditional: dict[str, bool] = {}
+    innovation: dict[str, bool] = {}
     recon, kls = 0.0, {}
+    first = None
+    points = 0
     for xb in _chunks(x, batch_size, device):
+        first = xb if first is None else first
         with torch.no_grad():
             model_tr, guide_tr = _run(model, guide, xb)
-            for s in sites:
-                d = _site_draw(model_tr, guide_tr, s, _rows(xb))
-                draws[s].append(d)
-                conditional[s] = conditional[s] or _varies_over_points(d.p, d.z)
+            # rows of the data plate as traced (a subsampling plate traces fewer)
+            frame = data_plate_frame(model_tr)
+            rows = frame[1] if frame is not None else _rows(xb)
+            points += rows
+            chunk_kinds = site_kinds(model_tr, guide_tr)
+            for s, kind in chunk_kinds.items():
+                kinds.setdefault(s, kind)
+            wanted = list(chunk_kinds) if sites is None else [s for s in sites]
+            for s in wanted:
+                if s in skipped or (sites is None and chunk_kinds.get(s) == "global"):
+                    continue
+                if sites is not None and s not in chunk_kinds:
+                    if s in model_tr.nodes or s in guide_tr.nodes or kinds.get(s):
+                        continue  # absent from this chunk only
+                    continue
+                try:
+                    if chunk_kinds[s] == "discrete":
+                        dd = discrete_draw(model_tr, guide_tr, s, rows)
+                        discrete.setdefault(s, []).append(dd)
+                        continue
+                    d = _site_draw(model_tr, guide_tr, s, rows)
+                except (SiteSkipped, ValueError) as e:
+                    if sites is not None:
+                        raise
+                    skipped[s] = str(e).split("\n")[0]
+                    continue
+                draws.setdefault(s, []).append(d)
+                conditional[s] = conditional.get(s, False) or d.conditional
+                innovation[s] = innovation.get(s, False) or d.innovation
             for name in _observed_names(model_tr):
                 recon += float(_site_log_prob(model_tr.nodes[name]).sum())
             for name in _latent_names(model_tr, guide_tr):
-                g = guide_tr.nodes[name]
-                kl = _joint_kl(g["fn"], model_tr.nodes[name]["fn"], g["value"], 1)
-                if g["mask"] is not None:
-                    kl = scale_and_mask(kl, mask=g["mask"])
-                kls[name] = kls.get(name, 0.0) + float(kl.sum())
-    return _Sweep(draws, recon, kls, x.n, conditional)
+                term = latent_term(name, guide_tr.nodes[name], model_tr.nodes[name])
+                kls[name] = kls.get(name, 0.0) + float(term.kl.sum())
+    if sites is not None:
+        missing = [s for s in sites if s not in draws and s not in discrete]
+        if missing:
+            found = [s for s in kinds if s not in missing]
+            if any(kinds.get(s) == "global" for s in missing):
+                raise ValueError(
+                    f"latent site(s) {missing} lie outside the data plate (global latents): "
+                    "per-data-point collapse does not apply to them; leave latent_sites=None "
+                    "and diagnose() reports their KL and posterior contraction"
+                )
+            what = (
+                f"latent site {missing[0]!r} is not a sample site"
+                if len(missing) == 1
+                else f"latent sites {', '.join(map(repr, missing))} are not sample sites"
+            )
+            raise ValueError(
+                f"{what} of both guide and model; latent sites found: "
+                f"{', '.join(map(repr, found)) or 'none'}"
+            )
+    return _Sweep(
+        draws, discrete, kinds, skipped, recon, kls, points, conditional, innovation, first
+    )
 
 
 def _check_estimators(estimators: object) -> tuple[str, ...]:
@@ -243,7 +315,7 @@ def diagnose(
     model: Callable,
     guide: Callable,
     data: Any,
-    latent_sites: Sequence[str] | None = ("z",),
+    latent_sites: Sequence[str] | None = None,
     *,
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     num_samples: int = 1,
@@ -277,7 +349,14 @@ def diagnose(
         or a loader of such batches (read once, whole); see
         :mod:`pyrocollapse.program_data`.
     latent_sites : sequence of str or None
-        Latent sites to diagnose; ``None`` means every latent site of the guide.
+        Latent sites to diagnose. ``None`` (default): every latent site sampled by guide
+        and model, found over all chunks (a sequence model's later time steps
+        included): continuous local sites get every estimator, discrete local sites
+        their exact KL and mutual information, global sites (outside the data plate)
+        their KL and posterior contraction, and sites none of these apply to (a
+        point-mass guide) are listed in :attr:`CollapseReport.skipped` with the
+        reason. Naming sites diagnoses exactly those and raises the reason for one that
+        cannot be diagnosed.
     estimators : sequence of str
         Which of :data:`ESTIMATORS` to run: ``"kl"`` and ``"au"`` (always run: the status
         rule needs them), ``"mi"`` (mutual information and marginal KL),
@@ -383,17 +462,28 @@ def diagnose(
         if max_points is not None and x.n > max_points:
             # the subset comes from the CPU generator, the same whatever the device
             x = x.take(torch.randperm(x.n, device="cpu")[:max_points])
-        traces = _probe(model, guide, x, dev)
-        if latent_sites is None:
-            latent_sites = _latent_names(*traces)
-        latent_sites = list(latent_sites)
-        if not latent_sites:
-            raise ValueError("latent_sites is empty; name at least one latent site")
+        traces, whole = _probe_whole(model, guide, x, dev)
+        if whole:
+            # a fixed-size plate, per-point parameters or subsampling: one chunk
+            batch_size = x.n
+        if not _observed_names(traces[0]):
+            raise ValueError(
+                "the model has no observed site on these arguments, so there is no data to "
+                "diagnose collapse against (a CVAE called with ys=None at test time, say). "
+                "Pass the arguments under which the model observes the data (e.g. the "
+                "(xs, ys) pairs)"
+            )
+        if latent_sites is not None:
+            latent_sites = list(latent_sites)
+            if not latent_sites:
+                raise ValueError("latent_sites is empty; name at least one latent site")
         layout = _layout(model, guide, x, traces)
         sweep = _sweep(model, guide, x, latent_sites, batch_size, dev)
+        unavailable: dict[str, str] = {}
         sites = {}
+        continuous = list(sweep.draws)
         with torch.no_grad():
-            for site in latent_sites:
+            for site in continuous:
                 draws = sweep.draws[site]
                 kl = _kl_from_draws(draws, site, max(num_samples, 64))
                 au = _au_from_draws(draws, au_threshold, 64, bootstrap, ci_level)
@@ -402,7 +492,12 @@ def diagnose(
                     if "mi" in chosen
                     else None
                 )
-                rhat = _rhat_from_draws(draws, rhat_samples) if "rhat" in chosen else None
+                rhat = None
+                if "rhat" in chosen:
+                    try:
+                        rhat = _rhat_from_draws(draws, rhat_samples)
+                    except _OPTIONAL_ERRORS as e:
+                        unavailable[f"R-hat of {site!r}"] = _first_line(e)
                 sites[site] = dict(
                     kl=kl,
                     au=au,
@@ -410,24 +505,30 @@ def diagnose(
                     rhat=rhat,
                     densities=_densities(draws, site),
                 )
-        for site in latent_sites:
-            sites[site]["sensitivity"] = (
-                _sensitivity(
-                    model,
-                    guide,
-                    x,
-                    site,
-                    layout,
-                    sensitivity_method,
-                    num_samples,
-                    0.1,
-                    None,
-                    batch_size,
-                    dev,
-                )
-                if "sensitivity" in chosen
-                else None
-            )
+        for site in continuous:
+            sites[site]["sensitivity"] = None
+            if "sensitivity" in chosen:
+                try:
+                    sites[site]["sensitivity"] = _sensitivity(
+                        model,
+                        guide,
+                        x,
+                        site,
+                        layout,
+                        sensitivity_method,
+                        num_samples,
+                        0.1,
+                        None,
+                        batch_size,
+                        dev,
+                    )
+                except _OPTIONAL_ERRORS as e:
+                    unavailable[f"decoder sensitivity of {site!r}"] = _first_line(e)
+        global_names = [s for s, k in sweep.kinds.items() if k == "global"]
+        if latent_sites is None:
+            global_reports = global_summaries(model, guide, sweep.first, global_names)
+        else:
+            global_reports = {}
         n = sweep.num_points
         kl_total = sum(total / n for total in sweep.kl.values())
         elbo = {
@@ -437,8 +538,10 @@ def diagnose(
             **{f"kl/{name}": total / n for name, total in sweep.kl.items()},
         }
         guide_quality = None
+        res = None
         if "iw" in chosen or "psis" in chosen:
-            res = _importance_pass(
+            try:
+                res = _importance_pass(
                 model,
                 guide,
                 x,
@@ -446,10 +549,13 @@ def diagnose(
                 batch_size,
                 dev,
                 layout,
-                khat="psis" in chosen,
-                mean_sites=latent_sites if "iw" in chosen else (),
-                mean_points=_MEAN_SPACE_POINTS,
-            )
+                    khat="psis" in chosen,
+                    mean_sites=continuous if "iw" in chosen else (),
+                    mean_points=_MEAN_SPACE_POINTS,
+                )
+            except _OPTIONAL_ERRORS as e:
+                unavailable["importance sampling (iw, psis)"] = _first_line(e)
+        if res is not None:
             if "iw" in chosen:
                 elbo["log_likelihood"] = float(res.log_likelihood.mean())
                 elbo["log_likelihood_stderr"] = (
@@ -475,9 +581,16 @@ def diagnose(
             densities=parts["densities"],
             mean_space=parts.get("mean_space"),
             conditional_prior=sweep.conditional_prior[site],
+            innovation=sweep.innovation[site],
         )
         for site, parts in sites.items()
     }
+    for site, ddraws in sweep.discrete.items():
+        reports[site] = SiteReport.build_discrete(
+            site, discrete_summary(ddraws), au_threshold=au_threshold, mi_threshold=mi_threshold
+        )
+    order = list(sweep.kinds) if latent_sites is None else latent_sites
+    reports = {s: reports[s] for s in order if s in reports}
     return CollapseReport(
         sites=reports,
         elbo=elbo,
@@ -488,6 +601,7 @@ def diagnose(
             "mi_threshold": mi_threshold,
             "num_samples": num_samples,
             "batch_size": batch_size,
+            "whole_data": whole,
             "bootstrap": bootstrap,
             "ci_level": ci_level,
             "rhat_samples": rhat_samples,
@@ -499,4 +613,15 @@ def diagnose(
             "device": None if dev is None else str(dev),
         },
         guide_quality=guide_quality,
+        global_sites=global_reports,
+        skipped=sweep.skipped,
+        unavailable=unavailable,
     )
+
+
+#: Errors of an optional estimator that the report records instead of raising.
+_OPTIONAL_ERRORS = (ValueError, RuntimeError, IndexError, NotImplementedError, TypeError)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).split("\n")[0]

@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
+from pyrocollapse._distributions import as_vector, strip_mask, take_rows, unwrap
 from pyrocollapse._validation import check_data, check_device, check_float, check_int, module_device
 from pyrocollapse.program_data import ProgramArgs, ProgramData, as_program_data
 
@@ -185,7 +186,7 @@ def _run(
     before the replay. Gradients follow the caller's grad mode.
     """
     xa = _as_args(x)
-    with poutine.block():
+    with poutine.block(), eval_mode(model, guide):
         if guide_trace is None:
             guide_trace = poutine.trace(_vectorised(guide, particles, nesting)).get_trace(
                 *xa.args, **xa.kwargs
@@ -199,6 +200,42 @@ def _run(
             poutine.replay(_vectorised(model, particles, nesting), trace=replay)
         ).get_trace(*xa.args, **xa.kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+class eval_mode:
+    """Context manager: the ``nn.Module`` s behind ``fns`` in evaluation mode (dropout
+    off, BatchNorm on its running statistics, which then do not change), restored to
+    their exact previous modes on exit.
+
+    The modules are the programs themselves when they are modules (autoguides,
+    ``PyroModule`` models), the modules whose methods they are (``vae.model``), and
+    modules a program's closure holds (a function calling ``pyro.module("net", net)``).
+    """
+
+    def __init__(self, *fns: Callable) -> None:
+        self.modules: list[torch.nn.Module] = []
+        for fn in fns:
+            fn = getattr(fn, "func", fn)  # functools.partial
+            candidates = [fn, getattr(fn, "__self__", None)]
+            for cell in getattr(fn, "__closure__", None) or ():
+                try:
+                    candidates.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    continue
+            for m in candidates:
+                if isinstance(m, torch.nn.Module) and not any(m is o for o in self.modules):
+                    self.modules.append(m)
+        self.saved: list[tuple[torch.nn.Module, bool]] = []
+
+    def __enter__(self) -> eval_mode:
+        self.saved = [(sub, sub.training) for m in self.modules for sub in m.modules()]
+        for m in self.modules:
+            m.eval()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sub, training in self.saved:
+            sub.training = training
 
 
 def _sample_sites(trace: Any) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -221,6 +258,8 @@ def _observed_names(model_tr: Any) -> list[str]:
     return [name for name, site in _sample_sites(model_tr) if site["is_observed"]]
 
 
+#: Most rows of a program that runs only on its whole data set (see :func:`_probe_whole`).
+_WHOLE_PROBE_ROWS = 20000
 #: Exceptions of a failed probe run that get the probe's context added to their message.
 _PROBE_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
 
@@ -245,14 +284,48 @@ def _probe(
     type and message and says what was traced and how to fix the usual causes (data of
     the wrong shape, a plate sized by a fixed number instead of ``x.shape[0]``).
     """
+    return _probe_whole(model, guide, x, device)[0]
+
+
+def _probe_whole(
+    model: Callable,
+    guide: Callable,
+    x: ProgramData | torch.Tensor,
+    device: torch.device | None = None,
+) -> tuple[tuple[Any, Any], bool]:
+    """:func:`_probe`, and whether the programs run only on the whole data.
+
+    Programs with a plate of fixed size (eight schools), per-point guide parameters (a
+    mixture's per-point logits) or a subsampling plate fail on two points; when they run
+    on the whole data (at most :data:`_WHOLE_PROBE_ROWS` rows), the returned flag is
+    True and the caller diagnoses the data in one chunk.
+    """
     data = as_program_data(x) if not isinstance(x, ProgramData) else x
     probe = data.head(2).to(device)
+    store = pyro.get_param_store()
+    before = set(store.keys())
+
+    def forget_new_params() -> None:
+        # parameters a program creates on its first call may be sized by the two points
+        # (per-point logits): the probe must not leave them in the store
+        for name in set(store.keys()) - before:
+            del store[name]
+
     try:
         with torch.no_grad():
-            return _run(model, guide, probe)
+            traces = _run(model, guide, probe)
+        forget_new_params()
+        return traces, False
     except _PROBE_ERRORS as e:
         if type(e) not in _PROBE_ERRORS:
             raise
+        forget_new_params()
+        if 2 < data.n <= _WHOLE_PROBE_ROWS:
+            try:
+                with torch.no_grad():
+                    return _run(model, guide, data.head(data.n).to(device)), True
+            except _PROBE_ERRORS:
+                pass
         tensor = data.tensor
         if tensor is not None:
             traced = (
@@ -271,7 +344,8 @@ def _probe(
             "- pass data with one observation per row of dim 0, with the trailing shape the "
             "model takes (e.g. data.reshape(len(data), -1) for a model of flat vectors)\n"
             "- size the data plate from the batch, pyro.plate('data', x.shape[0]), not from a "
-            "fixed number of points: the programs must run on any number of rows"
+            "fixed number of points: the programs must run on any number of rows (programs "
+            "that run on the whole data only are diagnosed in one chunk, which failed too)"
         ) from e
 
 
@@ -387,12 +461,70 @@ class SiteDraw:
     """q(z|x) and p(z) of one latent site on one chunk of data.
 
     ``q`` and ``p`` have batch shape ``(B,)`` (``p`` may be broadcastable) and event
-    shape ``(D,)``; ``z`` is the guide's draw, shape ``(B, D)``.
+    shape ``(D,)``; ``z`` is the guide's draw, shape ``(B, D)``. Rows masked out (by
+    ``poutine.mask`` or a masked distribution, e.g. the padded steps of a sequence) are
+    left out, so ``B`` counts the rows that take part. A scalar latent per point is one
+    dimension (``D = 1``).
+
+    ``conditional``: the prior depends on other latents (``p(z_t | z_{t-1})``,
+    ``p(z | z_top)``). ``innovation``: such a prior is a diagonal Normal, and q, p and z
+    are given in the prior's standardised coordinates ``u = (z - E_p[z | parents]) /
+    sd_p[z | parents]`` at the guide's draws of the parents, in which p is N(0, I): KL is
+    unchanged by this change of variables, and activity and mutual information measure
+    what x tells about z beyond its parents (a site whose q equals its conditional prior
+    reads collapsed).
     """
 
     q: dist.Distribution
     p: dist.Distribution
     z: torch.Tensor
+    conditional: bool = False
+    innovation: bool = False
+
+
+class SiteSkipped(ValueError):
+    """A latent site the per-data-point collapse diagnostics do not apply to; the
+    message says why (raised by :func:`_site_draw`, listed by :func:`diagnose`)."""
+
+
+def _row_mask(g: dict[str, Any], q: Any, p: Any, batch: int, device: torch.device) -> Any:
+    """Rows of a chunk that take part: the site's mask and those of masked
+    distributions, reduced to shape ``(B,)``; ``None`` when every row does."""
+    keep = None
+    for m in (g["mask"], q, p):
+        if isinstance(m, dist.Distribution):
+            m = strip_mask(m)[1]
+        if m is None:
+            continue
+        m = torch.as_tensor(m, device=device)
+        if m.dim() == 0:
+            m = m.expand(batch)
+        elif m.shape[-1] != batch:
+            m = m.expand(*m.shape[:-1], batch)
+        m = m.reshape(-1, batch).all(0) if m.dim() > 1 else m.bool()
+        keep = m if keep is None else keep & m
+    if keep is None or bool(keep.all()):
+        return None
+    return keep
+
+
+def _innovation(q: Any, p: Any, z: torch.Tensor) -> tuple[Any, Any, torch.Tensor] | None:
+    """q, p and z in the standardised coordinates of a diagonal-Normal prior, or ``None``
+    where p is not one."""
+    base = p.base_dist if isinstance(p, dist.Independent) else None
+    if not isinstance(base, dist.Normal) or p.reinterpreted_batch_ndims != 1:
+        return None
+    loc = base.loc.expand(z.shape)
+    scale = base.scale.expand(z.shape)
+    u = (z - loc) / scale
+    qb = q.base_dist if isinstance(q, dist.Independent) else None
+    if isinstance(qb, dist.Normal) and q.reinterpreted_batch_ndims == 1:
+        qu = dist.Normal((qb.loc - loc) / scale, qb.scale / scale).to_event(1)
+    else:
+        shift = dist.transforms.AffineTransform(-loc / scale, 1.0 / scale, event_dim=1)
+        qu = dist.TransformedDistribution(q, [shift])
+    pu = dist.Normal(torch.zeros_like(u), torch.ones_like(u)).to_event(1)
+    return qu, pu, u
 
 
 def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
@@ -404,8 +536,25 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
         )
     g, m = guide_tr.nodes[site], model_tr.nodes[site]
     q, p, z = g["fn"], m["fn"], g["value"]
+    if isinstance(unwrap(q), dist.Delta):
+        raise SiteSkipped(
+            f"latent site {site!r} has a point-mass guide ({type(unwrap(q)).__name__}): q(z|x) "
+            "puts all its mass on one value, so KL per dimension, active units and mutual "
+            "information, which compare densities, are not defined for it. Diagnose a guide "
+            "with a density (e.g. Normal), or read the point estimates themselves"
+        )
+    if not q.has_rsample and len(q.event_shape) <= 1 and q.support.is_discrete:
+        raise SiteSkipped(
+            f"latent site {site!r} is discrete ({type(unwrap(q)).__name__}); per-dimension "
+            "estimators apply to continuous latents. diagnose() reports a discrete site with "
+            "its exact KL and mutual information"
+        )
+    keep = _row_mask(g, q, p, batch, z.device)
+    q, p = strip_mask(q)[0], strip_mask(p)[0]
+    if len(q.event_shape) == 0 and tuple(q.batch_shape) == (batch,):
+        q, p, z = as_vector(q), as_vector(p), z.unsqueeze(-1)
     if len(q.event_shape) != 1 or tuple(q.batch_shape) != (batch,):
-        raise ValueError(
+        raise SiteSkipped(
             f"latent site {site!r} must have batch shape (N,) from one data plate over dim -1 "
             f"and event shape (latent_dim,); on a chunk of N={batch} points it has batch "
             f"shape {tuple(q.batch_shape)} and event shape {tuple(q.event_shape)}. Try one of "
@@ -415,7 +564,25 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
             "- sample the site inside pyro.plate('data', x.shape[0]), sized by the chunk, not "
             "by a fixed number of points (diagnostics run on chunks of batch_size points)"
         )
-    return SiteDraw(q, p, z)
+    if keep is not None:
+        idx = keep.nonzero().squeeze(-1)
+        try:
+            q, z = take_rows(q, idx), z[idx]
+            if len(p.batch_shape) and p.batch_shape[0] == batch:
+                p = take_rows(p, idx)
+        except NotImplementedError as e:
+            raise SiteSkipped(
+                f"latent site {site!r} is masked, but the masked rows of its "
+                f"{type(q).__name__} guide cannot be left out: {e}"
+            ) from None
+    conditional = _varies_over_points(p, z)
+    innovation = False
+    if conditional:
+        moved = _innovation(q, p, z)
+        if moved is not None:
+            q, p, z = moved
+            innovation = True
+    return SiteDraw(q, p, z, conditional, innovation)
 
 
 def site_draws(
@@ -431,10 +598,27 @@ def site_draws(
     :mod:`pyrocollapse.program_data` accepts)."""
     x, batch_size = _check_inputs(data, batch_size)
     device = _setup_device(model, guide, x, device)
+    seen = False
+    last: tuple[Any, Any] | None = None
     for xb in _chunks(x, batch_size, device):
         with torch.no_grad():
             model_tr, guide_tr = _run(model, guide, xb)
-        yield _site_draw(model_tr, guide_tr, site, _rows(xb))
+        last = (model_tr, guide_tr)
+        if site not in guide_tr.nodes and site not in model_tr.nodes:
+            continue  # a site of some chunks only (a later time step of short sequences)
+        seen = True
+        yield _site_draw(model_tr, guide_tr, site, _chunk_rows(model_tr, xb))
+    if not seen and last is not None:
+        _site_draw(*last, site, 0)  # raises the explanatory error
+
+
+def _chunk_rows(model_tr: Any, xb: ProgramArgs) -> int:
+    """Rows of the data plate as traced (a subsampling plate traces fewer than the
+    chunk's rows), else the chunk's rows."""
+    from pyrocollapse.elbo import data_plate_frame
+
+    frame = data_plate_frame(model_tr)
+    return frame[1] if frame is not None else _rows(xb)
 
 
 def _varies_over_points(p: dist.Distribution, z: torch.Tensor) -> bool:

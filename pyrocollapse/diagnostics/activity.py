@@ -58,11 +58,15 @@ class ActiveUnits:
         return int(self.active.sum())
 
 
-def _posterior_mean(q: dist.Distribution, num_samples: int) -> torch.Tensor:
+def _posterior_mean(q: dist.Distribution, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """E_q[z] per point ``(B, D)`` and the Monte Carlo error variance of that mean
+    (zeros when it is exact; else the sample variance over ``num_samples``)."""
     try:
-        return q.mean
+        mean = q.mean
+        return mean, torch.zeros_like(mean)
     except NotImplementedError:
-        return q.sample((num_samples,)).mean(0)
+        zs = q.sample((num_samples,))
+        return zs.mean(0), zs.var(0) / num_samples
 
 
 def _au_from_draws(
@@ -72,11 +76,15 @@ def _au_from_draws(
     bootstrap: int,
     ci_level: float,
 ) -> ActiveUnits:
-    means = torch.cat([_posterior_mean(d.q, num_samples) for d in draws]).double()
+    pairs = [_posterior_mean(d.q, num_samples) for d in draws]
+    means = torch.cat([m for m, _ in pairs]).double()
+    # a Monte Carlo mean (a flow guide) adds its error variance to Cov_x(E_q[z]):
+    # subtract its average, so that a guide equal to the prior reads 0, not ~Var_q / S
+    noise = torch.cat([e for _, e in pairs]).double().mean(0)
     means = means - means.mean(0)
     n = means.shape[0]
     var = (
-        means.pow(2).mean(0)
+        (means.pow(2).mean(0) - noise).clamp_min(0.0)
         if n > 1
         else torch.zeros(means.shape[1], dtype=torch.float64, device=means.device)
     )
@@ -84,7 +92,7 @@ def _au_from_draws(
         return ActiveUnits(_numpy(var), threshold)
     counts = _bootstrap_counts(n, bootstrap, means.device)
     m1 = counts @ means / n  # (R, D)
-    var_r = counts @ means.pow(2) / n - m1.pow(2)
+    var_r = (counts @ means.pow(2) / n - m1.pow(2) - noise).clamp_min(0.0)
     active_r = var_r > threshold
     count_ci = _interval(active_r.sum(1).double(), ci_level)
     q = torch.tensor([(1 - ci_level) / 2, (1 + ci_level) / 2], dtype=torch.float64, device="cpu")

@@ -306,7 +306,7 @@ def _mi_from_draws(
     agg_terms = log_q[:, 0] - prior_t
     agg_kl = float(agg_terms.mean())
     agg_se = float(agg_terms.std() / math.sqrt(m)) if m > 1 else math.nan
-    conditional = any(_varies_over_points(d.p, d.z) for d in draws)
+    conditional = any(d.conditional or _varies_over_points(d.p, d.z) for d in draws)
     ci = agg_ci = None
     if bootstrap:
         c = weights[1:, point]  # (R, M)

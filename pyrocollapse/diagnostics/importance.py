@@ -260,7 +260,7 @@ def _importance_pass(
             for s in mean_sites:
                 site = guide_tr.nodes[s]
                 z = site["value"].double()
-                qmean = _posterior_mean(site["fn"], 16).double().expand_as(z)
+                qmean = _posterior_mean(site["fn"], 16)[0].double().expand_as(z)
                 new = [w.sum(0), (w[..., None] * z).sum(0), qmean.sum(0)]
                 if s in acc:
                     scale = (m - mn).exp()  # type: ignore[operator]

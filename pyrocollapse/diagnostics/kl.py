@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,14 +62,16 @@ def _kl_from_draws(draws: Sequence[SiteDraw], site: str, num_samples: int) -> KL
     rows, joints = [], []
     monte_carlo = marginal = False
     prior_marginals: _PriorMarginals | None = None
+    kde_posterior = False
     for d in draws:
         qm, pm = _marginal(d.q), _marginal(d.p)
         if qm is None:
-            raise NotImplementedError(
-                f"site {site!r}: per-dimension KL needs a guide distribution with univariate "
-                f"marginals (Independent of univariates or a multivariate Normal), got "
-                f"{type(d.q).__name__}"
-            )
+            # a flow or other transformed guide: Monte Carlo marginals of q(z_d | x)
+            prior_marginals = prior_marginals or _PriorMarginals(draws, site)
+            rows.append(_kde_marginal_kl(d.q, d.p, prior_marginals, max(num_samples, 64)))
+            joints.append(_joint_kl(d.q, d.p, d.z, num_samples))
+            kde_posterior = marginal = True
+            continue
         factorised = _factorised(d.q) is not None and _factorised(d.p) is not None
         kl = None
         if pm is not None:
@@ -85,12 +88,32 @@ def _kl_from_draws(draws: Sequence[SiteDraw], site: str, num_samples: int) -> KL
         rows.append(kl)
         joints.append(kl.sum(-1) if factorised else _joint_kl(d.q, d.p, d.z, num_samples))
         marginal = marginal or not factorised
-    estimator = "monte_carlo" if monte_carlo else "analytic"
-    if prior_marginals is not None and prior_marginals.estimated:
+    estimator = "monte_carlo" if monte_carlo or kde_posterior else "analytic"
+    if kde_posterior or (prior_marginals is not None and prior_marginals.estimated):
         estimator += "_kde"
     estimator += "_marginal" if marginal else ""
     per_point = _numpy(torch.cat(rows))
     return KLPerDimension(per_point.mean(0), per_point, estimator, _numpy(torch.cat(joints)))
+
+
+def _kde_marginal_kl(
+    q: Any, p: Any, prior_marginals: _PriorMarginals, num_samples: int
+) -> torch.Tensor:
+    """KL(q(z_d | x) || p(z_d)) per point and dimension, ``(B, D)``, for a guide without
+    closed-form marginals (a normalising flow): ``num_samples`` draws per point, each
+    marginal q(z_d | x) a leave-one-out Gaussian kernel density estimate of the other
+    draws (Silverman's bandwidth), averaged at the draws against log p(z_d)."""
+    zs = q.sample((num_samples,))  # (S, B, D)
+    s = zs.shape[0]
+    zd = zs.double()
+    sd = zd.std(0).clamp_min(1e-8)  # (B, D)
+    h = 1.06 * sd * s ** (-0.2)
+    u = (zd.unsqueeze(0) - zd.unsqueeze(1)) / h  # (S, S, B, D)
+    k = -0.5 * u.square() - h.log() - 0.5 * math.log(2 * math.pi)
+    eye = torch.eye(s, dtype=torch.bool, device=zs.device).view(s, s, 1, 1)
+    log_q = torch.logsumexp(k.masked_fill(eye, -math.inf), 1) - math.log(s - 1)  # (S, B, D)
+    log_p = prior_marginals(p, zs).double().expand(zs.shape)
+    return (log_q - log_p).mean(0).to(zs.dtype)
 
 
 def kl_per_dimension(

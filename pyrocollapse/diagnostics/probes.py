@@ -30,6 +30,7 @@ from pyrocollapse.diagnostics._tracing import (
     _setup_device,
     _site_log_prob,
     _vectorised,
+    eval_mode,
 )
 from pyrocollapse.diagnostics.activity import _posterior_mean
 from pyrocollapse.diagnostics.importance import _importance_setup
@@ -88,7 +89,7 @@ def _sensitivity_score(
     num_samples: int,
     targets: Sequence[str] | None,
 ) -> dict[str, torch.Tensor]:
-    with torch.no_grad(), poutine.block():
+    with torch.no_grad(), poutine.block(), eval_mode(model, guide):
         guide_tr = poutine.trace(_vectorised(guide, num_samples, layout.nesting)).get_trace(
             *xb.args, **xb.kwargs
         )
@@ -138,7 +139,7 @@ def _sensitivity_fd(
 ) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for _ in range(num_samples):
-        with torch.no_grad(), poutine.block():
+        with torch.no_grad(), poutine.block(), eval_mode(model, guide):
             guide_tr = poutine.trace(guide).get_trace(*xb.args, **xb.kwargs)
             z = guide_tr.nodes[site]["value"]
             shift = 0.5 * step * torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)[:, None, :]
@@ -304,10 +305,10 @@ def _guide_at_means(
     guide: Callable, xb: ProgramArgs | torch.Tensor
 ) -> tuple[Any, dict[str, torch.Tensor]]:
     xa = _as_args(xb)
-    with poutine.block():
+    with poutine.block(), eval_mode(guide):
         guide_tr = prune_subsample_sites(poutine.trace(guide).get_trace(*xa.args, **xa.kwargs))
     values = {
-        name: _posterior_mean(site["fn"], 64).expand_as(site["value"])
+        name: _posterior_mean(site["fn"], 64)[0].expand_as(site["value"])
         for name, site in _sample_sites(guide_tr)
         if not site["is_observed"]
     }

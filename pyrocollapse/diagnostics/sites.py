@@ -1,0 +1,322 @@
+"""Which latent sites a program has, and the diagnostics of the ones that are not
+continuous per-data-point latents: discrete local sites and global sites.
+
+* A **local** latent lies in the data plate (the outermost plate around the observed
+  sites): one value per data point. Continuous ones get the per-dimension estimators of
+  this package; **discrete** ones (the M2 VAE's class ``y``) get their exact KL and the
+  mutual information of the categorical aggregate posterior.
+* A **global** latent lies outside the data plate (the eight-schools ``mu`` and
+  ``tau``, an autoguide's regression weights, LDA's topics). Per-data-point collapse does
+  not apply to it; what does is whether the data inform it at all: its KL(q || p) and
+  its posterior contraction ``1 - Var_q / Var_p`` per element (Betancourt 2018), near 0
+  when the posterior is the prior.
+* Other sites (point masses, shapes the estimators cannot read) are listed with the
+  reason, never an exception.
+
+References
+----------
+Betancourt (2018). A Conceptual Introduction to Hamiltonian Monte Carlo (posterior
+contraction and z-scores). arXiv:1701.02434.
+Kingma, Rezende, Mohamed, Welling (2014). Semi-Supervised Learning with Deep Generative
+Models. NeurIPS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pyro import poutine
+
+from pyrocollapse._distributions import strip_mask
+from pyrocollapse.diagnostics._tracing import _numpy, _row_mask, _run, eval_mode
+
+__all__ = ["DiscreteSite", "GlobalSite", "data_plate_name", "site_kinds"]
+
+#: Contraction below which a global parameter counts as not informed by the data.
+CONTRACTION_THRESHOLD = 0.1
+
+
+def data_plate_name(model_tr: Any, guide_tr: Any) -> str | None:
+    """The data plate: the outermost vectorised plate enclosing every observed site; where
+    there is none, the plate at dim -1 of the first latent site; else ``None``."""
+    from pyrocollapse.elbo import data_plate_frame
+
+    frame = data_plate_frame(model_tr)
+    if frame is not None:
+        return frame[0]
+    for name, site in guide_tr.nodes.items():
+        if site["type"] == "sample" and name in model_tr.nodes:
+            for f in site["cond_indep_stack"]:
+                if f.vectorized and f.dim == -1:
+                    return f.name
+    return None
+
+
+def site_kinds(model_tr: Any, guide_tr: Any) -> dict[str, str]:
+    """Per latent site (sampled by guide and model, guide order): ``"local"``,
+    ``"discrete"`` or ``"global"``."""
+    plate = data_plate_name(model_tr, guide_tr)
+    out: dict[str, str] = {}
+    for name, site in guide_tr.nodes.items():
+        if site["type"] != "sample" or name not in model_tr.nodes:
+            continue
+        if site["infer"].get("is_auxiliary"):
+            continue
+        inside = plate is None or any(f.name == plate for f in site["cond_indep_stack"])
+        q = strip_mask(site["fn"])[0]
+        if not inside:
+            out[name] = "global"
+        elif not q.has_rsample and q.support.is_discrete:
+            out[name] = "discrete"
+        else:
+            out[name] = "local"
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Discrete local sites
+# --------------------------------------------------------------------------------------
+@dataclass
+class DiscreteDraw:
+    """log q(y = k | x) and log p(y = k) of one chunk over the site's support, shapes
+    ``(B, K)`` and ``(B or 1, K)`` (masked rows left out)."""
+
+    log_q: torch.Tensor
+    log_p: torch.Tensor
+
+
+def discrete_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> DiscreteDraw:
+    """The support probabilities of a discrete site on one chunk.
+
+    Raises
+    ------
+    ValueError
+        For a site without a finite support Pyro can enumerate (a Poisson count).
+    """
+    g, m = guide_tr.nodes[site], model_tr.nodes[site]
+    keep = _row_mask(g, g["fn"], m["fn"], batch, g["value"].device)
+    q, p = strip_mask(g["fn"])[0], strip_mask(m["fn"])[0]
+    if tuple(q.batch_shape) != (batch,):
+        raise ValueError(
+            f"discrete site {site!r} has batch shape {tuple(q.batch_shape)} on a chunk of "
+            f"{batch} points; one value per data point is needed"
+        )
+    try:
+        support = q.enumerate_support(expand=False)
+    except NotImplementedError:
+        raise ValueError(
+            f"discrete site {site!r} ({type(q).__name__}) has no finite support to enumerate, "
+            "so its exact KL and mutual information cannot be summed"
+        ) from None
+    log_q = q.log_prob(support).reshape(support.shape[0], -1).T  # (B, K)
+    log_p = p.log_prob(support).reshape(support.shape[0], -1).T  # (B or 1, K)
+    if keep is not None:
+        log_q = log_q[keep]
+        log_p = log_p[keep] if log_p.shape[0] == batch else log_p
+    return DiscreteDraw(log_q, log_p)
+
+
+@dataclass
+class DiscreteSite:
+    """Exact diagnostics of a discrete local site.
+
+    Attributes
+    ----------
+    kl : float
+        E_x KL(q(y|x) || p(y)), nats (exact sum over the support).
+    kl_per_point : numpy.ndarray
+        Shape ``(N,)``.
+    mi : float
+        I_q(x; y) = H(q(y)) - E_x H(q(y|x)) with the aggregate q(y) = mean_x q(y|x):
+        exact for the N points (at most log K and log N).
+    aggregate_kl : float
+        KL(q(y) || p(y)) (for an unconditional prior; ``kl = mi + aggregate_kl``).
+    spread : float
+        sum_k Var_x q(y = k | x): how much the class probabilities move with x (0 when
+        q(y|x) is the same for every point).
+    """
+
+    kl: float
+    kl_per_point: np.ndarray
+    mi: float
+    aggregate_kl: float
+    spread: float
+
+
+def discrete_summary(draws: Sequence[DiscreteDraw]) -> DiscreteSite:
+    """:class:`DiscreteSite` from the draws of every chunk."""
+    log_q = torch.cat([d.log_q for d in draws]).double()
+    log_p = torch.cat([d.log_p.expand(d.log_q.shape) for d in draws]).double()
+    probs = log_q.exp()
+    kl = torch.where(probs > 0, probs * (log_q - log_p), 0.0).sum(1)
+    mean = probs.mean(0)
+    log_mean = mean.log()
+    entropy_each = -torch.where(probs > 0, probs * log_q, 0.0).sum(1)
+    entropy_mean = -torch.where(mean > 0, mean * log_mean, 0.0).sum()
+    mi = float(entropy_mean - entropy_each.mean())
+    lp = log_p.mean(0)  # the prior where it does not vary (else a summary only)
+    agg_kl = float(torch.where(mean > 0, mean * (log_mean - lp), 0.0).sum())
+    spread = float(probs.var(0, unbiased=False).sum()) if probs.shape[0] > 1 else 0.0
+    return DiscreteSite(float(kl.mean()), _numpy(kl), max(mi, 0.0), agg_kl, spread)
+
+
+# --------------------------------------------------------------------------------------
+# Global sites
+# --------------------------------------------------------------------------------------
+@dataclass
+class GlobalSite:
+    """What the data tell about a global latent (one outside the data plate).
+
+    Attributes
+    ----------
+    site : str
+        Site name.
+    shape : tuple[int, ...]
+        Shape of one draw of the site.
+    kl : float
+        KL(q || p) in nats for the whole site (Monte Carlo over ``num_draws`` draws;
+        for a prior that depends on other latents, at the guide's draws of them).
+    kl_stderr : float
+        Its Monte Carlo standard error.
+    contraction : numpy.ndarray
+        Per element (flattened), ``1 - Var_q / Var_p``: 0 when the posterior is as wide as
+        the prior (the data do not inform the parameter), 1 when it is a point. Var_p is
+        the marginal prior variance (ancestral draws of the model). Both are taken in
+        the unconstrained coordinates of the site's support (log of a scale, logit of a
+        probability), where heavy-tailed priors have finite variances.
+    posterior_sd, prior_sd : numpy.ndarray
+        The standard deviations behind it, in those coordinates.
+    num_draws : int
+        Draws from the guide and from the prior.
+    threshold : float
+        Contraction below which an element reads "not informed".
+    """
+
+    site: str
+    shape: tuple[int, ...]
+    kl: float
+    kl_stderr: float
+    contraction: np.ndarray
+    posterior_sd: np.ndarray
+    prior_sd: np.ndarray
+    num_draws: int
+    threshold: float = CONTRACTION_THRESHOLD
+
+    @property
+    def uninformed(self) -> np.ndarray:
+        """Boolean per element: contraction below :attr:`threshold`."""
+        return self.contraction < self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        def floats(a: np.ndarray) -> list[float | None]:
+            return [float(v) if math.isfinite(v) else None for v in np.asarray(a, float)]
+
+        return {
+            "site": self.site,
+            "shape": list(self.shape),
+            "kl": self.kl if math.isfinite(self.kl) else None,
+            "kl_stderr": self.kl_stderr if math.isfinite(self.kl_stderr) else None,
+            "contraction": floats(self.contraction),
+            "posterior_sd": floats(self.posterior_sd),
+            "prior_sd": floats(self.prior_sd),
+            "num_draws": self.num_draws,
+            "threshold": self.threshold,
+            "uninformed": [bool(u) for u in self.uninformed],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GlobalSite:
+        def arr(v: Any) -> np.ndarray:
+            return np.array([math.nan if x is None else x for x in v], dtype=float)
+
+        return cls(
+            site=str(d["site"]),
+            shape=tuple(int(v) for v in d["shape"]),
+            kl=math.nan if d["kl"] is None else float(d["kl"]),
+            kl_stderr=math.nan if d.get("kl_stderr") is None else float(d["kl_stderr"]),
+            contraction=arr(d["contraction"]),
+            posterior_sd=arr(d["posterior_sd"]),
+            prior_sd=arr(d["prior_sd"]),
+            num_draws=int(d["num_draws"]),
+            threshold=float(d.get("threshold", CONTRACTION_THRESHOLD)),
+        )
+
+
+def global_summaries(
+    model: Callable,
+    guide: Callable,
+    xb: Any,
+    sites: Sequence[str],
+    num_draws: int = 200,
+) -> dict[str, GlobalSite]:
+    """:class:`GlobalSite` of each of ``sites`` from ``num_draws`` runs of the guide (with
+    the model replayed) and of the model alone, on the chunk ``xb``.
+
+    One run at a time: programs need not broadcast over a sample dimension.
+    """
+    if not sites:
+        return {}
+    post: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    prior: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    kls: dict[str, list[float]] = {s: [] for s in sites}
+    with torch.no_grad():
+        for _ in range(num_draws):
+            model_tr, guide_tr = _run(model, guide, xb)
+            for s in sites:
+                g, m = guide_tr.nodes[s], model_tr.nodes[s]
+                post[s].append(_unconstrained(m, g["value"]))
+                kls[s].append(float(_log_density(g) - _log_density(m)))
+            with poutine.block(), eval_mode(model, guide):
+                alone = poutine.trace(model).get_trace(*xb.args, **xb.kwargs)
+            for s in sites:
+                prior[s].append(_unconstrained(alone.nodes[s], alone.nodes[s]["value"]))
+    out = {}
+    for s in sites:
+        q, p = torch.stack(post[s]), torch.stack(prior[s])
+        var_q, var_p = q.var(0), p.var(0)
+        contraction = torch.where(var_p > 0, 1.0 - var_q / var_p, torch.nan)
+        k = torch.tensor(kls[s], dtype=torch.float64)
+        out[s] = GlobalSite(
+            s,
+            tuple(post_shape(guide_tr, s)),
+            float(k.mean()),
+            float(k.std() / math.sqrt(len(k))) if len(k) > 1 else math.nan,
+            _numpy(contraction),
+            _numpy(var_q.sqrt()),
+            _numpy(var_p.sqrt()),
+            num_draws,
+        )
+    return out
+
+
+def _unconstrained(model_site: dict[str, Any], value: torch.Tensor) -> torch.Tensor:
+    """``value`` in the unconstrained coordinates of the model site's support (log of a
+    scale, logit of a probability), flattened, float64: variances there are finite for
+    heavy-tailed priors such as a half-Cauchy."""
+    from torch.distributions import biject_to
+
+    v = value.double()
+    try:
+        v = biject_to(model_site["fn"].support).inv(v)
+    except NotImplementedError:
+        pass
+    return v.reshape(-1)
+
+
+def post_shape(trace: Any, site: str) -> torch.Size:
+    """Shape of one draw of ``site`` in ``trace``."""
+    return trace.nodes[site]["value"].shape
+
+
+def _log_density(site: dict[str, Any]) -> torch.Tensor:
+    """Summed log density of a trace site (masks applied)."""
+    lp = site["fn"].log_prob(site["value"])
+    if site["mask"] is not None:
+        lp = torch.where(torch.as_tensor(site["mask"]).expand(lp.shape), lp, 0.0)
+    return lp.sum()
+
