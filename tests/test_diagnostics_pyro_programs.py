@@ -362,3 +362,28 @@ def test_a_transformed_guide_gets_monte_carlo_marginals():
 
 def _not_local(program: GalleryProgram) -> bool:
     return not program.local_latents
+
+
+def test_programs_that_do_not_broadcast_over_draws_are_run_one_draw_at_a_time():
+    """A model that reshapes its batch (z.reshape(N, 1)) cannot run under a vectorised
+    plate of draws; the importance-sampling estimators fall back to one run per draw.
+    With the exact posterior as guide, the IW log-likelihood is log N(x; 0, 2) exactly."""
+    from pyrocollapse.diagnostics import iw_log_likelihood
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+            loc = z.reshape(x.shape[0], 1)  # breaks under an extra draw dimension
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
+
+    x = torch.randn(20, 1, generator=torch.Generator().manual_seed(3))
+    iw = iw_log_likelihood(model, guide, x, num_samples=8)
+    exact = dist.Normal(0.0, math.sqrt(2.0)).log_prob(x).squeeze(-1)
+    np.testing.assert_allclose(iw.per_point, exact.double().numpy(), rtol=1e-5, atol=1e-5)
+    report = diagnose(model, guide, x, estimators=("kl", "au", "mi", "iw", "psis"))
+    assert report.elbo["log_likelihood"] == pytest.approx(float(exact.mean()), abs=1e-4)
+    assert not report.unavailable

@@ -186,6 +186,35 @@ def _run(
     before the replay. Gradients follow the caller's grad mode.
     """
     xa = _as_args(x)
+    if particles is not None and guide_trace is None and not values:
+        try:
+            traces = _run_once(model, guide, xa, particles, nesting, None, None)
+            if _has_particle_dim(traces, particles, nesting):
+                return traces
+        except _VECTORISE_ERRORS:
+            pass
+        # the programs do not broadcast over a sample dimension (boolean-mask indexing,
+        # a fixed-size plate, reshapes of the batch): one run per draw, stacked
+        runs = [_run_once(model, guide, xa, None, nesting, None, None) for _ in range(particles)]
+        return _stack_traces([r[0] for r in runs], nesting), _stack_traces(
+            [r[1] for r in runs], nesting
+        )
+    return _run_once(model, guide, xa, particles, nesting, guide_trace, values)
+
+
+#: Exceptions of a vectorised run after which :func:`_run` runs one draw at a time.
+_VECTORISE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+def _run_once(
+    model: Callable,
+    guide: Callable,
+    xa: ProgramArgs,
+    particles: int | None,
+    nesting: int,
+    guide_trace: Any,
+    values: dict[str, torch.Tensor] | None,
+) -> tuple[Any, Any]:
     with poutine.block(), eval_mode(model, guide):
         if guide_trace is None:
             guide_trace = poutine.trace(_vectorised(guide, particles, nesting)).get_trace(
@@ -200,6 +229,86 @@ def _run(
             poutine.replay(_vectorised(model, particles, nesting), trace=replay)
         ).get_trace(*xa.args, **xa.kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def _has_particle_dim(traces: tuple[Any, Any], particles: int, nesting: int) -> bool:
+    """Whether every sample site of a vectorised run carries the particle dimension (a
+    program that reshapes its batch can lose it without an error)."""
+    if particles == 1:
+        return True
+    for tr in traces:
+        for _, site in _sample_sites(tr):
+            fn = site["fn"]
+            batch = tuple(fn.batch_shape)
+            full = (1,) * (nesting + 1 - len(batch)) + batch
+            if len(full) < nesting + 1 or full[-(nesting + 1)] != particles:
+                return False
+    return True
+
+
+def _stack_traces(traces: list[Any], nesting: int) -> Any:
+    """One trace holding ``len(traces)`` single-draw traces as a particle dimension at
+    ``-(nesting + 1)`` of every sample site (values and distributions), as a vectorised
+    run would have given."""
+    out = traces[0].copy()
+    for name, site in _sample_sites(traces[0]):
+        sites = [tr.nodes[name] for tr in traces]
+        event = len(site["fn"].event_shape)
+        values = [_pad_batch(s["value"], event, nesting) for s in sites]
+        out.nodes[name] = {
+            **site,
+            "value": torch.stack(values),
+            "fn": _Stacked([s["fn"] for s in sites], nesting),
+        }
+    return out
+
+
+def _pad_batch(t: torch.Tensor, event: int, nesting: int) -> torch.Tensor:
+    """``t`` with size-1 batch dimensions on the left up to ``nesting`` batch dims."""
+    batch = t.dim() - event
+    return t.reshape((1,) * max(0, nesting - batch) + tuple(t.shape))
+
+
+class _Stacked(dist.TorchDistribution):
+    """Distributions of separate single-draw runs, stacked along a leading draw
+    dimension (batch shape ``(K, *nesting batch dims)``)."""
+
+    arg_constraints: dict[str, Any] = {}  # noqa: RUF012
+
+    def __init__(self, fns: list[Any], nesting: int) -> None:
+        self.fns, self.nesting = fns, nesting
+        event = fns[0].event_shape
+        batches = [(1,) * max(0, nesting - len(f.batch_shape)) + tuple(f.batch_shape) for f in fns]
+        batch = torch.broadcast_shapes(*batches)
+        super().__init__(torch.Size((len(fns), *batch)), event, validate_args=False)
+
+    @property
+    def support(self) -> Any:
+        return self.fns[0].support
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.fns[0].has_rsample
+
+    def _stack(self, parts: list[torch.Tensor], event: int) -> torch.Tensor:
+        return torch.stack([_pad_batch(p, event, self.nesting) for p in parts])
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self._stack([f.log_prob(value[k]) for k, f in enumerate(self.fns)], 0)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._stack([f.mean for f in self.fns], len(self.event_shape))
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        shape = torch.Size(sample_shape)
+        e = len(self.event_shape)
+        out = []
+        for f in self.fns:
+            p = f.sample(shape)
+            pad = max(0, self.nesting - (p.dim() - len(shape) - e))
+            out.append(p.reshape(tuple(shape) + (1,) * pad + tuple(p.shape[len(shape) :])))
+        return torch.stack(out, len(shape))
 
 
 class eval_mode:
@@ -365,13 +474,9 @@ def _layout(
             for frame in site["cond_indep_stack"]:
                 if frame.vectorized and frame.dim is not None:
                     nesting = max(nesting, -frame.dim)
-    data_plate = None
-    for name in _latent_names(model_tr, guide_tr):
-        frames = [f for f in guide_tr.nodes[name]["cond_indep_stack"] if f.vectorized]
-        data_plate = next((f.name for f in frames if f.dim == -1), None)
-        if data_plate is not None:
-            break
-    return _Layout(nesting, data_plate)
+    from pyrocollapse.diagnostics.sites import data_plate_name
+
+    return _Layout(nesting, data_plate_name(model_tr, guide_tr))
 
 
 def _log_prob(fn: dist.Distribution, value: torch.Tensor) -> torch.Tensor:
