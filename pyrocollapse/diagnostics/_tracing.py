@@ -641,6 +641,13 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
         )
     g, m = guide_tr.nodes[site], model_tr.nodes[site]
     q, p, z = g["fn"], m["fn"], g["value"]
+    aux = guide_tr.nodes.get(f"{site}_unconstrained")
+    if isinstance(unwrap(q), dist.Delta) and aux is not None and aux["infer"].get("is_auxiliary"):
+        # AutoNormal: the Delta carries a draw of the auxiliary site pushed to the
+        # support; q(z | x) is that auxiliary distribution pushed the same way
+        q = dist.TransformedDistribution(
+            aux["fn"], [torch.distributions.biject_to(m["fn"].support)]
+        )
     if isinstance(unwrap(q), dist.Delta):
         raise SiteSkipped(
             f"latent site {site!r} has a point-mass guide ({type(unwrap(q)).__name__}): q(z|x) "
