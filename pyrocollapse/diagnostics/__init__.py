@@ -11,13 +11,26 @@ What the programs must look like
   arguments (a tuple or dict of them, or a loader yielding such batches; see
   :mod:`pyrocollapse.program_data`), every tensor of which is cut along dim 0, which
   indexes observations; other values (``None``, numbers) go to every chunk unchanged.
-* A latent site to diagnose lies in one data plate over dim -1 (batch shape ``(B,)``) and
-  has event shape ``(latent_dim,)`` (e.g. ``dist.Normal(loc, scale).to_event(1)``).
+* The **data plate** is the outermost plate around the observed sites. A latent in it is
+  local (one value per point): continuous ones (event shape ``(latent_dim,)`` or a
+  scalar) get every per-dimension estimator, discrete ones their exact KL and mutual
+  information. A latent outside it is global: :func:`diagnose` reports its KL and
+  posterior contraction. Point masses (``Delta``) have no density to compare and are
+  listed with that reason; ``AutoNormal``'s sites are read through its auxiliary
+  distributions.
+* Masks (``poutine.mask``, ``.mask(m)``) leave the masked rows out of every estimator
+  (the padded steps of a sequence batch). A site whose prior depends on other latents
+  (``z_t | z_{t-1}``) is measured in that prior's standardised coordinates, i.e. given
+  its parents (see :class:`~pyrocollapse.diagnostics._tracing.SiteDraw`).
+* Programs run in eval mode (dropout off, BatchNorm frozen; modes restored). Programs
+  with a plate of fixed size or per-point parameters are diagnosed in one chunk of the
+  whole data; programs that do not broadcast over an extra draw dimension run one draw
+  at a time where the estimators would vectorise draws.
 * Estimators that need the model's density per observation (:func:`iw_log_likelihood`,
   :func:`psis_khat`, :func:`decoder_sensitivity`, :func:`posterior_mean_space`) need every
-  model site inside that data plate (no global latent variables), and programs that
-  broadcast over one extra batch dimension on the left: they run all draws of a chunk at
-  once in a vectorised particle plate, as Pyro's ``vectorize_particles=True`` does.
+  model site inside the data plate (no global latent variables); :func:`diagnose`
+  records in :attr:`CollapseReport.unavailable` why one could not run instead of
+  raising.
 
 Hierarchical models
 -------------------
