@@ -1318,11 +1318,23 @@ def fit(
                     f"{monitor_error}. Aggressive mode measures the mutual information on "
                     "the first monitor_size rows of the data, which must be cut along dim 0"
                 )
+            chunk = max(_MONITOR_CHUNK, getattr(source, "batch_size", 0))
             if monitor is not None:
-                values.update(_monitor(model, guide, monitor_x, monitor, list(per_dim)))
+                values.update(
+                    _monitor(model, guide, monitor_x, monitor, list(per_dim), batch_size=chunk)
+                )
             if aggressive_epoch and not any(k.startswith("mi/") for k in values):
                 # aggressive mode needs I_q even when monitoring is off
-                values.update(_monitor(model, guide, monitor_x, None, [], au=False))
+                values.update(
+                    _monitor(model, guide, monitor_x, None, [], au=False, batch_size=chunk)
+                )
+                if not any(k.startswith("mi/") for k in values):
+                    raise ValueError(
+                        "aggressive mode compares I_q(x; z) between epochs, but no latent "
+                        "site of the guide is one whose mutual information can be measured "
+                        "(a local site with one value per data point); train with "
+                        "aggressive=False"
+                    )
             mi = [v for k, v in values.items() if k.startswith("mi/")]
             if mi:
                 current = float(sum(mi))
@@ -1901,6 +1913,17 @@ def _restore_checkpoint(
     return float(saved["elapsed"])
 
 
+#: Points per traced chunk of the monitoring subset (at least; fit's batch size if larger):
+#: the default subset of 512 points is traced in one call of guide and model.
+_MONITOR_CHUNK = 512
+#: Draws for the per-dimension MI, which the History does not record: as few as the
+#: estimator takes, so that the monitor pays only for the total I_q(x; z).
+_MONITOR_PER_DIM_DRAWS = 2
+#: Active-unit threshold (Burda et al. 2016) and draws for a Monte Carlo posterior mean,
+#: as :func:`pyrocollapse.diagnostics.active_units` uses by default.
+_MONITOR_AU_THRESHOLD, _MONITOR_AU_SAMPLES = 0.01, 64
+
+
 def _monitor(
     model: Callable,
     guide: Callable,
@@ -1909,37 +1932,55 @@ def _monitor(
     default_sites: list[str],
     *,
     au: bool = True,
+    batch_size: int = _MONITOR_CHUNK,
 ) -> dict[str, float]:
-    """Active units and MI per site on the monitoring subset ``x``.
+    """Active units and MI per site on the monitoring subset ``x``, from one pass of
+    guide and model over it (chunks of at least ``batch_size`` points).
 
-    ``monitor``: ``"default"`` (``default_sites``, the sites the objective reports; when
-    it reports none, every latent site, skipping those the estimators cannot take, such
-    as sites without a ``(batch, latent_dim)`` shape), ``None`` (every latent site of the
-    guide) or a list of site names. ``au=False`` computes the mutual information only.
+    ``monitor``: ``"default"`` (``default_sites``, the sites the objective reports per
+    dimension; when it reports none, every local latent site the estimators apply to;
+    sites that cannot be monitored are skipped silently), ``None`` (every local latent
+    site, skipping likewise: the MI aggressive mode needs) or a list of site names (exactly
+    those; one that cannot be monitored raises the reason). A continuous site gets
+    ``active_units/<site>`` (unless ``au=False``) and ``mi/<site>`` (one draw of z per
+    point, total over dimensions); a discrete site ``mi/<site>`` only (exact). The
+    draws come from torch's global RNG, in site order.
     """
-    from pyrocollapse.diagnostics import active_units, latent_site_names, mutual_information
+    from pyrocollapse.diagnostics import _sweep
+    from pyrocollapse.diagnostics.activity import _au_from_draws
+    from pyrocollapse.diagnostics.aggregate import _mi_from_draws
+    from pyrocollapse.diagnostics.sites import discrete_summary
 
-    lenient = monitor == "default" and not default_sites
-    if monitor == "default" and default_sites:
-        sites = default_sites
-    elif monitor is None or lenient:
-        sites = latent_site_names(model, guide, x)
+    strict = monitor is not None and monitor != "default"
+    wanted = list(monitor) if strict else None
+    sweep = _sweep(model, guide, x, wanted, max(batch_size, 1), None)
+    if wanted is not None:
+        sites = wanted
     else:
-        sites = list(monitor)
+        found = [s for s in sweep.kinds if s in sweep.draws or s in sweep.discrete]
+        if monitor == "default" and default_sites:
+            sites = [s for s in default_sites if s in found]
+        else:
+            sites = found
     out: dict[str, float] = {}
-    for site in sites:
-        try:
-            values = {}
-            if au:
-                values[f"active_units/{site}"] = float(
-                    active_units(model, guide, x, site=site).active.sum()
-                )
-            values[f"mi/{site}"] = float(
-                mutual_information(model, guide, x, site=site, num_samples=1).total
-            )
-        except ValueError:
-            if not lenient:
-                raise
-            continue  # a site the per-dimension estimators do not apply to
-        out.update(values)
+    with torch.no_grad():
+        for site in sites:
+            try:
+                if site in sweep.discrete:
+                    out[f"mi/{site}"] = float(discrete_summary(sweep.discrete[site]).mi)
+                    continue
+                draws = sweep.draws[site]
+                values = {}
+                if au:
+                    activity = _au_from_draws(
+                        draws, _MONITOR_AU_THRESHOLD, _MONITOR_AU_SAMPLES, 0, 0.95
+                    )
+                    values[f"active_units/{site}"] = float(activity.active.sum())
+                mi = _mi_from_draws(draws, 1, _MONITOR_PER_DIM_DRAWS, 0, 0.95)
+                values[f"mi/{site}"] = float(mi.total)
+            except (ValueError, NotImplementedError):
+                if strict:
+                    raise
+                continue  # a site the estimators do not apply to
+            out.update(values)
     return out

@@ -387,3 +387,9 @@ def test_programs_that_do_not_broadcast_over_draws_are_run_one_draw_at_a_time():
     report = diagnose(model, guide, x, estimators=("kl", "au", "mi", "iw", "psis"))
     assert report.elbo["log_likelihood"] == pytest.approx(float(exact.mean()), abs=1e-4)
     assert not report.unavailable
+
+
+def test_per_point_estimators_on_a_global_site_say_what_applies_instead():
+    program = build("eight_schools")
+    with pytest.raises(ValueError, match=r"latent site 'mu' lies outside the data plate 'schools'"):
+        kl_per_dimension(program.model, program.guide, program.train_data, site="mu")

@@ -114,6 +114,7 @@ from pyrocollapse.diagnostics._tracing import (
     _setup_device,
     _site_draw,
     _site_log_prob,
+    eval_mode,
     latent_site_names,
     site_draws,
 )
@@ -237,7 +238,7 @@ def _sweep(
     """Trace every chunk once. ``sites=None``: every latent site met (discovery), those
     the estimators do not apply to listed with the reason; else exactly ``sites``, and
     one that cannot be diagnosed raises its reason."""
-    from pyrocollapse.elbo import data_plate_frame, latent_term
+    from pyrocollapse.elbo import PlainELBO, data_plate_frame, latent_term
 
     draws: dict[str, list[SiteDraw]] = {}
     discrete: dict[str, list[DiscreteDraw]] = {}
@@ -248,6 +249,7 @@ def _sweep(
     recon, kls = 0.0, {}
     first = None
     points = 0
+    elbo_for_sweep = PlainELBO()
     for xb in _chunks(x, batch_size, device):
         first = xb if first is None else first
         with torch.no_grad():
@@ -281,6 +283,21 @@ def _sweep(
                 draws.setdefault(s, []).append(d)
                 conditional[s] = conditional.get(s, False) or d.conditional
                 innovation[s] = innovation.get(s, False) or d.innovation
+            model_only = [
+                n
+                for n, site in model_tr.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and n not in guide_tr.nodes
+            ]
+            if model_only:
+                # enumerated (or sampled) model-only sites: the ELBO's terms as the
+                # objectives compute them, enumerated sites summed out exactly
+                with eval_mode(model, guide):
+                    ev = elbo_for_sweep.evaluate_eager(model, guide, *xb.args, **xb.kwargs)
+                    terms = ev.terms[0]
+                recon += float(terms.reconstruction) / _mean_scale(terms)
+                for name, term in terms.latent.items():
+                    kls[name] = kls.get(name, 0.0) + float(term.total) / _mean_scale(terms)
+                continue
             for name in _observed_names(model_tr):
                 recon += float(_site_log_prob(model_tr.nodes[name]).sum())
             for name in _latent_names(model_tr, guide_tr):
@@ -308,6 +325,15 @@ def _sweep(
     return _Sweep(
         draws, discrete, kinds, skipped, recon, kls, points, conditional, innovation, first
     )
+
+
+def _mean_scale(terms: Any) -> float:
+    """The plates' subsampling scale of an evaluation (totals are scaled by it; the sweep
+    sums per traced point)."""
+    from pyrocollapse.elbo import data_plate_frame
+
+    frame = data_plate_frame(terms.model_trace)
+    return 1.0 if frame is None else float(frame[2])
 
 
 def _check_estimators(estimators: object) -> tuple[str, ...]:

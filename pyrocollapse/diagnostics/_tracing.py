@@ -661,6 +661,15 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
             "estimators apply to continuous latents. diagnose() reports a discrete site with "
             "its exact KL and mutual information"
         )
+    from pyrocollapse.diagnostics.sites import data_plate_name
+
+    plate = data_plate_name(model_tr, guide_tr)
+    if plate is not None and not any(f.name == plate for f in g["cond_indep_stack"]):
+        raise SiteSkipped(
+            f"latent site {site!r} lies outside the data plate {plate!r} (a global latent): "
+            "per-data-point collapse does not apply to it; diagnose() reports its KL(q || p) "
+            "and posterior contraction 1 - Var_q/Var_p instead"
+        )
     keep = _row_mask(g, q, p, batch, z.device)
     q, p = strip_mask(q)[0], strip_mask(p)[0]
     if len(q.event_shape) == 0 and tuple(q.batch_shape) == (batch,):
