@@ -46,20 +46,15 @@ def strip_mask(d: Any) -> tuple[Any, Any]:
     return d, None
 
 
-def as_vector(d: Any) -> Any:
-    """A distribution with event shape ``()`` viewed with event shape ``(1,)``."""
-    return Independent(_Unsqueezed(d), 1)
-
-
-class _Unsqueezed(TorchDistribution):
-    """``d`` with a trailing batch dimension of size 1 (so that ``Independent(., 1)``
-    gives event shape ``(1,)``)."""
+class _View(TorchDistribution):
+    """A distribution seen through a reshaping of another, ``base``: support and
+    reparameterisation are the base's."""
 
     arg_constraints: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, base: Any) -> None:
+    def __init__(self, base: Any, batch_shape: Any, event_shape: Any) -> None:
         self.base = base
-        super().__init__((*base.batch_shape, 1), base.event_shape, validate_args=False)
+        super().__init__(batch_shape, event_shape, validate_args=False)
 
     @property
     def support(self) -> Any:
@@ -68,6 +63,19 @@ class _Unsqueezed(TorchDistribution):
     @property
     def has_rsample(self) -> bool:
         return self.base.has_rsample
+
+
+def as_vector(d: Any) -> Any:
+    """A distribution with event shape ``()`` viewed with event shape ``(1,)``."""
+    return Independent(_Unsqueezed(d), 1)
+
+
+class _Unsqueezed(_View):
+    """``d`` with a trailing batch dimension of size 1 (so that ``Independent(., 1)``
+    gives event shape ``(1,)``)."""
+
+    def __init__(self, base: Any) -> None:
+        super().__init__(base, (*base.batch_shape, 1), base.event_shape)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -104,23 +112,13 @@ def particle_slice(d: Any, i: int, b: int) -> Any:
     return _ParticleSlice(d, i)
 
 
-class _ParticleSlice(TorchDistribution):
+class _ParticleSlice(_View):
     """Particle ``i`` of a distribution with batch shape ``(K, *rest)``: batch shape
     ``rest``. ``log_prob`` evaluates the whole distribution and keeps particle i."""
 
-    arg_constraints: ClassVar[dict[str, Any]] = {}
-
     def __init__(self, base: Any, i: int) -> None:
-        self.base, self.i = base, i
-        super().__init__(base.batch_shape[1:], base.event_shape, validate_args=False)
-
-    @property
-    def support(self) -> Any:
-        return self.base.support
-
-    @property
-    def has_rsample(self) -> bool:
-        return self.base.has_rsample
+        self.i = i
+        super().__init__(base, base.batch_shape[1:], base.event_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         rest = len(self.batch_shape) + len(self.event_shape)

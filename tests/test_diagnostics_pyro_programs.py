@@ -17,7 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from gallery import PROGRAMS, GalleryProgram, build
+from gallery import CASES, GalleryProgram, build, case_id
 from pyro import poutine
 
 from pyrocollapse import diagnose, fit
@@ -28,18 +28,7 @@ from pyrocollapse.diagnostics import (
 )
 from pyrocollapse.elbo import PlainELBO
 
-CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in PROGRAMS] + [
-    ("dmm", {"iaf": True}),
-    ("m2", {"labelled": True}),
-    ("eight_schools", {"guide": "auto"}),
-    ("mixture", {"delta_locs": True}),
-    ("vae", {"subsample_size": 8}),
-]
-
-
-def _case_id(case: tuple[str, dict[str, Any]]) -> str:
-    name, options = case
-    return name + "".join(f"-{k}={v}" for k, v in options.items())
+_case_id = case_id
 
 
 def prior_guide(model):

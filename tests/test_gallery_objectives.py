@@ -11,12 +11,11 @@ the whole suite.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pyro
 import pytest
 import torch
-from gallery import PROGRAMS, GalleryProgram, build
+from gallery import CASES, PROGRAMS, GalleryProgram, build, case_id
 from pyro.infer import SVI, TraceEnum_ELBO
 
 from pyrocollapse.elbo import (
@@ -30,15 +29,6 @@ from pyrocollapse.elbo import (
     MIRegularizedELBO,
     PlainELBO,
 )
-
-#: (program name, options): every program, and the options that change its features.
-CASES: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in PROGRAMS] + [
-    ("dmm", {"iaf": True}),
-    ("m2", {"labelled": True}),
-    ("eight_schools", {"guide": "auto"}),
-    ("mixture", {"delta_locs": True}),
-    ("vae", {"subsample_size": 8}),
-]
 
 #: Objective name -> factory at its special value (equal to the plain ELBO).
 SPECIAL: dict[str, Callable[[], BaseELBO]] = {
@@ -56,9 +46,7 @@ SPECIAL: dict[str, Callable[[], BaseELBO]] = {
 _MINIBATCH = {"mi", "infovae", "betatc"}
 
 
-def _case_id(case: tuple[str, dict[str, Any]]) -> str:
-    name, options = case
-    return name + "".join(f"-{k}={v}" for k, v in options.items())
+_case_id = case_id
 
 
 def _refusal(objective: str, program: GalleryProgram) -> str | None:

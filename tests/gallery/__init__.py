@@ -34,7 +34,24 @@ assert set(_ORDER) == set(program_names()), "gallery registry and PROGRAMS disag
 #: Names of every gallery program, in the order of the gallery's documentation.
 PROGRAMS: tuple[str, ...] = _ORDER
 
+#: (program, options): every program, and the options that change its features; the
+#: cases the contract suites run over.
+CASES: list[tuple[str, dict]] = [(name, {}) for name in PROGRAMS] + [
+    ("dmm", {"iaf": True}),
+    ("m2", {"labelled": True}),
+    ("eight_schools", {"guide": "auto"}),
+    ("mixture", {"delta_locs": True}),
+    ("vae", {"subsample_size": 8}),
+]
+
+
+def case_id(case: tuple[str, dict]) -> str:
+    """A pytest id for a case: ``"dmm-iaf=True"``."""
+    name, options = case
+    return name + "".join(f"-{k}={v}" for k, v in options.items())
+
 __all__ = [
+    "CASES",
     "EIGHT_SCHOOLS_SIGMA",
     "EIGHT_SCHOOLS_Y",
     "FEATURES",
@@ -42,6 +59,7 @@ __all__ = [
     "PROGRAMS",
     "GalleryProgram",
     "build",
+    "case_id",
     "cvae_data",
     "m2_accuracy",
     "m2_data",
