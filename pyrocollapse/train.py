@@ -944,7 +944,7 @@ def fit(
     progress: bool = True,
     callbacks: Iterable[Callback] = (),
     monitor: Any = "default",
-    monitor_size: int = 512,
+    monitor_size: int | None = None,
     clip_norm: float | None = None,
     clip_value: float | None = None,
     aggressive: bool = False,
@@ -1044,14 +1044,21 @@ def fit(
         Latent sites whose active units and mutual information are computed each epoch on
         a fixed subset of ``monitor_size`` points (``"default"``: the sites the ELBO
         reports per dimension, or, for an objective that reports none such as Pyro's
-        stock ELBOs, every latent site of shape ``(batch, latent_dim)``, others being
-        skipped; ``None`` turns monitoring off, except for the mutual information that
-        aggressive mode needs). The subset is a random one of tensor data (drawn once,
-        with ``seed``) or the first ``monitor_size`` rows a DataLoader yields (whose
+        stock ELBOs, every local latent site the estimators apply to, others (global
+        sites, point masses) being skipped; ``None`` turns monitoring off, except for
+        the mutual information that aggressive mode needs; a list: exactly those sites,
+        raising the reason for one that cannot be monitored). A discrete site gets its
+        exact ``mi/<site>`` and no active units. One pass of guide and model over the
+        subset (in chunks of ``max(512, batch_size)`` points) serves every site; the
+        History records the total MI per site, not per dimension. The subset is a random
+        one of tensor data (drawn once, with ``seed``) or the first ``monitor_size`` rows a DataLoader yields (whose
         batches must then share a leading size in each batch, as diagnostics cut every
         argument along dim 0; pass ``monitor=None`` for time-major batches).
-    monitor_size : int
-        Size of the fixed monitoring subset (>= 2).
+    monitor_size : int or None
+        Size of the fixed monitoring subset (>= 2). ``None`` (default): a sixteenth of
+        in-memory data, at least 64 and at most 512 points (all of them when there are
+        fewer), which keeps the monitor near 5 % of an epoch (``benchmarks/monitor.py``);
+        512 for a DataLoader.
     clip_norm : float or None
         Clip the global (L2) gradient norm of the parameters being updated to this value
         (> 0), as ``torch.nn.utils.clip_grad_norm_``.
@@ -1165,7 +1172,8 @@ def fit(
     Posterior Collapse in Variational Autoencoders. ICLR.
     """
     epochs = check_int("epochs", epochs, minimum=1)
-    monitor_size = check_int("monitor_size", monitor_size, minimum=2)
+    if monitor_size is not None:
+        monitor_size = check_int("monitor_size", monitor_size, minimum=2)
     if clip_norm is not None:
         clip_norm = check_float("clip_norm", clip_norm, minimum=0.0, strict_minimum=True)
     if clip_value is not None:
@@ -1203,6 +1211,9 @@ def fit(
     if device is not None:
         for m in modules:
             m.to(device)
+    if monitor_size is None:
+        n = getattr(source, "n", None)
+        monitor_size = 512 if n is None else max(2, min(512, max(64, n // 16), n))
     first = source.first_batch(monitor_size)
     try:
         guide_named, model_named = _collect_named_params(model, guide, *first.args, **first.kwargs)
@@ -1319,22 +1330,25 @@ def fit(
                     "the first monitor_size rows of the data, which must be cut along dim 0"
                 )
             chunk = max(_MONITOR_CHUNK, getattr(source, "batch_size", 0))
-            if monitor is not None:
-                values.update(
-                    _monitor(model, guide, monitor_x, monitor, list(per_dim), batch_size=chunk)
-                )
-            if aggressive_epoch and not any(k.startswith("mi/") for k in values):
-                # aggressive mode needs I_q even when monitoring is off
-                values.update(
-                    _monitor(model, guide, monitor_x, None, [], au=False, batch_size=chunk)
-                )
-                if not any(k.startswith("mi/") for k in values):
-                    raise ValueError(
-                        "aggressive mode compares I_q(x; z) between epochs, but no latent "
-                        "site of the guide is one whose mutual information can be measured "
-                        "(a local site with one value per data point); train with "
-                        "aggressive=False"
+            # Pyro's validation as on the training steps: on the first epoch's or always
+            checks = is_validation_enabled() and (state.validate or epoch == first_epoch)
+            with pyro.validation_enabled(checks):
+                if monitor is not None:
+                    values.update(
+                        _monitor(model, guide, monitor_x, monitor, list(per_dim), batch_size=chunk)
                     )
+                if aggressive_epoch and not any(k.startswith("mi/") for k in values):
+                    # aggressive mode needs I_q even when monitoring is off
+                    values.update(
+                        _monitor(model, guide, monitor_x, None, [], au=False, batch_size=chunk)
+                    )
+                    if not any(k.startswith("mi/") for k in values):
+                        raise ValueError(
+                            "aggressive mode compares I_q(x; z) between epochs, but no latent "
+                            "site of the guide is one whose mutual information can be "
+                            "measured (a local site with one value per data point); train "
+                            "with aggressive=False"
+                        )
             mi = [v for k, v in values.items() if k.startswith("mi/")]
             if mi:
                 current = float(sum(mi))
@@ -1953,7 +1967,7 @@ def _monitor(
 
     strict = monitor is not None and monitor != "default"
     wanted = list(monitor) if strict else None
-    sweep = _sweep(model, guide, x, wanted, max(batch_size, 1), None)
+    sweep = _sweep(model, guide, x, wanted, max(batch_size, 1), None, elbo_terms=False)
     if wanted is not None:
         sites = wanted
     else:
@@ -1969,7 +1983,10 @@ def _monitor(
                 if site in sweep.discrete:
                     out[f"mi/{site}"] = float(discrete_summary(sweep.discrete[site]).mi)
                     continue
-                draws = sweep.draws[site]
+                # a chunk whose rows are all masked at this site (short sequences) has none
+                draws = [d for d in sweep.draws[site] if d.z.shape[0] > 0]
+                if not draws:
+                    continue
                 values = {}
                 if au:
                     activity = _au_from_draws(

@@ -148,6 +148,7 @@ def collapsing_fit(digits, callbacks, epochs=6, **options):
         progress=False,
         optim=lambda p: torch.optim.Adam(p, lr=1e-2),
         callbacks=callbacks,
+        monitor_size=256,  # every point: the callbacks react to the monitored AU
         **options,
     )
     return vae, elbo, hist

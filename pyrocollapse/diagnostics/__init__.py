@@ -234,10 +234,13 @@ def _sweep(
     sites: Sequence[str] | None,
     batch_size: int,
     device: torch.device | None,
+    *,
+    elbo_terms: bool = True,
 ) -> _Sweep:
     """Trace every chunk once. ``sites=None``: every latent site met (discovery), those
     the estimators do not apply to listed with the reason; else exactly ``sites``, and
-    one that cannot be diagnosed raises its reason."""
+    one that cannot be diagnosed raises its reason. ``elbo_terms=False`` skips the sums
+    of the ELBO's terms (``fit``'s monitor does not need them)."""
     from pyrocollapse.elbo import PlainELBO, data_plate_frame, latent_term
 
     draws: dict[str, list[SiteDraw]] = {}
@@ -283,6 +286,8 @@ def _sweep(
                 draws.setdefault(s, []).append(d)
                 conditional[s] = conditional.get(s, False) or d.conditional
                 innovation[s] = innovation.get(s, False) or d.innovation
+            if not elbo_terms:
+                continue
             model_only = [
                 n
                 for n, site in model_tr.nodes.items()
