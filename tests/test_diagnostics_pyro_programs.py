@@ -382,3 +382,28 @@ def test_per_point_estimators_on_a_global_site_say_what_applies_instead():
     program = build("eight_schools")
     with pytest.raises(ValueError, match=r"latent site 'mu' lies outside the data plate 'schools'"):
         kl_per_dimension(program.model, program.guide, program.train_data, site="mu")
+
+
+def test_a_chunk_whose_rows_are_all_masked_at_a_site_is_left_out():
+    """Sorted lengths with a fixed T: the first chunk's sequences are all too short for
+    z_4, whose rows there are all masked."""
+    lengths = torch.tensor([2] * 6 + [4] * 6)
+    x = torch.randn(12, 4)
+
+    def model(x, lengths):
+        with pyro.plate("sequences", x.shape[0]):
+            for t in pyro.markov(range(1, 5)):
+                with poutine.mask(mask=lengths >= t):
+                    z = pyro.sample(f"z_{t}", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+                    pyro.sample(f"x_{t}", dist.Normal(z, 1.0).to_event(1), obs=x[:, t - 1 : t])
+
+    def guide(x, lengths):
+        with pyro.plate("sequences", x.shape[0]):
+            for t in pyro.markov(range(1, 5)):
+                with poutine.mask(mask=lengths >= t):
+                    pyro.sample(f"z_{t}", dist.Normal(x[:, t - 1 : t], 0.5).to_event(1))
+
+    report = diagnose(model, guide, (x, lengths), batch_size=6)
+    assert list(report.sites) == ["z_1", "z_2", "z_3", "z_4"]
+    mi = mutual_information(model, guide, (x, lengths), site="z_4", batch_size=6)
+    assert math.isfinite(mi.total)

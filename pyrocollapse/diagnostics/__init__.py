@@ -283,6 +283,8 @@ def _sweep(
                         raise
                     skipped[s] = str(e).split("\n")[0]
                     continue
+                if d.z.shape[0] == 0:
+                    continue  # every row of this chunk masked at this site
                 draws.setdefault(s, []).append(d)
                 conditional[s] = conditional.get(s, False) or d.conditional
                 innovation[s] = innovation.get(s, False) or d.innovation

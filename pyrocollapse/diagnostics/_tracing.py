@@ -728,7 +728,9 @@ def site_draws(
         if site not in guide_tr.nodes and site not in model_tr.nodes:
             continue  # a site of some chunks only (a later time step of short sequences)
         seen = True
-        yield _site_draw(model_tr, guide_tr, site, _chunk_rows(model_tr, xb))
+        d = _site_draw(model_tr, guide_tr, site, _chunk_rows(model_tr, xb))
+        if d.z.shape[0]:  # a chunk whose rows are all masked at this site has none
+            yield d
     if not seen and last is not None:
         _site_draw(*last, site, 0)  # raises the explanatory error
 
