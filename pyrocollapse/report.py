@@ -299,16 +299,18 @@ class SiteReport:
     def verdict(self) -> str:
         return _verdict(self.collapsed)
 
-    def notes(self) -> list[str]:
-        """Warnings a reader should see next to this site's numbers."""
+    def notes(self, *, conditional: bool = True) -> list[str]:
+        """Warnings a reader should see next to this site's numbers (``conditional=False``
+        leaves out the note on a conditional prior, which a report gives once for all
+        such sites)."""
         out = []
-        if self.innovation:
+        if conditional and self.innovation:
             out.append(
                 f"site {self.site!r} has a conditional prior p({self.site} | parents): it is "
                 "measured in that prior's standardised coordinates at the guide's draws of the "
                 "parents, so activity and MI count only what x tells beyond the parents"
             )
-        elif self.conditional_prior:
+        elif conditional and self.conditional_prior:
             out.append(
                 f"site {self.site!r} has a conditional prior p({self.site} | parents): its KL, MI "
                 "and marginal KL use that conditional at the guide's draws of the parents"
@@ -540,8 +542,18 @@ class CollapseReport:
                 "guide is a poor approximation of the posterior there, so a dimension that looks "
                 "collapsed may reflect the guide rather than the model (Yao et al. 2018)"
             )
+        chained = [s.site for s in self.sites.values() if s.innovation]
+        if chained:
+            out.append(
+                f"site(s) {', '.join(map(repr, chained))} have a conditional prior p(z | parents): "
+                "each is measured in that prior's standardised coordinates at the guide's draws "
+                "of the parents, so activity and MI count only what x tells beyond the parents"
+            )
         for s in self.sites.values():
-            out.extend(s.notes())
+            if s.conditional_prior and not s.innovation:
+                out.extend(s.notes())
+            else:
+                out.extend(s.notes(conditional=False))
         for g in self.global_sites.values():
             flat = np.flatnonzero(g.uninformed)
             if len(flat):
