@@ -172,6 +172,47 @@ def module_device(obj: object) -> torch.device | None:
     return None
 
 
+def program_modules(*fns: object) -> list[torch.nn.Module]:
+    """The ``nn.Module`` s behind Pyro programs, each listed once: a program that is a
+    module, the module a bound method belongs to (``vae.model``), one wrapped by
+    ``functools.partial``, and modules a function's closure holds."""
+    out: list[torch.nn.Module] = []
+    for fn in fns:
+        fn = getattr(fn, "func", fn)  # functools.partial
+        candidates = [fn, getattr(fn, "__self__", None)]
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                candidates.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+        for m in candidates:
+            if isinstance(m, torch.nn.Module) and not any(m is o for o in out):
+                out.append(m)
+    return out
+
+
+def program_dtype(*fns: object) -> torch.dtype:
+    """The floating dtype the programs compute in, which their data should take.
+
+    The dtype of the first floating parameter (else buffer) of the modules behind
+    ``fns`` (see :func:`program_modules`); for programs without modules, that of the
+    first floating parameter in Pyro's param store (hand-written ``pyro.param`` ones, once
+    created); else ``torch.get_default_dtype()``.
+    """
+    modules = program_modules(*fns)
+    for tensors in ([p for m in modules for p in m.parameters()],
+                    [b for m in modules for b in m.buffers()]):  # fmt: skip
+        for t in tensors:
+            if t.is_floating_point():
+                return t.dtype
+    import pyro
+
+    for _, value in pyro.get_param_store().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.dtype
+    return torch.get_default_dtype()
+
+
 def check_bool(name: str, value: object) -> bool:
     """Return ``value`` if it is a bool (not merely truthy)."""
     if not isinstance(value, bool):

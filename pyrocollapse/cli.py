@@ -260,7 +260,25 @@ def _build_parser() -> argparse.ArgumentParser:
     g = run.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="report folder to write")
     g.add_argument(
-        "--overwrite", action="store_true", help="replace an existing, non-empty --out folder"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing, non-empty --out folder (and, without --resume, discard an "
+        "interrupted run's checkpoint)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write a training checkpoint every N epochs into OUT.partial/.checkpoint/ (removed "
+        "when the run finishes), so that --resume can continue an interrupted run",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run into --out from its checkpoint (same options; "
+        "keeps checkpointing every --checkpoint-every epochs, 1 by default); without a "
+        "checkpoint, start afresh",
     )
 
     cmp = sub.add_parser(
@@ -269,8 +287,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Train every combination of --priors, --elbos and --seeds (each into "
         "OUT/runs/<prior>__<elbo>__seed<k>/, a full report folder) and write OUT/runs.csv, "
         "OUT/comparison.csv (mean and spread over seeds) and OUT/figures/au_vs_nll.png. "
-        "Finished runs are skipped when the grid is started again; a failed run is recorded "
-        "and does not stop the others.",
+        "Every option value of the grid is checked before any run (exit 2). A finished run "
+        "is reused when the grid is started again only if its folder is complete and its "
+        "configuration fingerprint matches; otherwise it is trained again and the reason "
+        "said. A failed run is recorded and does not stop the others; the command then "
+        "exits 1.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_data_model_training(cmp)
@@ -418,14 +439,31 @@ def run(args: argparse.Namespace) -> int:
     callbacks = []
     if progress and not sys.stderr.isatty():
         callbacks.append(PrintProgress(every=max(1, config.epochs // 10)))
-    run_experiment(
-        config,
-        args.out,
-        overwrite=args.overwrite,
-        progress=progress,
-        callbacks=tuple(callbacks),
-        echo=True,
-    )
+    try:
+        run_experiment(
+            config,
+            args.out,
+            overwrite=args.overwrite,
+            progress=progress,
+            callbacks=tuple(callbacks),
+            echo=True,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        from pyrocollapse.experiment import work_folder
+
+        checkpoint = work_folder(args.out) / ".checkpoint"
+        if (args.checkpoint_every is not None or args.resume) and any(checkpoint.glob("*.pt")):
+            if args.verbose:
+                traceback.print_exc()
+            print(
+                "pyrocollapse: interrupted; nothing half-written was kept, and the same command "
+                f"with --resume continues from the checkpoint in {checkpoint}/",
+                file=sys.stderr,
+            )
+            return 130
+        raise
     return 0
 
 
@@ -482,6 +520,17 @@ def compare_command(args: argparse.Namespace) -> int:
     print(
         f"\nwrote {args.out}/: runs.csv, comparison.csv, figures/au_vs_nll.png, runs/ ({n_ok} ok, {n_failed} failed)"
     )
+    if n_failed:  # a grid with failed runs exits 1, naming them
+        from pathlib import Path
+
+        import pandas as pd
+
+        runs = pd.read_csv(Path(args.out) / "runs.csv", keep_default_na=False)
+        failed = runs[runs["status"] != "ok"]
+        print(f"pyrocollapse: {n_failed} run(s) failed:", file=sys.stderr)
+        for rid, error in zip(failed["run"], failed["error"]):
+            print(f"  {rid}: {error} (see runs/{rid}.error.json)", file=sys.stderr)
+        return 1
     return 0
 
 

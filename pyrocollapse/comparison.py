@@ -4,17 +4,28 @@
 engine as ``pyrocollapse run`` (:func:`pyrocollapse.experiment.run_experiment`), each run
 into its own report folder, and summarises them in one table.
 
-Runs are independent: a finished run (its ``metrics.json`` exists) is skipped when the grid
-is started again, so an interrupted grid resumes; a failed run is recorded with its error
-(``runs/<id>/error.json``) and does not stop the others; ``jobs > 1`` runs them in
-parallel worker processes.
+Runs are independent: a finished run is skipped when the grid is started again, so an
+interrupted grid resumes. A run counts as finished only when its folder is complete
+(``metrics.json``, ``history.csv``, ``report.html``, ``model.pt``) and the configuration
+fingerprint stored in its ``metrics.json`` (a SHA-256 of the run's full
+:class:`~pyrocollapse.experiment.RunConfig`) matches the one asked for; a run built with
+other settings, or a damaged run folder, is trained again and named in the output. A
+failed run is recorded with its error (``runs/<id>.error.json``) and does not stop the
+others. ``jobs > 1`` runs them in parallel worker processes, which die with the grid's
+process and share the cores (``torch.set_num_threads(cpus // jobs)`` each). Every value
+of the grid is checked (each run's prior, model and objective built once) before any work,
+and one grid folder is written by one ``compare`` at a time
+(:func:`pyrocollapse._io.lock_directory`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -50,17 +61,160 @@ def run_id(prior: str, elbo: str, seed: int) -> str:
     return f"{prior}__{elbo}__seed{seed}"
 
 
-def _one_run(config_dict: dict[str, Any], out: str, threads: int | None) -> dict[str, Any]:
-    """Train one cell into ``out`` and return its metric row (a worker when jobs > 1)."""
+#: Files every finished run folder has (``posterior.nc`` and the figures are optional).
+RUN_FILES = ("metrics.json", "history.csv", "report.html", "model.pt")
+
+
+def _canonical(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as plain JSON values (tuples as lists), as ``metrics.json`` stores it."""
+    from pyrocollapse._io import json_default
+
+    return json.loads(json.dumps(config, default=json_default))
+
+
+def _fingerprint(config: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a run's configuration (a ``RunConfig.to_dict()``)."""
+    from pyrocollapse._io import json_default
+
+    text = json.dumps(
+        _canonical(config), sort_keys=True, separators=(",", ":"), default=json_default
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _differing_fields(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``"epochs: 2 -> 1, latent_dim: 2 -> 3"`` for the fields that differ."""
+    old, new = _canonical(old), _canonical(new)
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            a = json.dumps(old[key], sort_keys=True) if key in old else "<unset>"
+            b = json.dumps(new[key], sort_keys=True) if key in new else "<unset>"
+            parts.append(f"{key}: {a} -> {b}")
+    return ", ".join(parts) or "its stored fingerprint does not match its configuration"
+
+
+def _finished_run(folder: Path, config: RunConfig) -> tuple[dict[str, Any] | None, str]:
+    """``(row, "")`` for a complete run folder built from ``config``; otherwise
+    ``(None, why)``, ``why`` empty when there is no folder at all."""
+    if not folder.exists():
+        return None, ""
+    if not folder.is_dir():
+        return None, "it is not a folder"
+    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
+    if missing:
+        return None, f"its folder is incomplete ({', '.join(missing)} missing)"
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return None, f"its metrics.json cannot be read ({type(e).__name__}: {e})"
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("config"), dict):
+        return None, "its metrics.json holds no run configuration"
+    stored, wanted = metrics["config"], config.to_dict()
+    if "fingerprint" not in metrics:
+        return None, "its metrics.json has no configuration fingerprint (an older version)"
+    if metrics["fingerprint"] != _fingerprint(stored):
+        return None, "its metrics.json has a fingerprint that does not match its configuration"
+    if metrics["fingerprint"] != _fingerprint(wanted):
+        return None, f"it was built with other settings ({_differing_fields(stored, wanted)})"
+    try:
+        row = _row_from_metrics(metrics)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return None, f"its metrics.json is incomplete ({type(e).__name__}: {e})"
+    return row, ""
+
+
+def _threads_per_worker(jobs: int) -> int:
+    """Torch threads per worker so that ``jobs`` workers share the cores without
+    oversubscribing them."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // jobs)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker process die when ``parent_pid`` (the grid's process) does.
+
+    On Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; everywhere, exit at once if the parent
+    is already gone (``_one_run`` checks again before it writes anything).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _worker_init(parent_pid: int, threads: int) -> None:
+    """Initializer of the grid's worker processes: die with the parent, share the cores."""
+    _die_with_parent(parent_pid)
     import torch
 
-    from pyrocollapse.experiment import run_experiment
+    torch.set_num_threads(threads)
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+
+def _one_run(
+    config_dict: dict[str, Any], out: str, parent_pid: int | None = None
+) -> dict[str, Any]:
+    """Train one cell into ``out`` and return its metric row (a worker when jobs > 1).
+
+    ``metrics.json`` gets the configuration's ``fingerprint``; a worker (``parent_pid``
+    given) whose parent has gone writes nothing and exits.
+    """
+    from pyrocollapse.experiment import run_experiment, write_run_folder
+
+    config = RunConfig.from_dict(config_dict)
     start = time.perf_counter()
-    result = run_experiment(RunConfig.from_dict(config_dict), out, overwrite=True, progress=False)
+    result = run_experiment(config, None, progress=False)
+    result.metrics["fingerprint"] = _fingerprint(config.to_dict())
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # an orphan: the grid was killed, nothing is written
+    write_run_folder(result, out, overwrite=True)
     return {**_row_from_metrics(result.metrics), "wall_time": time.perf_counter() - start}
+
+
+def _check_buildable(cells: list[tuple[str, RunConfig]]) -> None:
+    """Build every distinct prior x objective of the grid once (data, prior, model,
+    objective; no training), so that a value that only its constructor refuses
+    (``mixture.n_components=0``) stops the grid before any work."""
+    import pyro.util
+
+    from pyrocollapse.experiment import build
+
+    seen = set()
+    state = pyro.util.get_rng_state()
+    try:
+        for rid, cfg in cells:
+            key = _fingerprint({**cfg.to_dict(), "seed": 0})
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                build(cfg)
+            except (ValueError, TypeError) as e:
+                where = "; ".join(
+                    f"{what} {name!r}" + _with_options(options)
+                    for what, name, options in (
+                        ("prior", cfg.prior, cfg.prior_options),
+                        ("objective", cfg.elbo, cfg.elbo_options),
+                    )
+                )
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise type(e)(f"run {rid} ({where}): {first}") from e
+    finally:
+        pyro.util.set_rng_state(state)
+
+
+def _with_options(options: dict[str, Any]) -> str:
+    return " with " + ", ".join(f"{k}={v!r}" for k, v in options.items()) if options else ""
 
 
 def _number(value: Any) -> float:
@@ -122,20 +276,27 @@ def compare(
     progress : bool
         Overall progress bar over runs (on a terminal).
     echo : bool
-        Print the ranked table.
+        Print the ranked table. With ``echo`` or ``progress``, every existing run folder
+        that is trained again is named with the reason (other settings, with the fields
+        that differ; an incomplete or unreadable folder).
 
     Returns
     -------
     pandas.DataFrame
         One row per (prior, elbo): ``<metric>_mean`` and ``<metric>_std`` over the seeds
         that finished for every metric in :data:`METRICS`, ``n_ok``, ``n_failed`` and the
-        first ``error``; ranked by :data:`RANKING`.
+        first ``error``; ranked by :data:`RANKING`. ``runs.csv`` has one row per run with
+        its ``status`` (``ok``/``failed``), ``error``, ``resumed`` (read back from an earlier
+        grid) and ``redone`` (why an existing run folder was trained again, else empty).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Before any work, for any value of the grid that a run would refuse (each
+        distinct prior x objective is built once, with no training), naming the run and
+        its options; :class:`pyrocollapse._io.TargetBusyError` (a ``ValueError``) if
+        another process is writing ``out``.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from pyrocollapse._io import atomic_write_text
-
     if base is not None and not isinstance(base, RunConfig):
         raise TypeError(f"base must be a RunConfig or None, got {type(base).__name__}")
     base = RunConfig() if base is None else base
@@ -187,6 +348,34 @@ def compare(
                 )
                 cfg.validate()  # every name and option checked before any training
                 cells.append((run_id(p, e, s), cfg))
+    _check_buildable(cells)  # ... and every value its constructor checks
+    from pyrocollapse._io import lock_directory
+
+    with lock_directory(out):  # one compare per grid folder: a second raises TargetBusyError
+        out.mkdir(parents=True, exist_ok=True)
+        return _run_grid(
+            cells, out, base, priors, elbos, seed_list, jobs, progress=progress, echo=echo
+        )
+
+
+def _run_grid(
+    cells: list[tuple[str, RunConfig]],
+    out: Path,
+    base: RunConfig,
+    priors: list[str],
+    elbos: list[str],
+    seed_list: list[int],
+    jobs: int,
+    *,
+    progress: bool,
+    echo: bool,
+) -> Any:
+    """Train the runs of a checked grid into ``out`` (locked) and summarise them."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from pyrocollapse._io import atomic_write_text
+
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
@@ -203,13 +392,17 @@ def compare(
     )
 
     rows: dict[str, dict[str, Any]] = {}
+    redone: dict[str, str] = {}
     todo = []
     for rid, cfg in cells:
-        metrics_path = runs_dir / rid / "metrics.json"
-        if metrics_path.exists():
-            metrics = json.loads(metrics_path.read_text())
-            rows[rid] = {**_row_from_metrics(metrics), "status": "ok", "resumed": True}
+        row, why = _finished_run(runs_dir / rid, cfg)
+        if row is not None:
+            rows[rid] = {**row, "status": "ok", "resumed": True, "redone": ""}
             continue
+        if why:
+            redone[rid] = why
+            if echo or progress:
+                print(f"run {rid}: training it again: {why}", flush=True)
         todo.append((rid, cfg))
     bar = tqdm(
         total=len(cells), initial=len(rows), desc="grid", unit="run", disable=(not progress) or None
@@ -223,21 +416,28 @@ def compare(
             err = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
             atomic_write_text(runs_dir / f"{rid}.error.json", json.dumps(err, indent=2))
             rows[rid] = {"status": "failed", "error": err["error"], "resumed": False}
+        rows[rid]["redone"] = redone.get(rid, "")
         bar.update(1)
 
-    if jobs == 1:
+    if jobs == 1 or len(todo) <= 1:
         for rid, cfg in todo:
             record(
                 rid,
-                lambda cfg=cfg, rid=rid: _one_run(cfg.to_dict(), str(runs_dir / rid), None),
+                lambda cfg=cfg, rid=rid: _one_run(cfg.to_dict(), str(runs_dir / rid)),
             )
     else:
         import multiprocessing
 
+        workers = min(jobs, len(todo))
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(os.getpid(), _threads_per_worker(workers)),
+        ) as pool:
             futures = {
-                pool.submit(_one_run, cfg.to_dict(), str(runs_dir / rid), 1): rid
+                pool.submit(_one_run, cfg.to_dict(), str(runs_dir / rid), os.getpid()): rid
                 for rid, cfg in todo
             }
             for fut in as_completed(futures):

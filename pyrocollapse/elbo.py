@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -895,18 +896,27 @@ def log_density_matrix(site: LocalSite, per_dim: bool = False) -> torch.Tensor:
 
     Notes
     -----
-    For a diagonal Normal q without validation, the joint densities come from three
-    ``(B, D) x (D, B)`` matrix products in float64 (no ``(B, B, D)`` tensor; on CPU and
-    CUDA), and the per-dimension ones from three passes over the ``(B, B, D)`` tensor,
+    For a diagonal Normal q, the joint densities come from three ``(B, D) x (D, B)``
+    matrix products in float64 (no ``(B, B, D)`` tensor; on CPU and CUDA), and the
+    per-dimension ones from three passes over the ``(B, B, D)`` tensor,
     ``-0.5 ((z - mu) / sigma)^2 - log sigma - log(2 pi) / 2``, instead of the six of
     ``Normal.log_prob``; the values agree with ``Normal.log_prob`` up to float32
-    rounding. With validation, ``q.log_prob`` with its argument checks.
+    rounding. Pyro's validation adds ``q``'s argument checks of ``z`` but never changes
+    the numeric path, so that a run is the same with validation on or off (``fit``
+    validates the first step of every call, and a resumed run must repeat the
+    uninterrupted one bit for bit).
     """
     if not isinstance(site, LocalSite):
         raise TypeError(f"site must be a LocalSite, got {type(site).__name__}")
     z = site.z.unsqueeze(-2)  # (B, 1, D) against q's batch (B,)
     q1 = _factor(site.q)
-    if _is_plain_normal(q1) and not is_validation_enabled():
+    if (
+        is_validation_enabled()
+        and getattr(site.q, "_validate_args", False)
+        and not torch._C._get_tracing_state()
+    ):
+        site.q._validate_sample(z)  # checks only: the numbers below are the same either way
+    if _is_plain_normal(q1):
         if not per_dim and site.z.device.type in ("cpu", "cuda"):
             return _normal_pairwise_joint(q1, site.z)
         # the (B, B, D) tensor dominates: 3 passes over it instead of Normal.log_prob's 6
@@ -1491,6 +1501,12 @@ class BaseELBO(ELBO):
         analytic_kl: bool = True,
     ) -> None:
         num_particles = check_int("num_particles", num_particles, minimum=1)
+        max_plate_nesting = _check_plate_nesting(max_plate_nesting)
+        if retain_graph is not None and not isinstance(retain_graph, bool):
+            raise TypeError(
+                "retain_graph must be None (Pyro's default), True or False, got "
+                f"{type(retain_graph).__name__} {retain_graph!r}"
+            )
         if not isinstance(vectorize_particles, bool):
             raise TypeError(
                 "vectorize_particles must be True or False, got "
@@ -1741,6 +1757,21 @@ class BaseELBO(ELBO):
 # --------------------------------------------------------------------------------------
 # Variants
 # --------------------------------------------------------------------------------------
+def _check_plate_nesting(value: object) -> float:
+    """``max_plate_nesting``: an int >= 0, or ``float("inf")`` (guessed on the first call)."""
+    if isinstance(value, float) and value == float("inf"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            "max_plate_nesting must be an int >= 0 (the number of nested plates in the "
+            "programs) or float('inf') to guess it on the first call, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if int(value) < 0:
+        raise ValueError(f"max_plate_nesting must be >= 0 or float('inf'), got {int(value)}")
+    return int(value)
+
+
 @ELBOS.register("elbo")
 class PlainELBO(BaseELBO):
     """The standard ELBO (KL weight 1), through the shared machinery.

@@ -209,15 +209,36 @@ def _default(target: Any, name: str) -> Any:
 def check_output_folder(name: str, out: str | Path) -> Path:
     """``out`` as a Path, checked (before any work) to be a folder that can be written.
 
-    Raises ``ValueError`` if ``out`` or the nearest existing folder above it is a file and
-    ``PermissionError`` if that folder cannot be written to.
+    A run replaces ``out`` as a whole (see :func:`pyrocollapse._io.atomic_directory`), so
+    what must be writable is the folder that holds it: the nearest existing folder above
+    ``out``. ``out`` may not be the current folder, a folder above it, or a folder that
+    holds the ``pyrocollapse`` package.
+
+    Raises ``ValueError`` if ``out`` or the nearest existing folder above it is a file,
+    or ``out`` is one of the folders above, and ``PermissionError`` if that folder
+    cannot be written to.
     """
     import os
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{name} {str(out)!r} is a file, not a folder; choose a folder")
-    ancestor = out
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    package = Path(__file__).resolve().parent
+    if resolved == cwd or resolved in cwd.parents:
+        raise ValueError(
+            f"{name} {str(out)!r} is the current folder or a folder above it, which a run "
+            "would replace as a whole; choose a new folder, e.g. runs/latest"
+        )
+    if resolved == package or resolved in package.parents:
+        raise ValueError(
+            f"{name} {str(out)!r} holds the pyrocollapse package ({str(package)!r}), which a "
+            "run would replace as a whole; choose a new folder, e.g. runs/latest"
+        )
+    if resolved.parent == resolved:
+        raise ValueError(f"{name} {str(out)!r} is the root folder; choose a new folder")
+    ancestor = resolved.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
@@ -229,6 +250,111 @@ def check_output_folder(name: str, out: str | Path) -> Path:
             f"{name} {str(out)!r} cannot be written: no write permission in {str(ancestor)!r}"
         )
     return out
+
+
+def work_folder(out: str | Path) -> Path:
+    """The work folder of an unfinished run into ``out``: ``<out>.partial`` beside it.
+
+    It holds the run's checkpoint (``.checkpoint/checkpoint.pt``) and its configuration
+    (``config.json``) while ``pyrocollapse run --checkpoint-every N`` trains, so that
+    ``--resume`` continues an interrupted run; it is removed when the run finishes.
+    """
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``None`` if unknown)."""
+    import os
+
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        vm, swap = psutil.virtual_memory(), psutil.swap_memory()
+        return int(vm.available + swap.free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {k: v for k, _, v in (line.partition(":") for line in f)}
+        kib = int(info["MemAvailable"].split()[0]) + int(info.get("SwapFree", "0 kB").split()[0])
+        return kib * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
+
+
+def memory_estimates(config: RunConfig, n_train: int, n_valid: int) -> list[tuple[str, int, str]]:
+    """Lower bounds on the largest tensors a run of ``config`` holds at once.
+
+    Each entry is ``(what, bytes, options)``: rows x sizes x 4 bytes (float32; 8 for the
+    float64 importance weights), for ``n_train`` training and ``n_valid`` held-out rows.
+    """
+    d = config.latent_dim
+    batch = max(1, min(config.batch_size, n_train))
+    valid = max(1, n_valid)
+    rows = max(1, min(256, valid))  # diagnose's chunks
+    out = [
+        (
+            f"one training batch of z, its mean and scale ({batch} rows x {d} dims x 3 x 4 bytes)",
+            batch * d * 3 * 4,
+            "--latent-dim or --batch-size",
+        ),
+        (
+            f"the draws of one diagnostic chunk ({config.num_samples} samples x {rows} held-out "
+            f"rows x {d} dims x 4 bytes)",
+            config.num_samples * rows * d * 4,
+            "--latent-dim or --num-samples",
+        ),
+    ]
+    if {"iw", "psis"} & set(config.estimators):
+        out.append(
+            (
+                f"the importance weights of one chunk ({config.importance_samples} samples x "
+                f"{rows} rows x 8 bytes)",
+                config.importance_samples * rows * 8,
+                "--importance-samples",
+            )
+        )
+    if config.posterior_samples:
+        points = min(config.posterior_points, valid)
+        out.append(
+            (
+                f"posterior.nc's draws ({config.posterior_samples} samples x {points} points x "
+                f"{d} dims x 4 bytes)",
+                config.posterior_samples * points * d * 4,
+                "--latent-dim, --posterior-samples or --posterior-points",
+            )
+        )
+    return out
+
+
+def check_memory(config: RunConfig, n_train: int, n_valid: int) -> None:
+    """Refuse, before any model is built, a run whose sizes cannot fit in memory.
+
+    Raises ``ValueError`` naming the sizes, the memory they need at least (see
+    :func:`memory_estimates`) and the memory available; does nothing when the available
+    memory is unknown.
+    """
+    available = _available_memory()
+    if available is None:
+        return
+    for what, need, options in memory_estimates(config, n_train, n_valid):
+        if need > available:
+            raise ValueError(
+                f"the run cannot fit in memory: it needs at least {_gib(need)} for {what}, "
+                f"but {_gib(available)} is available; lower {options}"
+            )
 
 
 def _factorized_priors() -> list[str]:
@@ -289,6 +415,7 @@ def build(config: RunConfig) -> Built:
     pyro.set_rng_seed(config.seed)
     dataset = load_dataset(config.dataset, **config.dataset_options)
     train, valid = dataset.split(config.valid_fraction, seed=config.seed)
+    check_memory(config, len(train), len(valid))
     prior = PRIORS.get(config.prior).from_options(
         config.latent_dim, input_shape=dataset.event_shape, **config.prior_options
     )
@@ -340,6 +467,8 @@ def run_experiment(
     progress: bool = True,
     callbacks: tuple[Any, ...] = (),
     echo: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Train, diagnose on the held-out split, and (if ``out``) write the report folder.
 
@@ -352,32 +481,169 @@ def run_experiment(
     ----------
     config : RunConfig
     out : path or None
-        Report folder, written atomically (see :func:`write_run_folder`).
+        Report folder, written atomically (see :func:`write_run_folder`). The run holds
+        :func:`~pyrocollapse._io.lock_directory` on it from start to end, so a second run
+        into the same folder is refused (``TargetBusyError``) instead of racing this one.
     overwrite : bool
-        Replace a non-empty ``out``.
+        Replace a non-empty ``out`` (and, without ``resume``, discard the checkpoint of
+        an interrupted run into it).
     progress : bool
         Progress bar (on a terminal).
     callbacks : tuple of Callback
         Extra :func:`~pyrocollapse.train.fit` callbacks.
     echo : bool
         Print a header and the collapse report.
+    checkpoint_every : int or None
+        Write a training checkpoint every this many epochs into
+        ``<out>.partial/.checkpoint/`` (see :func:`work_folder`), removed when the run
+        finishes. Needs ``out``.
+    resume : bool
+        Continue the interrupted run into ``out`` from its checkpoint (and keep
+        checkpointing, every ``checkpoint_every`` epochs, 1 by default); the
+        configuration must be the one the run started with. Without a checkpoint the run
+        starts afresh. A resumed run ends as the uninterrupted one would have.
     """
+    import shutil
+
+    from pyrocollapse._io import lock_directory, remove_stale_temporaries
+
+    _check_config(config)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__} {overwrite!r}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__} {resume!r}")
+    if checkpoint_every is not None:
+        check_int("--checkpoint-every", checkpoint_every, minimum=1)
+    if out is None:
+        if checkpoint_every is not None or resume:
+            raise ValueError(
+                "checkpoint_every and resume need out: the checkpoint is kept in "
+                "<out>.partial/.checkpoint/"
+            )
+        return _train_and_diagnose(config, progress=progress, callbacks=callbacks, echo=echo)
+    if not isinstance(out, (str, Path)):
+        raise TypeError(f"out must be a str, a Path or None, got {type(out).__name__}")
+    out = check_output_folder("--out", out)
+    _check_empty(out, overwrite)
+    with lock_directory(out):
+        _check_empty(out, overwrite)  # again: another run may have finished meanwhile
+        remove_stale_temporaries(out.parent, out.name)
+        checkpoint_dir = None
+        if checkpoint_every is not None or resume:
+            checkpoint_dir = _prepare_work_folder(config, out, resume=resume, overwrite=overwrite)
+            if echo and (checkpoint_dir / _checkpoint_name()).exists():
+                print(f"resuming the interrupted run from {checkpoint_dir}/", flush=True)
+        try:
+            result = _train_and_diagnose(
+                config,
+                progress=progress,
+                callbacks=callbacks,
+                echo=echo,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every or 1,
+                resume=resume,
+            )
+            written = write_run_folder(result, out, overwrite=overwrite)
+        except BaseException:
+            if checkpoint_dir is not None and not (checkpoint_dir / _checkpoint_name()).exists():
+                shutil.rmtree(work_folder(out), ignore_errors=True)  # nothing to resume from
+            raise
+        if checkpoint_dir is not None:
+            shutil.rmtree(work_folder(out), ignore_errors=True)
+    if echo:
+        print(f"\nwrote {out}/: {', '.join(written)}")
+    return result
+
+
+def _check_empty(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite"
+        )
+
+
+def _checkpoint_name() -> str:
+    from pyrocollapse.train import CHECKPOINT_NAME
+
+    return CHECKPOINT_NAME
+
+
+def _config_record(config: RunConfig) -> dict[str, Any]:
+    """``config`` as it reads back from JSON (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(config.to_dict(), default=json_default))
+
+
+def _prepare_work_folder(config: RunConfig, out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Set up ``<out>.partial/`` for a checkpointed run; returns the checkpoint folder.
+
+    Called under the lock of ``out``. Refuses to start afresh over an interrupted run's
+    checkpoint unless ``overwrite``, and to resume one started with other options.
+    """
+    import json
+    import os
+    import shutil
+
+    from pyrocollapse._io import atomic_write_text, remove_stale_temporaries
+
+    work = work_folder(out)
+    if os.path.lexists(work) and not work.is_dir():
+        raise ValueError(
+            f"{str(work)!r} (the work folder of --out {str(out)!r}) is a file; remove it"
+        )
+    checkpoint_dir = work / ".checkpoint"
+    record = work / "config.json"
+    if (checkpoint_dir / _checkpoint_name()).exists():
+        if not resume:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{str(work)!r} holds the checkpoint of an interrupted run into --out "
+                    f"{str(out)!r}; pass --resume to continue it, or --overwrite to start afresh"
+                )
+            shutil.rmtree(work)
+        elif record.exists():
+            try:
+                saved = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot read {str(record)!r}: {e}") from None
+            now = _config_record(config)
+            changed = [
+                f"{k}: {saved.get(k)!r} then, {now[k]!r} now"
+                for k in now
+                if not isinstance(saved, dict) or saved.get(k) != now[k]
+            ]
+            if changed:
+                raise ValueError(
+                    f"--resume: the interrupted run in {str(work)!r} was started with other "
+                    f"options ({'; '.join(changed)}); rerun it with the same options, or drop "
+                    "--resume and pass --overwrite to start afresh"
+                )
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (work, checkpoint_dir):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"the checkpoint folder {str(folder)!r} cannot be written")
+        remove_stale_temporaries(folder)
+    atomic_write_text(record, json.dumps(_config_record(config), indent=2) + "\n")
+    return checkpoint_dir
+
+
+def _train_and_diagnose(
+    config: RunConfig,
+    *,
+    progress: bool,
+    callbacks: tuple[Any, ...],
+    echo: bool,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+) -> RunResult:
+    """Build, fit and diagnose ``config`` (no files but the checkpoint)."""
     import torch
 
     from pyrocollapse.diagnostics import diagnose
     from pyrocollapse.train import fit
 
-    _check_config(config)
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__} {overwrite!r}")
-    if out is not None:
-        if not isinstance(out, (str, Path)):
-            raise TypeError(f"out must be a str, a Path or None, got {type(out).__name__}")
-        out = check_output_folder("--out", out)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(
-                f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite"
-            )
     built = build(config)
     if echo:
         print(
@@ -401,6 +667,9 @@ def run_experiment(
         progress=progress,
         callbacks=[*collapse_callbacks(config), *callbacks],
         aggressive=config.aggressive,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume and checkpoint_dir is not None,
     )
     train_time = time.perf_counter() - start
     vae.eval()  # ... and off for the diagnosis, posterior.nc and figures: a deterministic decoder
@@ -428,12 +697,7 @@ def run_experiment(
         else type(built.elbo).__name__,
         "dataset": built.dataset.describe(),
     }
-    result = RunResult(built, history, report, metrics)
-    if out is not None:
-        written = write_run_folder(result, out, overwrite=overwrite)
-        if echo:
-            print(f"\nwrote {out}/: {', '.join(written)}")
-    return result
+    return RunResult(built, history, report, metrics)
 
 
 def write_run_folder(result: RunResult, out: str | Path, *, overwrite: bool = False) -> list[str]:

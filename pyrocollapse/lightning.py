@@ -61,13 +61,14 @@ mirrors the module parameters (the same tensor objects), as in any Pyro program.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -584,7 +585,7 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------
 # Launcher
 # --------------------------------------------------------------------------------------
-#: Files the launcher writes into ``--out`` (``--overwrite`` removes them first).
+#: What the launcher writes into ``--out``.
 OUTPUT_FILES = ("model.pt", "config.json", "logs", "ranks")
 #: The :class:`~pyrocollapse.experiment.RunConfig` fields the launcher uses (and records).
 _RECORDED = (
@@ -630,7 +631,9 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default=None, help="e.g. 32-true, bf16-mixed")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/lightning", help="output folder")
-    g.add_argument("--overwrite", action="store_true", help="replace the outputs in OUT")
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace an existing, non-empty OUT folder"
+    )
     g.add_argument(
         "--save-rank-states",
         action="store_true",
@@ -655,25 +658,53 @@ def _launch_rank() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _staging_folder(out: Path) -> Path:
+    """Where every process of a run writes until the launch process renames it to ``out``.
+
+    A name every process computes alike (``.<name>.lightning.tmp`` beside ``out``); only
+    the holder of ``out``'s lock creates, clears or renames it.
+    """
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.lightning.tmp"
+
+
+@contextlib.contextmanager
+def _claim_out(out: Path, overwrite: bool) -> Iterator[None]:
+    """In the launch process: lock ``out`` for the run and set up its staging folder.
+
+    Like ``pyrocollapse run``: a second launcher on the same ``--out`` is refused
+    (:class:`~pyrocollapse._io.TargetBusyError`), a non-empty ``out`` needs
+    ``overwrite``, and ``out`` appears whole at the end or not at all (a killed run
+    leaves only the staging folder, which the next run into ``out`` clears).
+    """
     import shutil
 
-    present = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if present and not overwrite:
-        raise FileExistsError(
-            f"--out {str(out)!r} already holds {', '.join(present)}; pass --overwrite or "
-            "choose another folder"
-        )
-    for name in present:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    from pyrocollapse._io import lock_directory, remove_stale_temporaries
+    from pyrocollapse.experiment import check_output_folder
+
+    out = check_output_folder("--out", out)
+    staging = _staging_folder(out)
+    with lock_directory(out):
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            present = sorted(p.name for p in out.iterdir())
+            raise FileExistsError(
+                f"--out {str(out)!r} already holds {', '.join(present[:5])}"
+                f"{', ...' if len(present) > 5 else ''}; pass --overwrite to replace the folder "
+                "or choose another folder"
+            )
+        remove_stale_temporaries(out.parent, out.name)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed run into ``out``
+        staging.mkdir(parents=True)
+        try:
+            yield
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # renamed to ``out`` on success
 
 
 def _train(args: argparse.Namespace) -> int:
     """Run the launcher on parsed arguments (every process runs this)."""
-    from pyrocollapse._io import atomic_write, atomic_write_text, json_default
     from pyrocollapse.cli import data_model_fields, objective_fields
-    from pyrocollapse.experiment import RunConfig, build
+    from pyrocollapse.experiment import RunConfig
 
     check_int("--num-nodes", args.num_nodes, minimum=1)
     check_int("--num-workers", args.num_workers, minimum=0)
@@ -686,8 +717,20 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
     ).validate()
     out = Path(args.out)
-    if _launch_rank():
-        _prepare_out(out, args.overwrite)
+    staging = _staging_folder(out)
+    launch = _launch_rank()
+    with _claim_out(out, args.overwrite) if launch else contextlib.nullcontext():
+        _train_into(args, config, out, staging, launch)
+    return 0
+
+
+def _train_into(
+    args: argparse.Namespace, config: Any, out: Path, staging: Path, launch: bool
+) -> None:
+    """Train, every process writing into ``staging``; the launch process renames it to
+    ``out`` once all have finished."""
+    from pyrocollapse._io import atomic_write, atomic_write_text, json_default, replace_directory
+    from pyrocollapse.experiment import build
 
     trainer = pl.Trainer(
         accelerator=args.accelerator,
@@ -696,8 +739,8 @@ def _train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         precision=args.precision,
         max_epochs=config.epochs,
-        logger=CSVLogger(save_dir=out, name="logs", version=""),
-        callbacks=[RankStateDump(out / "ranks")] if args.save_rank_states else [],
+        logger=CSVLogger(save_dir=staging, name="logs", version=""),
+        callbacks=[RankStateDump(staging / "ranks")] if args.save_rank_states else [],
         enable_checkpointing=False,
         enable_progress_bar=not args.no_progress,
         enable_model_summary=not args.no_progress,
@@ -724,9 +767,10 @@ def _train(args: argparse.Namespace) -> int:
             category=FutureWarning,
         )
         trainer.fit(module, *loaders)
+    trainer.strategy.barrier("pyrocollapse-outputs")  # every process's files are written
 
     if trainer.is_global_zero:
-        atomic_write(out / "model.pt", lambda tmp: torch.save(built.vae.state_dict(), tmp))
+        atomic_write(staging / "model.pt", lambda tmp: torch.save(built.vae.state_dict(), tmp))
         record = {
             "config": {k: v for k, v in dataclasses.asdict(config).items() if k in _RECORDED},
             "objective": _describe(module.objective),
@@ -740,15 +784,17 @@ def _train(args: argparse.Namespace) -> int:
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         }
         atomic_write_text(
-            out / "config.json", json.dumps(record, indent=2, default=json_default) + "\n"
+            staging / "config.json", json.dumps(record, indent=2, default=json_default) + "\n"
         )
         elbo = trainer.callback_metrics.get("val/elbo")
         summary = f"val/elbo {float(elbo):.2f} nats per data point, " if elbo is not None else ""
+    if launch:
+        replace_directory(staging, out, overwrite=args.overwrite)
+    if trainer.is_global_zero:
         print(
             f"trained on {world} process(es), {trainer.global_step} steps; {summary}wrote {out}",
             file=sys.stderr,
         )
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,12 @@ sequences, masks and lengths (a deep Markov model). The forms of ``data`` accept
 In a tuple, list or dict held in memory, every tensor (or NumPy array) with at least one
 dimension is *batched*: split along dim 0, which must have the same size N in all of
 them; every other value (``None``, numbers, strings, 0-d tensors) is passed unchanged
-to every batch. NumPy arrays become tensors (floating arrays in torch's default dtype).
+to every batch. NumPy arrays become tensors. Floating data take the floating dtype of the
+model's parameters when the caller passes it (``dtype``; fit, the diagnostics and the
+summaries do), said once on the ``"pyrocollapse"`` logger at INFO; integer data (counts,
+token ids) stay integer. Without ``dtype``, floating NumPy arrays take torch's default
+dtype and tensors keep theirs. Sparse tensors, tensors on the ``meta`` device and 0-d
+data are refused with an error naming the argument.
 
 :class:`ProgramData` is such data held in memory (minibatches, chunks, row subsets);
 :class:`ProgramArgs` is one call's arguments. :func:`as_program_data` and
@@ -24,6 +29,8 @@ to every batch. NumPy arrays become tensors (floating arrays in torch's default 
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -314,18 +321,82 @@ def is_batch_source(data: object) -> bool:
     return isinstance(data, Iterable)
 
 
-def _as_tensor(name: str, v: Any) -> Any:
-    """NumPy arrays as tensors (floating ones in the default dtype); other values as given."""
+_log = logging.getLogger("pyrocollapse")
+#: (argument, dtype given, dtype used) conversions already reported on the logger.
+_ANNOUNCED: set[tuple[str, str, str]] = set()
+
+
+def _announce(name: str, given: object, used: torch.dtype) -> None:
+    """Say once per argument and dtypes that floating data were converted."""
+    stem = re.sub(r" batch \d+", " batch", name)  # a loader's batches: one message
+    key = (stem, str(given), str(used))
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        _log.info(
+            "%s: converted floating data of dtype %s to %s, the dtype of the model's parameters",
+            stem,
+            str(given).replace("torch.", ""),
+            str(used).replace("torch.", ""),
+        )
+
+
+def _check_kind(name: str, t: torch.Tensor) -> None:
+    """Dense tensors holding values: sparse and ``meta`` tensors are refused."""
+    if t.layout != torch.strided:
+        raise TypeError(
+            f"{name} is a sparse tensor (layout {str(t.layout).replace('torch.', '')}); pass a "
+            "dense tensor, e.g. x.to_dense()"
+        )
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the 'meta' device, which holds shapes but no values; pass the data "
+            "itself (on 'cpu' or an accelerator)"
+        )
+
+
+def _as_tensor(name: str, v: Any, dtype: torch.dtype | None = None) -> Any:
+    """NumPy arrays as tensors; floating data in ``dtype`` (where given: else NumPy floats
+    in the default dtype, tensors unchanged); other values as given."""
     if isinstance(v, np.ndarray):
         if v.dtype == object or v.dtype.kind in "USV":
             raise TypeError(
                 f"{name} is a NumPy array of dtype {v.dtype}; pass numbers (a numeric array or "
                 "a tensor)"
             )
+        if v.dtype.kind == "c":
+            raise TypeError(f"{name} is a NumPy array of complex dtype {v.dtype}; pass real data")
         if v.dtype.kind == "f":
-            return torch.as_tensor(v, dtype=torch.get_default_dtype())
+            target = torch.get_default_dtype() if dtype is None else dtype
+            t = torch.as_tensor(v)
+            if t.dtype != target and dtype is not None:
+                _announce(name, f"numpy.{v.dtype}", target)
+            return _converted(name, t, target)
         return torch.as_tensor(v)
+    if isinstance(v, torch.Tensor):
+        _check_kind(name, v)
+        if v.is_complex():
+            raise TypeError(f"{name} has complex dtype {v.dtype}; pass real data")
+        if dtype is not None and v.is_floating_point() and v.dtype != dtype:
+            _announce(name, v.dtype, dtype)
+            return _converted(name, v, dtype)
     return v
+
+
+def _converted(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``; a ``ValueError`` where finite values overflow it."""
+    if t.dtype == dtype:
+        return t
+    out = t.to(dtype)
+    if torch.finfo(dtype).max < torch.finfo(t.dtype).max:
+        before = torch.isfinite(t)
+        lost = int((before & ~torch.isfinite(out)).sum())
+        if lost:
+            raise ValueError(
+                f"{name} holds {lost} value(s) too large for {str(dtype).replace('torch.', '')}, "
+                "the dtype of the model's parameters; rescale the data or convert the model "
+                f"(e.g. vae.to({dtype}))"
+            )
+    return out
 
 
 def _check_tensor(name: str, t: torch.Tensor, *, check_values: bool) -> None:
@@ -346,7 +417,13 @@ def _check_plain(name: str, x: torch.Tensor) -> torch.Tensor:
     return check_data(name, x)
 
 
-def _structured(name: str, data: tuple | list | dict, *, check_values: bool) -> ProgramArgs:
+def _structured(
+    name: str,
+    data: tuple | list | dict,
+    *,
+    check_values: bool,
+    dtype: torch.dtype | None = None,
+) -> ProgramArgs:
     """Arguments from a tuple/list (positional) or dict (keyword), NumPy converted."""
     if isinstance(data, dict):
         if not data:
@@ -359,14 +436,18 @@ def _structured(name: str, data: tuple | list | dict, *, check_values: bool) -> 
             raise TypeError(
                 f"{name} (a dict of keyword arguments) must have str keys, got {bad[0]!r}"
             )
-        out = ProgramArgs((), {k: _as_tensor(f"{name}[{k!r}]", v) for k, v in data.items()})
+        out = ProgramArgs(
+            (), {k: _as_tensor(f"{name}[{k!r}]", v, dtype) for k, v in data.items()}
+        )
     else:
         if not data:
             raise ValueError(
                 f"{name} is an empty {type(data).__name__}; pass the model's positional "
                 "arguments, e.g. (xs, ys)"
             )
-        out = ProgramArgs(tuple(_as_tensor(f"{name}[{i}]", v) for i, v in enumerate(data)))
+        out = ProgramArgs(
+            tuple(_as_tensor(f"{name}[{i}]", v, dtype) for i, v in enumerate(data))
+        )
     single = len(out.args) == 1 and not out.kwargs  # e.g. a TensorDataset(x) batch, (x,)
     for slot, v in out.items():
         if isinstance(v, torch.Tensor):
@@ -375,7 +456,11 @@ def _structured(name: str, data: tuple | list | dict, *, check_values: bool) -> 
 
 
 def as_program_args(
-    batch: object, name: str = "batch", *, check_values: bool = True
+    batch: object,
+    name: str = "batch",
+    *,
+    check_values: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> ProgramArgs:
     """One batch of a loader as one call's arguments.
 
@@ -389,12 +474,17 @@ def as_program_args(
         How errors name the batch.
     check_values : bool
         Check floating tensors for NaN and infinity (they are always checked non-empty).
+    dtype : torch.dtype or None
+        The floating dtype of the model's parameters: floating tensors and NumPy arrays
+        are converted to it (said once on the ``"pyrocollapse"`` logger); integer ones
+        stay as they are. ``None``: tensors keep their dtype.
 
     Returns
     -------
     ProgramArgs
     """
-    batch = _as_tensor(name, batch)
+    _check_dtype(dtype)
+    batch = _as_tensor(name, batch, dtype)
     if isinstance(batch, torch.Tensor):
         if batch.dim() == 0:
             raise ValueError(
@@ -403,7 +493,7 @@ def as_program_args(
         _check_tensor(name, batch, check_values=check_values)
         return ProgramArgs((batch,))
     if isinstance(batch, (tuple, list, dict)):
-        return _structured(name, batch, check_values=check_values)
+        return _structured(name, batch, check_values=check_values, dtype=dtype)
     raise TypeError(
         f"{name} must be a tensor x, a tuple/list of positional arguments or a dict of keyword "
         f"arguments, got {type(batch).__name__}"
@@ -411,11 +501,18 @@ def as_program_args(
 
 
 def _in_memory(
-    name: str, data: object, tensor_check: Callable[[str, torch.Tensor], torch.Tensor]
+    name: str,
+    data: object,
+    tensor_check: Callable[[str, torch.Tensor], torch.Tensor],
+    dtype: torch.dtype | None = None,
 ) -> ProgramData:
     """A tensor, NumPy array, tuple/list or dict as :class:`ProgramData`."""
-    data = _as_tensor(name, data)
+    data = _as_tensor(name, data, dtype)
     if isinstance(data, torch.Tensor):
+        if data.dim() == 0:
+            raise ValueError(
+                f"{name} must have shape (N, ...) with a data dimension, got a 0-d tensor"
+            )
         x = tensor_check(name, data)
         n = int(x.shape[0])
         return ProgramData(
@@ -423,7 +520,7 @@ def _in_memory(
         )
     if not isinstance(data, (tuple, list, dict)):
         raise TypeError(f"{name} must be {_ACCEPTED}; got {type(data).__name__}")
-    args = _structured(name, data, check_values=True)
+    args = _structured(name, data, check_values=True, dtype=dtype)
     sizes = {
         _label(name, s): int(v.shape[0])
         for s, v in args.items()
@@ -482,6 +579,7 @@ def as_program_data(
     name: str = "data",
     *,
     tensor_check: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ProgramData:
     """``data`` in any accepted form as :class:`ProgramData` (held in memory).
 
@@ -505,12 +603,14 @@ def as_program_data(
     Raises
     ------
     TypeError
-        For a value of another type, a dict with non-str keys, or data holding no tensor
-        with a data dimension.
+        For a value of another type, a dict with non-str keys, data holding no tensor
+        with a data dimension, or a sparse or complex tensor.
     ValueError
         For empty data, NaN or infinite values, or batched tensors whose leading sizes
-        differ (naming each argument and its size).
+        differ (naming each argument and its size); 0-d data, tensors on the ``meta``
+        device, and values that overflow ``dtype``.
     """
+    _check_dtype(dtype)
     if isinstance(data, ProgramData):
         return data
     if is_batch_source(data):
@@ -524,10 +624,15 @@ def as_program_data(
         # fork of it, so that reading data leaves seeded draws where they were
         with torch.random.fork_rng(devices=[]):
             batches = [
-                as_program_args(b, f"{name} batch {i}")
+                as_program_args(b, f"{name} batch {i}", dtype=dtype)
                 for i, b in enumerate(data)  # type: ignore[call-overload]
             ]
         if not batches:
             raise ValueError(f"{name} (a {type(data).__name__}) yielded no batches")
         return _merge(name, batches)
-    return _in_memory(name, data, tensor_check or _check_plain)
+    return _in_memory(name, data, tensor_check or _check_plain, dtype)
+
+
+def _check_dtype(dtype: object) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be None or a floating torch.dtype, got {dtype!r}")

@@ -639,7 +639,7 @@ def to_inference_data(
         if prior_samples is None
         else check_int("prior_samples", prior_samples, minimum=1)
     )
-    x, batch_size = _check_inputs(data, batch_size)
+    x, batch_size = _check_inputs(data, batch_size, model, guide)
     dev = _setup_device(model, guide, x, device)
     if latent_sites is not None and (
         isinstance(latent_sites, str) or not all(isinstance(s, str) for s in latent_sites)

@@ -20,7 +20,10 @@ gradient stops being finite.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
+import io
+import logging
 import math
 import os
 import random
@@ -45,11 +48,13 @@ from pyro.params.param_store import (
 from pyro.poutine.messenger import Messenger
 
 from pyrocollapse._validation import (
+    check_bool,
     check_choice,
     check_data,
     check_device,
     check_float,
     check_int,
+    program_dtype,
 )
 from pyrocollapse.program_data import (
     ProgramArgs,
@@ -71,10 +76,16 @@ __all__ = [
     "fit",
 ]
 
+_log = logging.getLogger("pyrocollapse")
+
 #: File name of the checkpoint ``fit`` writes into ``checkpoint_dir``.
 CHECKPOINT_NAME = "checkpoint.pt"
-#: Format tag stored in every checkpoint (checked on resume).
-_CHECKPOINT_FORMAT = "pyrocollapse.fit/1"
+#: Format tag stored in every checkpoint's payload (checked on resume).
+_CHECKPOINT_FORMAT = "pyrocollapse.fit/2"
+#: The payload format of pyrocollapse up to 0.1, written without a checksum (still read).
+_LEGACY_FORMAT = "pyrocollapse.fit/1"
+#: First line of a checkpoint file; the second is ``sha256 <hex digest>`` of the rest.
+_CHECKPOINT_MAGIC = b"PYROCOLLAPSE-FIT-CHECKPOINT 2\n"
 
 
 # --------------------------------------------------------------------------------------
@@ -789,8 +800,10 @@ class _LoaderSource:
     (``model(**batch)``); every tensor in it is moved to the device as it is used.
     """
 
-    def __init__(self, loader: Iterable[Any], device: torch.device | None):
-        self.loader, self.device = loader, device
+    def __init__(
+        self, loader: Iterable[Any], device: torch.device | None, dtype: torch.dtype | None = None
+    ):
+        self.loader, self.device, self.dtype = loader, device, dtype
         self._head: list[ProgramArgs] | None = None
         self._inner: Iterator[Any] | None = None
 
@@ -801,7 +814,9 @@ class _LoaderSource:
                 "data (a DataLoader) must yield tensors x, tuples/lists of positional arguments "
                 f"or dicts of keyword arguments, got {type(batch).__name__}"
             )
-        return as_program_args(batch, name, check_values=check_values).to(self.device)
+        return as_program_args(batch, name, check_values=check_values, dtype=self.dtype).to(
+            self.device
+        )
 
     def _read_head(self, size: int) -> list[ProgramArgs]:
         """The first batches of one pass, up to ``size`` rows (validated: finite, non-empty)."""
@@ -833,7 +848,7 @@ class _LoaderSource:
 
     def restore_monitor(self, saved: dict[str, Any]) -> ProgramData:
         if "x" in saved and isinstance(saved["x"], torch.Tensor):
-            return as_program_data(saved["x"]).to(self.device)
+            return as_program_data(saved["x"], dtype=self.dtype).to(self.device)
         if "batches" in saved:
             return ProgramData.from_payload(saved["batches"]).to(self.device)
         raise ValueError(
@@ -877,7 +892,10 @@ def _merge_batches(name: str, batches: list[ProgramArgs]) -> ProgramData:
 
 
 def _make_source(
-    data: object, batch_size: int | None, device: torch.device | None
+    data: object,
+    batch_size: int | None,
+    device: torch.device | None,
+    dtype: torch.dtype | None = None,
 ) -> _MemorySource | _LoaderSource:
     if is_batch_source(data):
         if isinstance(data, torch.utils.data.DataLoader):
@@ -899,8 +917,8 @@ def _make_source(
                     f"batch_size={batch_size!r} cannot apply to data that yields its own "
                     f"batches ({type(data).__name__}); leave batch_size unset"
                 )
-        return _LoaderSource(data, device)  # type: ignore[arg-type]
-    program = as_program_data(data, "data", tensor_check=_check_fit_tensor)
+        return _LoaderSource(data, device, dtype)  # type: ignore[arg-type]
+    program = as_program_data(data, "data", tensor_check=_check_fit_tensor, dtype=dtype)
     size = 128 if batch_size is None else check_int("batch_size", batch_size, minimum=1)
     return _MemorySource(program, size, device)
 
@@ -942,7 +960,7 @@ def fit(
     batch_size: int | None = None,
     seed: int | None = None,
     progress: bool = True,
-    callbacks: Iterable[Callback] = (),
+    callbacks: Iterable[Callback] | None = (),
     monitor: Any = "default",
     monitor_size: int | None = None,
     clip_norm: float | None = None,
@@ -967,7 +985,12 @@ def fit(
         ``model(xs, ys=None)``, a deep Markov model's ``model(seqs, mask, lengths)``, or
         functions written by hand.
     data : tensor, NumPy array, tuple, list, dict, DataLoader or re-iterable of batches
-        Held in memory: a tensor of shape ``(N, ...)`` (one positional argument), a
+        Floating data of any dtype (float64, as NumPy makes by default, float16,
+        bfloat16, ...) are converted to the floating dtype of the parameters of the
+        modules behind ``model`` and ``guide`` (else of Pyro's param store, else torch's
+        default dtype), which the ``"pyrocollapse"`` logger says once at INFO; integer
+        data (counts, token ids) stay integer. Sparse tensors, tensors on the ``meta``
+        device and 0-d data are refused. Held in memory: a tensor of shape ``(N, ...)`` (one positional argument), a
         tuple/list (positional arguments) or a dict (keyword arguments), shuffled (with
         ``seed``) and split into minibatches of ``batch_size`` rows every epoch. In a
         tuple/list/dict every tensor or NumPy array with a dimension is cut along dim 0,
@@ -1037,9 +1060,10 @@ def fit(
         are deterministic only when their datasets are.
     progress : bool
         Show a tqdm progress bar (only on a terminal).
-    callbacks : iterable of Callback
+    callbacks : iterable of Callback or None
         Hooks run at train begin / epoch end / train end (see
-        :mod:`pyrocollapse.callbacks` for collapse-aware ones).
+        :mod:`pyrocollapse.callbacks` for collapse-aware ones); ``None`` or ``()``: none.
+        A single callback goes in a list, ``callbacks=[cb]``.
     monitor : "default", None or list of str
         Latent sites whose active units and mutual information are computed each epoch on
         a fixed subset of ``monitor_size`` points (``"default"``: the sites the ELBO
@@ -1100,7 +1124,9 @@ def fit(
         atomically (temporary file, flushed to disk, then renamed over the previous one)
         every ``checkpoint_every`` epochs and after the last epoch run (also after a
         callback stopped training). It holds everything that ``resume`` needs (see
-        Notes), as tensors and plain Python values only. Without ``resume``, a folder
+        Notes), as tensors and plain Python values only, after a header with the sha256
+        digest of those bytes: a truncated, altered or incomplete checkpoint is a
+        ``ValueError`` naming the file and what is wrong, never a silent resume. Without ``resume``, a folder
         that already holds a checkpoint is refused, so a run never overwrites another's.
     checkpoint_every : int
         Epochs between checkpoints (>= 1).
@@ -1171,7 +1197,25 @@ def fit(
     He, Spokoyny, Neubig, Berg-Kirkpatrick (2019). Lagging Inference Networks and
     Posterior Collapse in Variational Autoencoders. ICLR.
     """
+    for label, program in (("model", model), ("guide", guide)):
+        if not callable(program):
+            raise TypeError(
+                f"{label} must be a callable Pyro program (e.g. vae.{label}), got "
+                f"{type(program).__name__}"
+            )
     epochs = check_int("epochs", epochs, minimum=1)
+    progress = check_bool("progress", progress)
+    validate = check_bool("validate", validate)
+    if seed is not None:
+        seed = check_int("seed", seed, minimum=0)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+    if scheduler is not None and not callable(scheduler):
+        raise TypeError(
+            "scheduler must be None or a callable optimizer -> torch.optim.lr_scheduler."
+            f"LRScheduler, got {type(scheduler).__name__}"
+        )
+    monitor = _check_monitor(monitor)
     if monitor_size is not None:
         monitor_size = check_int("monitor_size", monitor_size, minimum=2)
     if clip_norm is not None:
@@ -1185,12 +1229,14 @@ def fit(
         check_int("aggressive_max_inner", aggressive_max_inner, minimum=1),
         check_int("aggressive_window", aggressive_window, minimum=1),
     )
+    if isinstance(loss, type):
+        raise TypeError(
+            f"loss must be a pyro.infer.ELBO instance, got the class {loss.__name__}; create "
+            f"one, e.g. loss={loss.__name__}()"
+        )
     if not hasattr(loss, "differentiable_loss"):
         raise TypeError(f"loss must be a pyro.infer.ELBO, got {type(loss).__name__}")
-    callbacks = list(callbacks)
-    for cb in callbacks:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    callbacks = _check_callbacks(callbacks)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
     scheduler_step = check_choice("scheduler_step", scheduler_step, ("epoch", "step"))
     path, saved = _open_checkpoint(checkpoint_dir, resume)
@@ -1200,9 +1246,9 @@ def fit(
             f"{str(path)!r}; epochs is the total wanted, counting those"
         )
     device = _resolve_device(device)
-    source = _make_source(data, batch_size, device)
+    source = _make_source(data, batch_size, device, program_dtype(model, guide))
     if seed is not None:
-        pyro.set_rng_seed(check_int("seed", seed, minimum=0))
+        pyro.set_rng_seed(seed)
     gen = torch.Generator().manual_seed(
         seed if seed is not None else int(torch.randint(2**31, ()).item())
     )
@@ -1243,7 +1289,7 @@ def fit(
         aggressive=aggressive,
         guide_params=guide_params,
         model_params=model_params,
-        validate=bool(validate),
+        validate=validate,
         device=device,
         scheduler=lr_scheduler,
     )
@@ -1378,6 +1424,50 @@ def fit(
     for cb in callbacks:
         cb.on_train_end(state)
     return history
+
+
+def _check_callbacks(callbacks: object) -> list[Callback]:
+    """``callbacks`` as a list of :class:`Callback` (``None``: none)."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        raise TypeError(
+            f"callbacks must be an iterable of Callback instances, got a single "
+            f"{type(callbacks).__name__}; pass callbacks=[{type(callbacks).__name__}(...)]"
+        )
+    if isinstance(callbacks, (str, bytes, dict)) or not isinstance(callbacks, Iterable):
+        raise TypeError(
+            "callbacks must be an iterable of Callback instances (e.g. a list) or None, got "
+            f"{type(callbacks).__name__}"
+        )
+    out = list(callbacks)
+    for cb in out:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    return out
+
+
+def _check_monitor(monitor: object) -> Any:
+    """``monitor``: ``"default"``, ``None`` or a list/tuple of site names (str)."""
+    if monitor is None or (isinstance(monitor, str) and monitor == "default"):
+        return monitor
+    if isinstance(monitor, str):
+        raise ValueError(
+            f"monitor must be 'default', None or a list of latent site names; got the str "
+            f"{monitor!r} (for that one site pass monitor=[{monitor!r}])"
+        )
+    if not isinstance(monitor, (list, tuple)):
+        raise TypeError(
+            "monitor must be 'default', None or a list of latent site names, got "
+            f"{type(monitor).__name__}"
+        )
+    bad = [s for s in monitor if not isinstance(s, str)]
+    if bad:
+        raise TypeError(
+            f"monitor must list latent site names as str, got {type(bad[0]).__name__} "
+            f"{bad[0]!r}"
+        )
+    return list(monitor)
 
 
 def _reports_terms(loss: Any) -> bool:
@@ -1691,31 +1781,168 @@ def _open_checkpoint(
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain values only)."""
+    """Load and check a checkpoint: every failure is a ``ValueError`` naming the file.
+
+    The file is :data:`_CHECKPOINT_MAGIC`, a line ``sha256 <hex digest>`` and the bytes
+    of the ``torch.save``-d payload; the digest is checked before the payload is loaded
+    with ``weights_only=True`` (tensors and plain values only, never code), then every
+    field is checked (:func:`_check_payload`). A file of pyrocollapse up to 0.1 (a bare
+    ``torch.save`` archive, format ``pyrocollapse.fit/1``) has no checksum: it is
+    read, its fields checked, and the ``"pyrocollapse"`` logger says so.
+    """
+    where = f"the checkpoint {str(path)!r}"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {where}: {e}") from e
+    if raw.startswith(_CHECKPOINT_MAGIC):
+        header, sep, body = raw[len(_CHECKPOINT_MAGIC) :].partition(b"\n")
+        if not sep or not header.startswith(b"sha256 "):
+            raise ValueError(
+                f"{where} is corrupt or truncated: its second line is not 'sha256 <digest>'"
+            )
+        stored = header[len(b"sha256 ") :].decode("ascii", errors="replace")
+        if hashlib.sha256(body).hexdigest() != stored:
+            raise ValueError(
+                f"{where}: checksum mismatch: the file is corrupt (truncated or altered; "
+                f"{len(body)} payload bytes). Resume from another copy, or start afresh in "
+                "another checkpoint_dir"
+            )
+        payload = _load_payload(io.BytesIO(body), where)
+    elif raw.startswith(b"PK"):  # a bare torch.save archive: pyrocollapse up to 0.1
+        payload = _load_payload(io.BytesIO(raw), where)
+        if isinstance(payload, dict) and payload.get("format") == _LEGACY_FORMAT:
+            _log.info("%s was written without a checksum (format %s)", where, _LEGACY_FORMAT)
+    elif raw and _CHECKPOINT_MAGIC.startswith(raw):
+        raise ValueError(f"{where} is corrupt: truncated to {len(raw)} bytes, within its header")
+    else:
+        what = "an empty file" if not raw else f"a file starting with {raw[:16]!r}"
         raise ValueError(
-            f"cannot read the checkpoint {str(path)!r} (loaded with weights_only=True, which "
-            f"accepts tensors and plain Python values only): {e}"
-        ) from e
-    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+            f"cannot read {where}: it is {what}, not a fit checkpoint (which starts with "
+            f"{_CHECKPOINT_MAGIC.strip().decode()!r})"
+        )
+    if not isinstance(payload, dict) or payload.get("format") not in (
+        _CHECKPOINT_FORMAT,
+        _LEGACY_FORMAT,
+    ):
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(
             f"{str(path)!r} is not a fit checkpoint of format {_CHECKPOINT_FORMAT!r} "
             f"(found {found!r})"
         )
+    _check_payload(payload, where)
     return payload
 
 
+def _load_payload(f: io.BytesIO, where: str) -> Any:
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"cannot read {where} (loaded with weights_only=True, which accepts tensors and "
+            f"plain Python values only): {e}"
+        ) from e
+
+
+_Real = (int, float)
+_OptReal = (int, float, type(None))
+#: The fields of a checkpoint payload: a type (or types), a nested dict of fields, or
+#: ``[spec]`` for a list whose every item matches ``spec``.
+_PAYLOAD_FIELDS: dict[str, Any] = {
+    "format": str,
+    "epoch": int,
+    "elapsed": _Real,
+    "params": [torch.Tensor],
+    "num_guide_params": int,
+    "modules": [dict],
+    "optimizer_class": str,
+    "optimizer": {"state": dict, "param_groups": [dict]},
+    "loss": {"step_count": (int, type(None))},
+    "state": {"step": int, "aggressive": bool, "inner_steps": int, "previous_mi": _OptReal},
+    "rng": {
+        "torch": torch.Tensor,
+        "cuda": dict,
+        "random": {"version": int, "state": torch.Tensor, "gauss_next": _OptReal},
+        "numpy": {
+            "name": str,
+            "keys": torch.Tensor,
+            "pos": int,
+            "has_gauss": int,
+            "cached_gaussian": _Real,
+        },
+    },
+    "generator": torch.Tensor,
+    "loader_generators": [torch.Tensor],
+    "monitor": dict,
+    "scheduler_class": (str, type(None)),
+    "scheduler": (dict, type(None)),
+    "history": [{"epoch": int, "values": dict, "kl_per_dim": dict}],
+}
+
+
+def _check_fields(value: Any, spec: Any, field: str, where: str) -> None:
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{where} is malformed: field {field!r} is a {type(value).__name__}, expected "
+                "a dict"
+            )
+        for key, sub in spec.items():
+            name = f"{field}.{key}" if field else key
+            if key not in value:
+                raise ValueError(f"{where} is malformed: missing field {name!r}")
+            _check_fields(value[key], sub, name, where)
+    elif isinstance(spec, list):
+        if not isinstance(value, list):
+            raise ValueError(
+                f"{where} is malformed: field {field!r} is a {type(value).__name__}, expected "
+                "a list"
+            )
+        for i, item in enumerate(value):
+            _check_fields(item, spec[0], f"{field}[{i}]", where)
+    else:
+        types = spec if isinstance(spec, tuple) else (spec,)
+        bad_bool = isinstance(value, bool) and bool not in types
+        if not isinstance(value, types) or bad_bool:
+            expected = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(
+                f"{where} is malformed: field {field!r} is a {type(value).__name__}, expected "
+                f"{expected}"
+            )
+
+
+def _check_payload(payload: dict[str, Any], where: str) -> None:
+    """Every field :func:`_restore_checkpoint` reads, present and of its type."""
+    _check_fields(payload, _PAYLOAD_FIELDS, "", where)
+    epoch, history = payload["epoch"], payload["history"]
+    if epoch < 1 or len(history) != epoch:
+        raise ValueError(
+            f"{where} is malformed: it is at epoch {epoch} but holds {len(history)} History "
+            "record(s), one per epoch"
+        )
+    if not 0 <= payload["num_guide_params"] <= len(payload["params"]):
+        raise ValueError(
+            f"{where} is malformed: num_guide_params={payload['num_guide_params']} for "
+            f"{len(payload['params'])} parameter tensors"
+        )
+
+
 def _atomic_save(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed
-    over ``path``: a crash leaves either the old or the new checkpoint, never a torn one."""
+    """The payload serialised with ``torch.save``, after :data:`_CHECKPOINT_MAGIC` and its
+    sha256 digest, written to a temporary file beside ``path``, flushed to disk, then
+    renamed over ``path``: a crash leaves either the old or the new checkpoint, never a
+    torn one, and a file altered later fails its checksum."""
     from pyrocollapse._io import atomic_write
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    header = _CHECKPOINT_MAGIC + b"sha256 " + hashlib.sha256(body).hexdigest().encode() + b"\n"
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            f.write(header)
+            f.write(body)
             f.flush()
             os.fsync(f.fileno())
 
@@ -1900,29 +2127,35 @@ def _restore_checkpoint(
         state.optimizer.load_state_dict(saved["optimizer"])
         if state.scheduler is not None:
             state.scheduler.load_state_dict(saved["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise ValueError(
             f"the checkpoint {str(path)!r} does not fit this model, guide and optimiser: {e}"
         ) from e
-    loss_state = saved["loss"]
-    if loss_state.get("step_count") is not None and hasattr(state.loss, "step_count"):
-        state.loss.step_count = loss_state["step_count"]
-    if "state_dict" in loss_state and callable(getattr(state.loss, "load_state_dict", None)):
-        state.loss.load_state_dict(loss_state["state_dict"])
-    s = saved["state"]
-    state.step, state.aggressive = s["step"], s["aggressive"]
-    state.inner_steps, state.previous_mi = s["inner_steps"], s["previous_mi"]
-    state.epoch = saved["epoch"]
-    state.history.records = [
-        EpochRecord(
-            r["epoch"], dict(r["values"]), {k: v.numpy() for k, v in r["kl_per_dim"].items()}
-        )
-        for r in saved["history"]
-    ]
-    _restore_rng(saved["rng"])
-    gen.set_state(saved["generator"])
-    for g, s in zip(generators, saved["loader_generators"], strict=True):
-        g.set_state(s)
+    try:
+        loss_state = saved["loss"]
+        if loss_state.get("step_count") is not None and hasattr(state.loss, "step_count"):
+            state.loss.step_count = loss_state["step_count"]
+        if "state_dict" in loss_state and callable(getattr(state.loss, "load_state_dict", None)):
+            state.loss.load_state_dict(loss_state["state_dict"])
+        s = saved["state"]
+        state.step, state.aggressive = s["step"], s["aggressive"]
+        state.inner_steps, state.previous_mi = s["inner_steps"], s["previous_mi"]
+        state.epoch = saved["epoch"]
+        state.history.records = [
+            EpochRecord(
+                r["epoch"], dict(r["values"]), {k: v.numpy() for k, v in r["kl_per_dim"].items()}
+            )
+            for r in saved["history"]
+        ]
+        _restore_rng(saved["rng"])
+        gen.set_state(saved["generator"])
+        for g, s in zip(generators, saved["loader_generators"], strict=True):
+            g.set_state(s)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
+        raise ValueError(
+            f"the checkpoint {str(path)!r} is malformed: its training state cannot be restored "
+            f"({type(e).__name__}: {e})"
+        ) from e
     state.checkpoint = str(path)
     return float(saved["elapsed"])
 

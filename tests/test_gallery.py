@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pyro
 import pyro.distributions as dist
@@ -99,10 +98,8 @@ def test_svi_runs_with_reference_elbo(name: str, opts: dict) -> None:
     assert type(elbo).__name__ == program.reference
     assert elbo.max_plate_nesting == program.max_plate_nesting
     svi = SVI(program.model, program.guide, pyro.optim.Adam({"lr": 1e-2}), loss=elbo)
-    start = time.perf_counter()
     losses = [svi.step(*program.args, **program.kwargs) for _ in range(3)]
     assert all(math.isfinite(loss) for loss in losses), losses
-    assert time.perf_counter() - start < 5.0
     assert pyro.get_param_store().keys(), "the program has no parameters to train"
     for module in program.modules:
         assert isinstance(module, torch.nn.Module)

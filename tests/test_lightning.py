@@ -164,6 +164,8 @@ def test_ddp_two_cpu_processes_end_with_identical_parameters(tmp_path):
     metrics = (out / "logs" / "metrics.csv").read_text()
     assert "val/elbo" in metrics.splitlines()[0] and "train/kl_weight" in metrics
     assert (out / "config.json").exists()
+    # every process wrote into the staging folder, renamed to --out at the end
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".lock"))]
     print(f"two-process DDP run: {elapsed:.1f} s")
 
 
@@ -254,6 +256,28 @@ def test_launcher_user_errors_exit_2_before_training(tmp_path, capsys):
     assert main(["--model-option", "hiden=3", "--out", str(tmp_path / "e")]) == 2
     assert "hiden" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "acde")
+
+
+def test_launcher_refuses_an_out_that_another_run_is_writing(tmp_path, capsys):
+    out = tmp_path / "busy"
+    code = (
+        "import sys; from pyrocollapse._io import lock_directory\n"
+        f"with lock_directory({str(out)!r}):\n"
+        "    print('held', flush=True); sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert main(["--out", str(out), "--no-progress"]) == 2
+    finally:
+        child.communicate()
+    err = capsys.readouterr().err
+    assert f"is being written by another process (pid {child.pid})" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert main(["--out", ".", "--no-progress"]) == 2  # the current folder: never replaced
+    assert "is the current folder or a folder above it" in capsys.readouterr().err
 
 
 def test_missing_lightning_names_the_extra_to_install(monkeypatch):

@@ -5,13 +5,14 @@ Executing a notebook starts a Jupyter kernel (the ``python3`` kernel of this env
 with ``PYROCOLLAPSE_SMOKE=1``, which shrinks every budget in the notebooks, and
 ``MPLBACKEND=Agg``. Any cell error fails the test with the cell and its traceback.
 Kernel-side warnings do not affect pytest; the notebooks' files go to a temporary folder.
+The tests assert behaviour, never wall time (a loaded machine must not fail them); how
+long the smoke runs take is for ``benchmarks/``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,6 @@ pytestmark = [
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
-#: Seconds one notebook may take in smoke mode before the test fails (the target is ~30).
-SMOKE_BUDGET = 120
 
 
 def _builder():
@@ -96,13 +95,10 @@ def test_notebook_runs_in_smoke_mode(name, tmp_path, monkeypatch):
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     )
-    start = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
-    seconds = time.perf_counter() - start
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any(o.get("data", {}).get("image/png") for o in outputs), (
         f"{name} displayed no figure: a Figure left as a cell's last expression should render"
     )
     assert "smoke mode: True" in "".join(o.get("text", "") for o in outputs)
-    assert seconds < SMOKE_BUDGET, f"{name} took {seconds:.0f} s in smoke mode"
     assert not any(tmp_path.iterdir()), f"{name} left files in its working folder"

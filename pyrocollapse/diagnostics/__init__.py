@@ -478,7 +478,7 @@ def diagnose(
     """
     from pyrocollapse.report import CollapseReport, SiteReport
 
-    x, batch_size = _check_inputs(data, batch_size)
+    x, batch_size = _check_inputs(data, batch_size, model, guide)
     chosen = _check_estimators(estimators)
     dev = _setup_device(model, guide, x, device)
     num_samples = check_int("num_samples", num_samples, minimum=1)

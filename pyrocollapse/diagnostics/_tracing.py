@@ -18,7 +18,14 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 from pyrocollapse._distributions import as_vector, strip_mask, take_rows, unwrap
-from pyrocollapse._validation import check_data, check_device, check_float, check_int, module_device
+from pyrocollapse._validation import (
+    check_data,
+    check_device,
+    check_float,
+    check_int,
+    module_device,
+    program_dtype,
+)
 from pyrocollapse.program_data import ProgramArgs, ProgramData, as_program_data
 
 _PARTICLES = "_pyrocollapse_particles"
@@ -48,10 +55,15 @@ def _check_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
     return check_data(name, x)
 
 
-def _check_inputs(data: object, batch_size: object) -> tuple[ProgramData, int]:
+def _check_inputs(
+    data: object, batch_size: object, *programs: Callable
+) -> tuple[ProgramData, int]:
     """``data`` in any form :mod:`pyrocollapse.program_data` accepts, as
-    :class:`~pyrocollapse.program_data.ProgramData`, and ``batch_size`` checked."""
-    x = as_program_data(data, "data", tensor_check=_check_tensor)
+    :class:`~pyrocollapse.program_data.ProgramData` (floating data in the dtype of the
+    ``programs``' parameters, :func:`~pyrocollapse._validation.program_dtype`), and
+    ``batch_size`` checked."""
+    dtype = program_dtype(*programs) if programs else None
+    x = as_program_data(data, "data", tensor_check=_check_tensor, dtype=dtype)
     return x, check_int("batch_size", batch_size, minimum=1)
 
 
@@ -409,7 +421,9 @@ def _probe_whole(
     on the whole data (at most :data:`_WHOLE_PROBE_ROWS` rows), the returned flag is
     True and the caller diagnoses the data in one chunk.
     """
-    data = as_program_data(x) if not isinstance(x, ProgramData) else x
+    if not isinstance(x, ProgramData):
+        x = as_program_data(x, dtype=program_dtype(model, guide))
+    data = x
     probe = data.head(2).to(device)
     store = pyro.get_param_store()
     before = set(store.keys())
@@ -556,7 +570,7 @@ def latent_site_names(
     device : str, torch.device or None
         Device the two points are moved to (``None``: where the data are).
     """
-    x, _ = _check_inputs(data, 1)
+    x, _ = _check_inputs(data, 1, model, guide)
     dev = _setup_device(model, guide, x, device)
     return _latent_names(*_probe(model, guide, x, dev))
 
@@ -717,7 +731,7 @@ def site_draws(
 ) -> Iterator[SiteDraw]:
     """Yield :class:`SiteDraw` for ``site`` over consecutive chunks of ``data`` (any form
     :mod:`pyrocollapse.program_data` accepts)."""
-    x, batch_size = _check_inputs(data, batch_size)
+    x, batch_size = _check_inputs(data, batch_size, model, guide)
     device = _setup_device(model, guide, x, device)
     seen = False
     last: tuple[Any, Any] | None = None

@@ -293,7 +293,7 @@ def posterior_densities(
     grid_size = check_int("grid_size", grid_size, minimum=2)
     if isinstance(data, torch.Tensor):
         data = data[:num_points]  # only these points are traced (or checked)
-    x, _ = _check_inputs(data, 1)
+    x, _ = _check_inputs(data, 1, model, guide)
     if x.n > num_points:
         x = x.take(torch.arange(num_points))
     draw = next(site_draws(model, guide, x, site, num_points, device=device))

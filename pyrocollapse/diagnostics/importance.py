@@ -292,7 +292,7 @@ def _importance_pass(
 def _importance_setup(
     model: Callable, guide: Callable, data: object, batch_size: object, device: object
 ) -> tuple[ProgramData, int, torch.device | None, _Layout]:
-    x, batch_size = _check_inputs(data, batch_size)
+    x, batch_size = _check_inputs(data, batch_size, model, guide)
     device = _setup_device(model, guide, x, device)
     return x, batch_size, device, _layout(model, guide, x, _probe(model, guide, x, device))
 
@@ -421,7 +421,7 @@ def posterior_mean_space(
     Posterior Collapse in Variational Autoencoders. ICLR.
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
-    x, batch_size = _check_inputs(data, batch_size)
+    x, batch_size = _check_inputs(data, batch_size, model, guide)
     device = _setup_device(model, guide, x, device)
     traces = _probe(model, guide, x, device)
     names = _latent_names(*traces)

@@ -14,7 +14,13 @@ from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from pyrocollapse._validation import check_choice, check_data, check_float, check_int
+from pyrocollapse._validation import (
+    check_choice,
+    check_data,
+    check_float,
+    check_int,
+    program_dtype,
+)
 from pyrocollapse.diagnostics._tracing import (
     _as_args,
     _check_inputs,
@@ -383,7 +389,7 @@ def latent_traversal(
                 f"x must hold exactly one observation, shape (1, ...); got {tuple(x.shape)}. "
                 "Pass data[:1]"
             )
-    data = as_program_data(x, "x")
+    data = as_program_data(x, "x", dtype=program_dtype(model, guide))
     if data.n != 1:
         raise ValueError(
             f"x must hold exactly one observation (one row of every batched argument); got "
@@ -449,7 +455,7 @@ def reconstruction_means(
     numpy.ndarray
         Shape ``(N, *event_shape)`` of the observed site.
     """
-    x, batch_size = _check_inputs(data, batch_size)
+    x, batch_size = _check_inputs(data, batch_size, model, guide)
     device = _setup_device(model, guide, x, device)
     out = []
     with torch.no_grad():
