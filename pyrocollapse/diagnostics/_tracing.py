@@ -25,6 +25,7 @@ from pyrocollapse._validation import (
     check_int,
     module_device,
     program_dtype,
+    program_modules,
 )
 from pyrocollapse.program_data import ProgramArgs, ProgramData, as_program_data
 
@@ -334,18 +335,7 @@ class eval_mode:
     """
 
     def __init__(self, *fns: Callable) -> None:
-        self.modules: list[torch.nn.Module] = []
-        for fn in fns:
-            fn = getattr(fn, "func", fn)  # functools.partial
-            candidates = [fn, getattr(fn, "__self__", None)]
-            for cell in getattr(fn, "__closure__", None) or ():
-                try:
-                    candidates.append(cell.cell_contents)
-                except ValueError:  # an empty cell
-                    continue
-            for m in candidates:
-                if isinstance(m, torch.nn.Module) and not any(m is o for o in self.modules):
-                    self.modules.append(m)
+        self.modules: list[torch.nn.Module] = program_modules(*fns)
         self.saved: list[tuple[torch.nn.Module, bool]] = []
 
     def __enter__(self) -> eval_mode:
