@@ -407,3 +407,42 @@ def test_a_chunk_whose_rows_are_all_masked_at_a_site_is_left_out():
     assert list(report.sites) == ["z_1", "z_2", "z_3", "z_4"]
     mi = mutual_information(model, guide, (x, lengths), site="z_4", batch_size=6)
     assert math.isfinite(mi.total)
+
+
+def test_a_guide_equal_to_the_posterior_has_no_weight_tail():
+    """Issue 17: constant log weights (exact posterior, float32 rounding only) gave
+    k-hat = inf for a fifth of the points; they have no tail: -inf, i.e. good."""
+    from pyrocollapse.diagnostics import psis_khat
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
+
+    x = torch.randn(200, 1, generator=torch.Generator().manual_seed(4))
+    khat = psis_khat(model, guide, x, num_samples=100)
+    assert not np.isposinf(khat.khat).any()
+    assert khat.fraction_above(khat.threshold) == 0.0
+    assert khat.threshold == pytest.approx(0.5)  # min(1 - 1/log10(100), 0.7)
+    assert khat.summary()["fraction_above_threshold"] == 0.0
+
+
+def test_a_poor_guide_still_gets_a_large_k_hat():
+    from pyrocollapse.diagnostics import psis_khat
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+
+    def guide(x):  # far too narrow and off-centre
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x + 0.3, 0.02).to_event(1))
+
+    x = torch.randn(50, 1, generator=torch.Generator().manual_seed(5))
+    khat = psis_khat(model, guide, x, num_samples=200)
+    assert np.median(khat.khat) > khat.threshold

@@ -59,6 +59,10 @@ def test_aggregate_kl_stderr_survives_the_json_round_trip():
         (np.array([2.0, 1.5, 0.0]) * SENSITIVITY_FLOOR / 10, False),
         # the decoder ignores the collapsed dims
         (np.array([2.0, 1e-4, 0.0]), False),
+        # a fully collapsed model: every dimension barely moves the decoder (issue 17)
+        (np.array([0.045, 0.03, 0.035]), False),
+        # a quarter of a small largest sensitivity, but below the absolute floor
+        (np.array([2.0, 0.8, 0.0]) * SENSITIVITY_FLOOR, False),
     ],
 )
 def test_lagging_inference_network_note_needs_a_sensitive_decoder(sensitivity, lagging):

@@ -119,14 +119,28 @@ class PSISDiagnostic:
     ----------
     khat : numpy.ndarray
         Shape ``(N,)``. Below 0.5: q(z|x_n) is a good importance proposal for p(z|x_n);
-        0.5-0.7: usable; above 0.7: poor (Yao et al. 2018). ``inf`` where the tail was too
-        short to fit.
+        up to :attr:`threshold`: usable; above: poor (Yao et al. 2018; Vehtari et al.
+        2024). ``-inf`` where the largest weights are all equal (a guide equal to the
+        posterior there: the weights have no tail to smooth); ``inf`` where fewer than 10
+        distinct tail weights were left to fit.
     num_samples : int
-        Draws per point.
+        Draws per point, S.
+
+    References
+    ----------
+    Vehtari, Simpson, Gelman, Yao, Gabry (2024). Pareto Smoothed Importance Sampling.
+    JMLR 25 (the sample-size-dependent threshold).
     """
 
     khat: np.ndarray
     num_samples: int
+
+    @property
+    def threshold(self) -> float:
+        """``min(1 - 1 / log10(S), 0.7)``: the k-hat above which S draws cannot give a
+        reliable estimate (ArviZ's rule; 0.5 for S = 100, 0.7 from S = 2154)."""
+        s = max(self.num_samples, 2)
+        return float(min(1.0 - 1.0 / math.log10(s), 0.7)) if s > 10 else 0.0
 
     @property
     def mean(self) -> float:
@@ -141,13 +155,16 @@ class PSISDiagnostic:
         return float(np.mean(self.khat > threshold))
 
     def summary(self) -> dict[str, float]:
-        """Mean, median, max and the fractions above 0.5 and 0.7."""
+        """Mean, median, max, the fractions above 0.5 and 0.7, and the sample-size
+        threshold with the fraction above it."""
         return {
             "mean": self.mean,
             "median": float(np.median(self.khat)),
             "max": self.max,
             "fraction_above_0.5": self.fraction_above(0.5),
             "fraction_above_0.7": self.fraction_above(0.7),
+            "threshold": self.threshold,
+            "fraction_above_threshold": self.fraction_above(self.threshold),
             "num_samples": float(self.num_samples),
         }
 
@@ -172,13 +189,19 @@ class PosteriorMeanSpace:
     num_samples: int
 
 
-def _psis_khat(log_w: torch.Tensor) -> torch.Tensor:
+def _psis_khat(log_w: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """Pareto k-hat of each column of log weights ``(K, B)``, shape ``(B,)``.
 
     Row-batched version of :func:`pyro.infer.importance.psis_diagnostic`'s tail fit
     (same tail, cutoff and :func:`pyro.ops.stats.fit_generalized_pareto` estimator).
+    A column whose tail weights all equal the cutoff weight up to rounding (``eps``: the
+    machine epsilon of the dtype the weights were computed in; default ``log_w``'s) (constant log weights, as with a guide equal to the posterior) has
+    no tail: ``-inf``, not the ``inf`` of a tail too short to fit.
     """
     lw = log_w.double().T  # (B, K)
+    # differences below the rounding error of the weights' dtype are ties, not a tail
+    eps = torch.finfo(log_w.dtype).eps if eps is None else eps
+    tol = 64 * eps * (1.0 + lw.abs().amax(1))
     lw = (lw - lw.amax(1, keepdim=True)).sort(1).values
     k = lw.shape[1]
     tail_len = math.ceil(min(0.2 * k, 3.0 * math.sqrt(k)))
@@ -188,7 +211,9 @@ def _psis_khat(log_w: torch.Tensor) -> torch.Tensor:
     n = valid.sum(1)
     x = torch.where(valid, tail.exp() - cutoff.exp()[:, None], 0.0)
     khat = _fit_generalized_pareto_k(x, valid, n)
-    return torch.where(n >= 10, khat, torch.full_like(khat, math.inf))
+    flat = (lw[:, -1] - lw[:, -tail_len - 1]) <= tol
+    short = torch.where(flat, -math.inf, math.inf).to(khat.dtype)
+    return torch.where(n >= 10, khat, short)
 
 
 def _fit_generalized_pareto_k(
@@ -250,7 +275,9 @@ def _importance_pass(
         lws, m = [], None
         acc: dict[str, list[torch.Tensor]] = {}
         for model_tr, guide_tr in runs:
-            lw = _log_weights(model_tr, guide_tr, layout).double()  # (k, B)
+            raw = _log_weights(model_tr, guide_tr, layout)
+            eps = torch.finfo(raw.dtype).eps if raw.is_floating_point() else None
+            lw = raw.double()  # (k, B)
             lws.append(lw)
             if not want_means:
                 continue
@@ -276,7 +303,7 @@ def _importance_pass(
         ll.append(torch.logsumexp(lw, 0) - math.log(num_samples))
         el.append(lw.mean(0))
         if khat:
-            kh.append(_psis_khat(lw))
+            kh.append(_psis_khat(lw, eps))
         for s, (sw, swz, sq) in acc.items():
             sums[s][0].append(sq / num_samples)
             sums[s][1].append(swz / sw[:, None])
