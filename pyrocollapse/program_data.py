@@ -521,11 +521,7 @@ def _in_memory(
     if not isinstance(data, (tuple, list, dict)):
         raise TypeError(f"{name} must be {_ACCEPTED}; got {type(data).__name__}")
     args = _structured(name, data, check_values=True, dtype=dtype)
-    sizes = {
-        _label(name, s): int(v.shape[0])
-        for s, v in args.items()
-        if isinstance(v, torch.Tensor) and v.dim() >= 1
-    }
+    sizes = _leading_sizes(name, args)
     if not sizes:
         kinds = ", ".join(_describe_value(v) for _, v in args.items())
         raise TypeError(
@@ -546,16 +542,21 @@ def _in_memory(
     return ProgramData([_part_of(args)], name=name)
 
 
+def _leading_sizes(name: str, args: ProgramArgs) -> dict[str, int]:
+    """Per batched tensor argument (ndim >= 1), labelled for messages, its leading size."""
+    return {
+        _label(name, s): int(v.shape[0])
+        for s, v in args.items()
+        if isinstance(v, torch.Tensor) and v.dim() >= 1
+    }
+
+
 def _merge(name: str, batches: list[ProgramArgs]) -> ProgramData:
     """Loader batches as blocks: consecutive batches passing the same arguments are
     concatenated along dim 0."""
     parts: list[_Part] = []
     for i, b in enumerate(batches):
-        sizes = {
-            _label(f"{name} batch {i}", s): int(v.shape[0])
-            for s, v in b.items()
-            if isinstance(v, torch.Tensor) and v.dim() >= 1
-        }
+        sizes = _leading_sizes(f"{name} batch {i}", b)
         if len(set(sizes.values())) > 1:
             listed = ", ".join(f"{k} has {v}" for k, v in sizes.items())
             raise ValueError(

@@ -19,7 +19,7 @@ adapter for it is added here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,8 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyrocollapse._validation import check_bool, check_float, check_int
+from pyrocollapse.diagnostics._tracing import _VECTORISE_ERRORS, _sample_sites
+from pyrocollapse.diagnostics._tracing import _vectorised as _vectorised_in
 
 __all__ = ["load_inference_data", "save_inference_data", "summarize", "to_inference_data"]
 
@@ -60,25 +62,11 @@ _SAMPLE_DIMS = ("chain", "draw")
 _DRAWS_PLATE = "_pyrocollapse_draws"
 #: (draws x points) rows per vectorised run.
 _ROWS_PER_RUN = 2**14
-#: Exceptions of a vectorised run that make the draws fall back to one at a time.
-_VECTORISE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
 def _vectorised(fn: Callable, particles: int | None, nesting: int) -> Callable:
-    if particles is None:
-        return fn
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with pyro.plate(_DRAWS_PLATE, particles, dim=-(nesting + 1)):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def _sample_sites(trace: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample":
-            yield name, site
+    """``fn`` in the plate of draws (see :func:`pyrocollapse.diagnostics._tracing._vectorised`)."""
+    return _vectorised_in(fn, particles, nesting, plate=_DRAWS_PLATE)
 
 
 def _frames(site: dict[str, Any]) -> list[Any]:

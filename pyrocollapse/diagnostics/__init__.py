@@ -264,14 +264,12 @@ def _sweep(
             chunk_kinds = site_kinds(model_tr, guide_tr)
             for s, kind in chunk_kinds.items():
                 kinds.setdefault(s, kind)
-            wanted = list(chunk_kinds) if sites is None else [s for s in sites]
+            wanted = list(chunk_kinds) if sites is None else list(sites)
             for s in wanted:
                 if s in skipped or (sites is None and chunk_kinds.get(s) == "global"):
                     continue
-                if sites is not None and s not in chunk_kinds:
-                    if s in model_tr.nodes or s in guide_tr.nodes or kinds.get(s):
-                        continue  # absent from this chunk only
-                    continue
+                if s not in chunk_kinds:
+                    continue  # absent from this chunk (missing everywhere: raised below)
                 try:
                     if chunk_kinds[s] == "discrete":
                         dd = discrete_draw(model_tr, guide_tr, s, rows)

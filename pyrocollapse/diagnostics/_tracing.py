@@ -171,12 +171,16 @@ class _Layout:
     data_plate: str | None
 
 
-def _vectorised(fn: Callable, particles: int | None, nesting: int) -> Callable:
+def _vectorised(
+    fn: Callable, particles: int | None, nesting: int, plate: str = _PARTICLES
+) -> Callable:
+    """``fn`` inside a plate of ``particles`` draws left of its ``nesting`` plate dims
+    (``fn`` itself when ``particles`` is ``None``)."""
     if particles is None:
         return fn
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with pyro.plate(_PARTICLES, particles, dim=-(nesting + 1)):
+        with pyro.plate(plate, particles, dim=-(nesting + 1)):
             return fn(*args, **kwargs)
 
     return wrapped
