@@ -353,6 +353,12 @@ def _not_local(program: GalleryProgram) -> bool:
     return not program.local_latents
 
 
+def _exact_posterior_guide(x):
+    """q(z | x) = p(z | x) = N(x / 2, 1/2) for z ~ N(0, 1), x | z ~ N(z, 1)."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
+
+
 def test_programs_that_do_not_broadcast_over_draws_are_run_one_draw_at_a_time():
     """A model that reshapes its batch (z.reshape(N, 1)) cannot run under a vectorised
     plate of draws; the importance-sampling estimators fall back to one run per draw.
@@ -365,9 +371,7 @@ def test_programs_that_do_not_broadcast_over_draws_are_run_one_draw_at_a_time():
             loc = z.reshape(x.shape[0], 1)  # breaks under an extra draw dimension
             pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
 
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
+    guide = _exact_posterior_guide
 
     x = torch.randn(20, 1, generator=torch.Generator().manual_seed(3))
     iw = iw_log_likelihood(model, guide, x, num_samples=8)
@@ -419,9 +423,7 @@ def test_a_guide_equal_to_the_posterior_has_no_weight_tail():
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
             pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
 
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
+    guide = _exact_posterior_guide
 
     x = torch.randn(200, 1, generator=torch.Generator().manual_seed(4))
     khat = psis_khat(model, guide, x, num_samples=100)
