@@ -628,6 +628,18 @@ def _prepare_work_folder(config: RunConfig, out: Path, *, resume: bool, overwrit
     return checkpoint_dir
 
 
+def _free_bits_floor(objective: Any) -> float | None:
+    """The per-dimension free-bits floor of ``objective`` (``None`` when it has none or
+    floors some site as a whole, where a per-dimension label would be wrong)."""
+    from pyrocollapse.elbo import FreeBitsELBO
+
+    if not isinstance(objective, FreeBitsELBO) or objective.per != "dimension":
+        return None
+    if objective.per_site_fallback:
+        return None
+    return objective.free_bits
+
+
 def _train_and_diagnose(
     config: RunConfig,
     *,
@@ -683,6 +695,7 @@ def _train_and_diagnose(
         bootstrap=config.bootstrap,
         importance_samples=config.importance_samples,
         seed=config.seed,
+        free_bits=_free_bits_floor(built.elbo),
     )
     if echo:
         print()

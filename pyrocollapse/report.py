@@ -16,19 +16,34 @@ import numpy as np
 
 __all__ = ["STATUS_RULE", "CollapseReport", "SiteReport"]
 
-ACTIVE, INFORMATIVE, COLLAPSED = "active", "inactive-but-informative", "collapsed"
-STATUSES = (ACTIVE, INFORMATIVE, COLLAPSED)
+ACTIVE, NEAR, COLLAPSED = "active", "near-collapse", "collapsed"
+#: Written by reports before 0.2 (an activity-based rule); still read and drawn.
+INFORMATIVE = "inactive-but-informative"
+STATUSES = (ACTIVE, NEAR, COLLAPSED)
+
+#: Default practical floor (nats per point) of information a dimension must carry to
+#: count as active: 0.1 nats is what a Gaussian channel with signal-to-noise ratio 0.22
+#: carries (I = log(1 + SNR) / 2). Below it, information measurably above zero is
+#: "spread thin" and the dimension is near collapse.
+INFO_FLOOR = 0.1
+#: Standard errors by which an information estimate must exceed zero to count at all.
+NOISE_Z = 2.0
 
 #: The per-dimension rule, stated in every report.
 STATUS_RULE = (
-    "active: Cov_x(E_q[z_d]) > au_threshold; "
-    "inactive-but-informative: not active but I_q(x; z_d) > mi_threshold; "
-    "collapsed: otherwise (z_d carries no information about x). "
+    "status from the information each dimension carries, I_q(x; z_d) (nats per point, "
+    "under the aggregate posterior): collapsed when I_q(x; z_d) <= max(mi_threshold, "
+    f"{NOISE_Z:g} Monte Carlo standard errors), i.e. not measurably above zero; near collapse "
+    "when measurably above zero but below the practical floor info_floor; active at or above "
+    "info_floor. Where I_q(x; z_d) was not computed, the KL E_x KL(q(z_d|x) || p(z_d)), an "
+    "upper bound on it, stands in: at or below mi_threshold collapsed, else active only when "
+    "also Cov_x(E_q[z_d]) > au_threshold (Burda et al. 2016), else near collapse. "
     "A site with a conditional diagonal-Normal prior p(z | parents) (a Markov chain "
     "z_t | z_{t-1}, a hierarchical prior) is measured in the prior's standardised "
     "coordinates (z - E_p[z | parents]) / sd_p[z | parents] at the guide's draws of the "
-    "parents, i.e. on what x tells beyond the parents. A discrete site is active when "
-    "I_q(x; y) > mi_threshold (exact for the categorical aggregate posterior)"
+    "parents, i.e. on what x tells beyond the parents. A discrete site uses its exact "
+    "I_q(x; y). Verdict: healthy (every dimension active), partial collapse (some active, "
+    "some not), near collapse (none active, some near), full collapse (all collapsed)"
 )
 
 #: PSIS k-hat above which a guide is a poor importance proposal (Yao et al. 2018).
@@ -151,6 +166,24 @@ class SiteReport:
     innovation : bool
         The site was measured in its conditional prior's standardised coordinates (see
         :data:`STATUS_RULE`).
+    info_floor, mi_threshold : float
+        The status rule's practical floor and zero threshold (nats per point).
+    status_basis : str
+        ``"mi"`` (per-dimension I_q(x; z_d) with its Monte Carlo standard error) or
+        ``"kl"`` (per-dimension MI not computed: the KL, an upper bound, with the
+        activity variance).
+    free_bits : float or None
+        The free-bits floor lambda (nats) of the objective the model was trained with,
+        when known; then :attr:`on_free_bits_floor` marks dimensions whose KL sits on it.
+    mi_upper : float or None
+        Leave-one-out estimate of I_q(x; z), biased upward: I_q lies between ``mi`` and
+        it in expectation (``inf`` when the data cannot bound it).
+    mi_log_n : float or None
+        log N, the most the ``mi`` estimator can read (it is a contrastive lower bound).
+    mi_saturated : bool
+        ``mi`` is within 1 nat of log N: only a lower bound.
+    mi_points_needed : float or None
+        When saturated, about how many points would resolve I_q(x; z).
     """
 
     site: str
@@ -181,6 +214,14 @@ class SiteReport:
     aggregate_kl_stderr: float | None = None
     kind: str = "continuous"
     innovation: bool = False
+    info_floor: float = INFO_FLOOR
+    mi_threshold: float = 0.01
+    status_basis: str = "mi"
+    free_bits: float | None = None
+    mi_upper: float | None = None
+    mi_log_n: float | None = None
+    mi_saturated: bool = False
+    mi_points_needed: float | None = None
 
     @classmethod
     def build(
@@ -191,6 +232,8 @@ class SiteReport:
         mi: Any,
         *,
         mi_threshold: float,
+        info_floor: float = INFO_FLOOR,
+        free_bits: float | None = None,
         rhat: Any = None,
         sensitivity: Any = None,
         densities: Any = None,
@@ -201,14 +244,24 @@ class SiteReport:
         """Assemble from the results of :mod:`pyrocollapse.diagnostics` estimators
         (``mi`` and the keyword results may be ``None``), applying :data:`STATUS_RULE`."""
         mi_per_dim = None if mi is None else mi.per_dim
-        status = []
-        for d in range(len(kl.per_dim)):
-            if au.active[d]:
-                status.append(ACTIVE)
-            elif mi_per_dim is not None and mi_per_dim[d] > mi_threshold:
-                status.append(INFORMATIVE)
-            else:
-                status.append(COLLAPSED)
+        if mi_per_dim is not None:
+            se = mi.per_dim_stderr
+            status = classify(
+                mi_per_dim,
+                np.zeros_like(mi_per_dim) if se is None else se,
+                mi_threshold=mi_threshold,
+                info_floor=info_floor,
+            )
+            basis = "mi"
+        else:
+            status = classify(
+                kl.per_dim,
+                np.zeros_like(kl.per_dim),
+                mi_threshold=mi_threshold,
+                info_floor=info_floor,
+                active=au.active,
+            )
+            basis = "kl"
         return cls(
             site=site,
             kl_per_dim=kl.per_dim,
@@ -245,17 +298,35 @@ class SiteReport:
             else {"approximate": mean_space.approximate, "model": mean_space.model},
             kl_identity_stderr=None if mi is None else mi.stderr,
             innovation=bool(innovation),
+            info_floor=float(info_floor),
+            mi_threshold=float(mi_threshold),
+            status_basis=basis,
+            free_bits=None if free_bits is None else float(free_bits),
+            mi_upper=None if mi is None else _optional_float(getattr(mi, "upper", None)),
+            mi_log_n=None if mi is None else _optional_float(getattr(mi, "log_n", None)),
+            mi_saturated=bool(mi is not None and getattr(mi, "saturated", False)),
+            mi_points_needed=None
+            if mi is None
+            else _optional_float(getattr(mi, "points_needed", None)),
         )
 
     @classmethod
     def build_discrete(
-        cls, site: str, summary: Any, *, au_threshold: float, mi_threshold: float
+        cls,
+        site: str,
+        summary: Any,
+        *,
+        au_threshold: float,
+        mi_threshold: float,
+        info_floor: float = INFO_FLOOR,
     ) -> SiteReport:
         """Assemble a discrete site's report from a
-        :class:`pyrocollapse.diagnostics.sites.DiscreteSite`: one entry, active when
-        I_q(x; y) > ``mi_threshold``."""
+        :class:`pyrocollapse.diagnostics.sites.DiscreteSite`: one entry, whose status
+        follows :data:`STATUS_RULE` with the exact I_q(x; y) (no Monte Carlo error)."""
         one = np.ones(1)
-        status = [ACTIVE if summary.mi > mi_threshold else COLLAPSED]
+        status = classify(
+            summary.mi * one, 0 * one, mi_threshold=mi_threshold, info_floor=info_floor
+        )
         return cls(
             site=site,
             kl_per_dim=summary.kl * one,
@@ -270,6 +341,8 @@ class SiteReport:
             status=status,
             kl_total=summary.kl,
             kind="discrete",
+            info_floor=float(info_floor),
+            mi_threshold=float(mi_threshold),
         )
 
     @property
@@ -291,7 +364,14 @@ class SiteReport:
 
     @property
     def active_units(self) -> int:
+        """Dimensions whose status is ``"active"`` (information at or above the floor)."""
         return sum(s == ACTIVE for s in self.status)
+
+    @property
+    def burda_active_units(self) -> int:
+        """Dimensions with Cov_x(E_q[z_d]) > ``au_threshold`` (Burda et al. 2016's count,
+        which calls a dimension active on a variance of its posterior mean alone)."""
+        return int(np.sum(np.asarray(self.au_variance, dtype=float) > self.au_threshold))
 
     @property
     def collapsed(self) -> np.ndarray:
@@ -299,8 +379,24 @@ class SiteReport:
         return np.array([s == COLLAPSED for s in self.status])
 
     @property
+    def near_collapse(self) -> np.ndarray:
+        """Boolean mask of dimensions near collapse (informative but below the floor)."""
+        return np.array([s == NEAR for s in self.status])
+
+    @property
+    def on_free_bits_floor(self) -> np.ndarray:
+        """Dimensions whose KL sits on the free-bits floor (within 10 % of lambda plus
+        0.02 nats), shape ``(latent_dim,)``; all False when no floor is known."""
+        if not self.free_bits:
+            return np.zeros(self.latent_dim, dtype=bool)
+        kl = np.asarray(self.kl_per_dim, dtype=float)
+        return np.abs(kl - self.free_bits) <= 0.1 * self.free_bits + 0.02
+
+    @property
     def verdict(self) -> str:
-        return _verdict(self.collapsed)
+        """``"healthy"``, ``"partial collapse"``, ``"near collapse"`` or ``"full
+        collapse"`` (:data:`STATUS_RULE`)."""
+        return _verdict(self.status)
 
     def notes(self, *, conditional: bool = True) -> list[str]:
         """Warnings a reader should see next to this site's numbers (``conditional=False``
@@ -340,6 +436,46 @@ class SiteReport:
                 "nats is below 0, which a KL cannot be: Monte Carlo noise around 0 (left "
                 "unclipped so that KL = MI + marginal KL holds)"
             )
+        if self.mi_saturated and self.mi_log_n is not None:
+            need = self.mi_points_needed
+            need_text = (
+                f"; about {need:.3g} points would resolve it"
+                if need is not None and math.isfinite(need)
+                else ""
+            )
+            out.append(
+                f"site {self.site!r}: I_q(x; z) = {self.mi:.3f} nats is within 1 nat of log N = "
+                f"{self.mi_log_n:.3f}, where the estimator (a contrastive lower bound) saturates: "
+                f"I_q(x; z) >= {self.mi:.3f} only{need_text}"
+            )
+        near = np.flatnonzero(self.near_collapse)
+        if len(near):
+            info = np.asarray(
+                self.mi_per_dim if self.mi_per_dim is not None else self.kl_per_dim, dtype=float
+            )
+            out.append(
+                f"site {self.site!r} dims {near.tolist()}: near collapse, information measurably "
+                f"above zero but below {self.info_floor:g} nats each ({float(info[near].sum()):.3f} "
+                "nats in all): spread thin"
+            )
+        floor = np.flatnonzero(self.on_free_bits_floor)
+        if len(floor):
+            out.append(
+                f"site {self.site!r} dims {floor.tolist()}: KL sits on the free-bits floor "
+                f"lambda = {self.free_bits:g} nats, which the objective does not penalise: that "
+                "KL is bought by the floor, not demanded by the data; judge these dims by their "
+                "MI instead"
+            )
+        if self.aggregate_kl_per_dim is not None and self.mi_per_dim is not None:
+            kl = np.asarray(self.kl_per_dim, dtype=float)
+            paid = [int(d) for d in np.flatnonzero(self.collapsed) if kl[d] >= self.info_floor]
+            if paid:
+                out.append(
+                    f"site {self.site!r} dims {paid}: KL of "
+                    + ", ".join(f"{kl[d]:.2f}" for d in paid)
+                    + " nats but no information: q(z_d|x) is the same for every x yet differs "
+                    "from p(z_d) (marginal KL): KL spent on a prior that does not fit"
+                )
         if self.sensitivity is not None and len(self.sensitivity):
             sens = np.asarray(self.sensitivity, dtype=float)
             top = float(np.nanmax(sens)) if np.isfinite(sens).any() else 0.0
@@ -406,6 +542,21 @@ class SiteReport:
             else _num(self.kl_identity_stderr),
             "kind": self.kind,
             "innovation": self.innovation,
+            "info_floor": self.info_floor,
+            "mi_threshold": self.mi_threshold,
+            "status_basis": self.status_basis,
+            "burda_active_units": self.burda_active_units,
+            "free_bits": self.free_bits,
+            "on_free_bits_floor": [bool(v) for v in self.on_free_bits_floor],
+            # +inf (the data cannot bound I_q above) is kept as the string "inf"
+            "mi_upper": None
+            if self.mi_upper is None
+            else ("inf" if self.mi_upper == math.inf else _num(self.mi_upper)),
+            "mi_log_n": None if self.mi_log_n is None else _num(self.mi_log_n),
+            "mi_saturated": self.mi_saturated,
+            "mi_points_needed": None
+            if self.mi_points_needed is None
+            else _num(self.mi_points_needed),
         }
 
     @classmethod
@@ -456,6 +607,14 @@ class SiteReport:
             else float(d["kl_identity_stderr"]),
             kind=str(d.get("kind", "continuous")),
             innovation=bool(d.get("innovation", False)),
+            info_floor=float(d.get("info_floor", INFO_FLOOR)),
+            mi_threshold=float(d.get("mi_threshold", 0.01)),
+            status_basis=str(d.get("status_basis", "mi")),
+            free_bits=_optional_float(d.get("free_bits")),
+            mi_upper=_optional_float(d.get("mi_upper")),
+            mi_log_n=_optional_float(d.get("mi_log_n")),
+            mi_saturated=bool(d.get("mi_saturated", False)),
+            mi_points_needed=_optional_float(d.get("mi_points_needed")),
         )
 
 
@@ -469,11 +628,58 @@ def _global_site() -> Any:
     return GlobalSite
 
 
-def _verdict(collapsed: np.ndarray) -> str:
-    if not collapsed.any():
+def classify(
+    info: Any,
+    stderr: Any,
+    *,
+    mi_threshold: float,
+    info_floor: float = INFO_FLOOR,
+    active: Any = None,
+) -> list[str]:
+    """Per-dimension status from information carried (:data:`STATUS_RULE`).
+
+    Parameters
+    ----------
+    info : array_like
+        Shape ``(D,)``: I_q(x; z_d) in nats per point (or an upper bound on it, the KL,
+        with ``active`` given).
+    stderr : array_like
+        Shape ``(D,)``: Monte Carlo standard error of ``info`` (0 for exact values).
+    mi_threshold : float
+        Nats at or below which a dimension carries no information.
+    info_floor : float
+        Practical floor (nats): measurably informative dimensions below it are
+        ``"near-collapse"``.
+    active : array_like of bool or None
+        With ``info`` an upper bound (the KL): the activity test each dimension must
+        also pass to count as active.
+
+    Returns
+    -------
+    list of str
+        ``"active"``, ``"near-collapse"`` or ``"collapsed"`` per dimension.
+    """
+    info = np.asarray(info, dtype=float)
+    se = np.nan_to_num(np.asarray(stderr, dtype=float), nan=0.0)
+    out = []
+    for d, v in enumerate(info):
+        if not math.isfinite(v) or v <= max(mi_threshold, NOISE_Z * se[d]):
+            out.append(COLLAPSED)
+        elif v < info_floor or (active is not None and not bool(active[d])):
+            out.append(NEAR)
+        else:
+            out.append(ACTIVE)
+    return out
+
+
+def _verdict(status: Any) -> str:
+    status = list(status)
+    if all(s == ACTIVE for s in status):
         return "healthy"
-    if collapsed.all():
+    if all(s == COLLAPSED for s in status):
         return "full collapse"
+    if not any(s in (ACTIVE, INFORMATIVE) for s in status):
+        return "near collapse"
     return "partial collapse"
 
 
@@ -519,11 +725,12 @@ class CollapseReport:
 
     @property
     def verdict(self) -> str:
-        """``"healthy"``, ``"partial collapse"`` or ``"full collapse"`` over all local
-        sites; ``"no local latent sites"`` when none was diagnosed."""
+        """``"healthy"``, ``"partial collapse"``, ``"near collapse"`` or ``"full
+        collapse"`` over all local sites (:data:`STATUS_RULE`); ``"no local latent
+        sites"`` when none was diagnosed."""
         if not self.sites:
             return NO_LOCAL
-        return _verdict(np.concatenate([s.collapsed for s in self.sites.values()]))
+        return _verdict([st for s in self.sites.values() for st in s.status])
 
     @property
     def active_units(self) -> int:
@@ -742,15 +949,19 @@ class CollapseReport:
             lines.append("")
             if s.kind == "discrete":
                 lines.append(
-                    f"discrete site {s.site!r}: {'active' if s.active_units else 'collapsed'}; "
+                    f"discrete site {s.site!r}: {s.status[0]}; "
                     f"KL {s.kl:.3f} = MI {s.mi:.3f} + marginal KL {s.aggregate_kl:.3f} (exact); "
                     f"spread of q(y|x) {float(s.au_variance[0]):.4f}"
                 )
                 continue
-            head = f"site {s.site!r}: {s.active_units}/{s.latent_dim} active, verdict {s.verdict}"
+            head = (
+                f"site {s.site!r}: {s.active_units}/{s.latent_dim} active, "
+                f"{int(s.near_collapse.sum())} near collapse, verdict {s.verdict}"
+            )
+            burda = f"Cov_x(E_q[z_d]) > {s.au_threshold:g} in {s.burda_active_units}"
             if s.au_count_ci is not None:
-                head += f" (AU {ci_text(s.au_count_ci, '.0f')})"
-            lines.append(head)
+                burda += f" {ci_text(s.au_count_ci, '.0f')}"
+            lines.append(f"{head} (Burda AU: {burda})")
             if math.isfinite(s.mi):
                 mi = f"MI {s.mi:.3f}" + (f" {ci_text(s.mi_ci)}" if s.mi_ci else "")
                 lines.append(
@@ -761,13 +972,16 @@ class CollapseReport:
             else:
                 lines.append(f"  KL {s.kl:.3f}; KL estimator {s.kl_estimator}")
             cols = [("KL", s.kl_per_dim, 8, ".3f"), ("AU var", s.au_variance, 9, ".4f")]
-            cols += [("MI", s.mi_per_dim, 8, ".3f"), ("R-hat", s.rhat, 7, ".3f")]
+            cols += [("MI", s.mi_per_dim, 8, ".3f"), ("MI s.e.", s.mi_per_dim_stderr, 8, ".3f")]
+            cols += [("R-hat", s.rhat, 7, ".3f")]
             cols += [("sens", s.sensitivity, 9, ".3g")]
             cols = [c for c in cols if c[1] is not None]
             lines.append(f"{'dim':>4} " + " ".join(f"{n:>{w}}" for n, _, w, _ in cols) + "  status")
+            floor = s.on_free_bits_floor
             for d in range(s.latent_dim):
                 vals = " ".join(f"{float(a[d]):{w}{f}}" for _, a, w, f in cols)
-                lines.append(f"{d:>4} {vals}  {s.status[d]}")
+                tag = " (on free-bits floor)" if floor[d] else ""
+                lines.append(f"{d:>4} {vals}  {s.status[d]}{tag}")
         notes = self.notes()
         if notes:
             lines.append("")

@@ -96,7 +96,7 @@ def test_a_trained_model_with_a_small_latent_is_not_fully_collapsed(name):
         monitor=None,
     )
     report = diagnose(program.model, program.guide, program.train_data)
-    assert report.verdict in ("healthy", "partial collapse")
+    assert report.verdict in ("healthy", "partial collapse", "near collapse")
 
 
 # --------------------------------------------------------------------------------------

@@ -367,6 +367,8 @@ def diagnose(
     device: str | torch.device | None = None,
     au_threshold: float = 0.01,
     mi_threshold: float = 0.01,
+    info_floor: float = 0.1,
+    free_bits: float | None = None,
     bootstrap: int = 0,
     ci_level: float = 0.95,
     rhat_samples: int = 10,
@@ -410,7 +412,8 @@ def diagnose(
         cheap ones; ``"iw"`` and ``"psis"`` cost ``importance_samples`` model passes per
         point.
     num_samples : int
-        Draws of z per point for MI, marginal KL, Monte Carlo KLs and the sensitivity.
+        Draws of z per point for MI, marginal KL, Monte Carlo KLs and the sensitivity
+        (MI and marginal KL take more on small data: at least 2048 draws in all).
     batch_size : int
         Points per chunk.
     device : str, torch.device or None
@@ -418,9 +421,19 @@ def diagnose(
         are not moved, so put them there first (``vae.to(device)``). The report holds
         host (NumPy) values whatever the device.
     au_threshold : float
-        Active-unit threshold on Cov_x(E_q[z_d]) (Burda et al. 2016: 0.01).
+        Threshold on Cov_x(E_q[z_d]) of Burda et al.'s (2016) active-unit count
+        (reported beside the status; it decides the status only where MI is not
+        computed).
     mi_threshold : float
-        Nats of I_q(x; z_d) above which an inactive dimension counts as informative.
+        Nats of I_q(x; z_d) at or below which a dimension carries no information
+        (collapsed), also when within 2 Monte Carlo standard errors of 0.
+    info_floor : float
+        Practical floor (nats per point): a dimension carrying measurably more than
+        nothing but less than this is ``"near-collapse"``, at or above it ``"active"``.
+    free_bits : float or None
+        The free-bits floor lambda (nats) of the objective the model was trained with
+        (:class:`~pyrocollapse.elbo.FreeBitsELBO`): dimensions whose KL sits on it are
+        labelled, since that KL is bought by the floor rather than demanded by the data.
     bootstrap : int
         Bootstrap replicates for intervals on MI, marginal KL and AU (0: none).
     ci_level : float
@@ -446,14 +459,19 @@ def diagnose(
 
     Notes
     -----
-    The status of dimension d of a site is (the rule is stated in the report):
+    The status of dimension d of a site comes from the information it carries,
+    I_q(x; z_d) (nats per point), tested against its Monte Carlo standard error and a
+    stated practical floor (:data:`pyrocollapse.report.STATUS_RULE`, stated in the report):
 
-    * ``active`` when Cov_x(E_q[z_d]) > ``au_threshold``;
-    * ``inactive-but-informative`` when not active but I_q(x; z_d) > ``mi_threshold``
-      (the information lives in q's shape, not its mean);
-    * ``collapsed`` otherwise: z_d carries no information about x.
+    * ``collapsed`` when I_q(x; z_d) <= max(``mi_threshold``, 2 standard errors): z_d
+      carries no information about x;
+    * ``near-collapse`` when measurably above zero but below ``info_floor``
+      (information spread thin);
+    * ``active`` at or above ``info_floor``.
 
-    The verdict is ``healthy`` (no collapsed dimension), ``partial collapse`` or ``full
+    Without ``"mi"`` the KL (an upper bound on I_q) stands in, with the activity
+    variance as a second test. The verdict is ``healthy`` (every dimension active),
+    ``partial collapse``, ``near collapse`` (none active, some near) or ``full
     collapse`` (every dimension of every site collapsed).
 
     For its figures the report also keeps the marginal densities of q(z_d | x) for the
@@ -482,6 +500,14 @@ def diagnose(
     num_samples = check_int("num_samples", num_samples, minimum=1)
     au_threshold = check_float("au_threshold", au_threshold, minimum=0.0)
     mi_threshold = check_float("mi_threshold", mi_threshold, minimum=0.0)
+    info_floor = check_float("info_floor", info_floor, minimum=0.0)
+    if info_floor < mi_threshold:
+        raise ValueError(
+            f"info_floor ({info_floor}) must be at least mi_threshold ({mi_threshold}): a "
+            "dimension below the floor but above the threshold is near collapse"
+        )
+    if free_bits is not None:
+        free_bits = check_float("free_bits", free_bits, minimum=0.0)
     bootstrap, ci_level = _check_bootstrap(bootstrap, ci_level)
     rhat_samples = check_int("rhat_samples", rhat_samples, minimum=2)
     importance_samples = (
@@ -531,8 +557,12 @@ def diagnose(
                 draws = sweep.draws[site]
                 kl = _kl_from_draws(draws, site, max(num_samples, 64))
                 au = _au_from_draws(draws, au_threshold, 64, bootstrap, ci_level)
+                # small data: more draws per point, so that Monte Carlo error does not
+                # hide the information (at least _MI_MIN_DRAWS draws in all)
+                n_site = sum(int(d.z.shape[0]) for d in draws)
+                mi_samples = max(num_samples, -(-_MI_MIN_DRAWS // max(n_site, 1)))
                 mi = (
-                    _mi_from_draws(draws, num_samples, per_dim_draws, bootstrap, ci_level)
+                    _mi_from_draws(draws, mi_samples, per_dim_draws, bootstrap, ci_level)
                     if "mi" in chosen
                     else None
                 )
@@ -620,6 +650,8 @@ def diagnose(
             parts["au"],
             parts["mi"],
             mi_threshold=mi_threshold,
+            info_floor=info_floor,
+            free_bits=free_bits,
             rhat=parts["rhat"],
             sensitivity=parts["sensitivity"],
             densities=parts["densities"],
@@ -631,7 +663,11 @@ def diagnose(
     }
     for site, ddraws in sweep.discrete.items():
         reports[site] = SiteReport.build_discrete(
-            site, discrete_summary(ddraws), au_threshold=au_threshold, mi_threshold=mi_threshold
+            site,
+            discrete_summary(ddraws),
+            au_threshold=au_threshold,
+            mi_threshold=mi_threshold,
+            info_floor=info_floor,
         )
     order = list(sweep.kinds) if latent_sites is None else latent_sites
     reports = {s: reports[s] for s in order if s in reports}
@@ -643,6 +679,8 @@ def diagnose(
             "estimators": list(chosen),
             "au_threshold": au_threshold,
             "mi_threshold": mi_threshold,
+            "info_floor": info_floor,
+            "free_bits": free_bits,
             "num_samples": num_samples,
             "batch_size": batch_size,
             "whole_data": whole,
@@ -662,6 +700,10 @@ def diagnose(
         unavailable=unavailable,
     )
 
+
+#: Fewest draws of z (over all points) behind the mutual-information estimates: with
+#: fewer points than this, each point gets several draws.
+_MI_MIN_DRAWS = 2048
 
 #: Errors of an optional estimator that the report records instead of raising.
 _OPTIONAL_ERRORS = (ValueError, RuntimeError, IndexError, NotImplementedError, TypeError)
