@@ -93,7 +93,7 @@ def parse_options(
 
 
 #: Estimators ``run`` applies to the held-out data by default.
-RUN_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis")
+RUN_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis", "causes")
 
 
 def add_data_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -286,7 +286,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="train every prior x objective x seed and compare the remedies",
         description="Train every combination of --priors, --elbos and --seeds (each into "
         "OUT/runs/<prior>__<elbo>__seed<k>/, a full report folder) and write OUT/runs.csv, "
-        "OUT/comparison.csv (mean and spread over seeds) and OUT/figures/au_vs_nll.png. "
+        "OUT/comparison.csv (mean and spread over seeds, and each cell's paired per-seed "
+        "differences against --baseline with 95% t-intervals) and OUT/figures/au_vs_nll.png "
+        "(active units and MI against held-out NLL). Runs with the same seed share their "
+        "train/held-out split; a cell's rank is 1 + the number of cells whose paired "
+        "difference of held-out IW log-likelihood to it has an interval above 0, so cells "
+        "that cannot be told apart are printed as ties (=1). "
         "Every option value of the grid is checked before any run (exit 2). A finished run "
         "is reused when the grid is started again only if its folder is complete and its "
         "configuration fingerprint matches; otherwise it is trained again and the reason "
@@ -318,7 +323,28 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME.KEY=VALUE",
         help="option for one objective, e.g. freebits.free_bits=0.5 (repeatable)",
     )
-    g.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1 per combination")
+    g.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds 0..SEEDS-1 per combination (at least 2 for intervals; 3 or more to rank)",
+    )
+    g.add_argument(
+        "--from-run",
+        default=None,
+        metavar="RUN_FOLDER",
+        help="run the grid that a run's report suggests (its causes' remedies against the "
+        "run's own prior and objective), with that run's data, model and training settings "
+        "(read from RUN_FOLDER/metrics.json; --priors, --elbos and the data, model and "
+        "training options are then taken from there)",
+    )
+    g.add_argument(
+        "--baseline",
+        default=None,
+        metavar="PRIOR:OBJECTIVE",
+        help="the cell every other cell is compared with, paired by seed; None: the first "
+        "of --priors with the first of --elbos",
+    )
     g.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes")
     g.add_argument("--out", default="runs/compare", help="grid folder (reused to resume)")
 
@@ -495,26 +521,38 @@ def compare_command(args: argparse.Namespace) -> int:
     from pyrocollapse.elbo import ELBOS
     from pyrocollapse.priors import PRIORS
 
-    priors = [n.strip() for n in args.priors.split(",") if n.strip()]
-    elbos = [n.strip() for n in args.elbos.split(",") if n.strip()]
-    for n in priors:
-        PRIORS.get(n)
-    for n in elbos:
-        ELBOS.get(n)
+    if args.from_run is not None:
+        base, priors, elbos, prior_options, elbo_options = _grid_from_run(args.from_run)
+        print(
+            f"grid suggested by {args.from_run}: --priors {','.join(priors)} --elbos "
+            f"{','.join(elbos)} with its data, model and training settings",
+            flush=True,
+        )
+    else:
+        priors = [n.strip() for n in args.priors.split(",") if n.strip()]
+        elbos = [n.strip() for n in args.elbos.split(",") if n.strip()]
+        for n in priors:
+            PRIORS.get(n)
+        for n in elbos:
+            ELBOS.get(n)
+        base = _base_config(args)
+        prior_options = _per_name_options(
+            args.prior_option, priors, PRIORS, "prior", skip=("latent_dim",)
+        )
+        elbo_options = _per_name_options(args.elbo_option, elbos, ELBOS, "elbo")
     summary = compare(
         priors=priors,
         elbos=elbos,
         seeds=check_int("--seeds", args.seeds, minimum=1),
         out=args.out,
-        base=_base_config(args),
-        prior_options=_per_name_options(
-            args.prior_option, priors, PRIORS, "prior", skip=("latent_dim",)
-        ),
-        elbo_options=_per_name_options(args.elbo_option, elbos, ELBOS, "elbo"),
+        base=base,
+        prior_options=prior_options,
+        elbo_options=elbo_options,
         jobs=check_int("--jobs", args.jobs, minimum=1),
         iw_samples=args.importance_samples,
         progress=not args.no_progress,
         echo=True,
+        baseline=args.baseline,
     )
     n_ok, n_failed = int(summary["n_ok"].sum()), int(summary["n_failed"].sum())
     print(
@@ -532,6 +570,38 @@ def compare_command(args: argparse.Namespace) -> int:
             print(f"  {rid}: {error} (see runs/{rid}.error.json)", file=sys.stderr)
         return 1
     return 0
+
+
+def _grid_from_run(folder: str) -> tuple[Any, list[str], list[str], dict, dict]:
+    """The base configuration and the suggested grid of the run in ``folder``."""
+    import json
+    from pathlib import Path
+
+    from pyrocollapse.experiment import RunConfig
+
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise ValueError(f"--from-run: {str(path)!r} does not exist; name a folder written by 'pyrocollapse run'")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        base = RunConfig.from_dict(metrics["config"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"--from-run: {str(path)!r} does not hold a run's metrics ({e})") from None
+    causes = (metrics.get("report") or {}).get("causes")
+    if not causes or not causes.get("remedies"):
+        raise ValueError(
+            f"--from-run: the report in {str(path)!r} suggests no remedies (a healthy run, no "
+            "cause above the evidence floor, or a run without the 'causes' estimator); give "
+            "--priors and --elbos instead"
+        )
+    grid = causes["grid"]
+    return (
+        base,
+        list(grid["priors"]),
+        list(grid["elbos"]),
+        {k: dict(v) for k, v in grid.get("prior_options", {}).items() if v},
+        {k: dict(v) for k, v in grid.get("elbo_options", {}).items() if v},
+    )
 
 
 def _estimators(text: str) -> tuple[str, ...]:

@@ -16,6 +16,15 @@ process and share the cores (``torch.set_num_threads(cpus // jobs)`` each). Ever
 of the grid is checked (each run's prior, model and objective built once) before any work,
 and one grid folder is written by one ``compare`` at a time
 (:func:`pyrocollapse._io.lock_directory`).
+
+The summary compares every cell with a *baseline* cell (by default the first prior with the
+first objective) on paired differences: a run's seed fixes its train/held-out split (and
+its initialisation), so the runs of two cells with the same seed saw the same data, and the
+per-seed difference ``cell - baseline`` cancels the split-to-split variation that the
+spread over seeds holds. Each difference comes with a 95 % Student-t interval over the
+seeds both cells finished. The ranking uses the same paired differences between every two
+cells (:data:`RANKING`): cells that no other cell beats significantly share rank 1, so a
+difference smaller than its interval is printed as a tie (``=1``), not as a ranking.
 """
 
 from __future__ import annotations
@@ -37,14 +46,36 @@ from typing import Any
 from pyrocollapse._validation import check_int
 from pyrocollapse.experiment import RunConfig
 
-__all__ = ["METRICS", "RANKING", "compare", "run_id", "summarize_runs"]
+__all__ = [
+    "CONFIDENCE",
+    "METRICS",
+    "PAIRED_METRICS",
+    "RANKING",
+    "compare",
+    "format_summary",
+    "run_id",
+    "summarize_runs",
+]
 
 #: Per-run metrics in the comparison table (all per held-out data point, nats where applicable).
 METRICS = ("active_units", "mi", "kl", "elbo", "iw_log_likelihood", "wall_time")
 
-#: How the printed table is ranked: held-out IW log-likelihood, higher first; ties by
-#: more active units.
-RANKING = "held-out importance-weighted log-likelihood (higher is better), then active units"
+#: Metrics with a paired difference against the baseline cell in the summary
+#: (``<metric>_diff``, ``<metric>_diff_lo``, ``<metric>_diff_hi``).
+PAIRED_METRICS = ("iw_log_likelihood", "mi", "active_units", "elbo", "kl")
+
+#: Coverage of the Student-t intervals of the paired differences (and of the ranking's test).
+CONFIDENCE = 0.95
+
+#: How the table is ranked. A cell *beats* another when their paired per-seed difference
+#: of held-out IW log-likelihood (over the seeds both finished) has a 95 % Student-t
+#: interval above 0; the rows are ordered by rank, then by mean IW log-likelihood, then
+#: by mean active units. With one seed there is no interval and every cell is tied.
+RANKING = (
+    "held-out importance-weighted log-likelihood (higher is better); a cell's rank is 1 + "
+    "the number of cells that beat it on paired per-seed differences (95% t-interval of "
+    "the difference above 0), so cells that cannot be told apart share a rank, marked =k"
+)
 
 
 def run_id(prior: str, elbo: str, seed: int) -> str:
@@ -248,6 +279,7 @@ def compare(
     iw_samples: int = 50,
     progress: bool = True,
     echo: bool = False,
+    baseline: str | tuple[str, str] | None = None,
 ) -> Any:
     """Train every prior x objective x seed combination and compare them.
 
@@ -259,8 +291,9 @@ def compare(
         ``n`` means seeds ``0..n-1``.
     out : path
         Grid folder: ``runs/<prior>__<elbo>__seed<k>/`` per run (a full report folder),
-        ``runs.csv`` (one row per run), ``comparison.csv`` (mean and spread per cell),
-        ``figures/au_vs_nll.png``.
+        ``runs.csv`` (one row per run), ``comparison.csv`` (the returned summary: mean and
+        spread per cell, paired differences against the baseline, rank),
+        ``figures/au_vs_nll.png`` (active units and MI against held-out NLL).
     base : RunConfig or None
         Everything else (dataset, model, latent_dim, epochs, ...); its ``prior``, ``elbo``
         and ``seed`` are replaced per run.
@@ -279,13 +312,19 @@ def compare(
         Print the ranked table. With ``echo`` or ``progress``, every existing run folder
         that is trained again is named with the reason (other settings, with the fields
         that differ; an incomplete or unreadable folder).
+    baseline : str, (str, str) or None
+        The cell every other cell is compared with, ``"PRIOR:OBJECTIVE"`` or
+        ``(prior, objective)``; ``None``: the first prior with the first objective.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (prior, elbo): ``<metric>_mean`` and ``<metric>_std`` over the seeds
-        that finished for every metric in :data:`METRICS`, ``n_ok``, ``n_failed`` and the
-        first ``error``; ranked by :data:`RANKING`. ``runs.csv`` has one row per run with
+        :func:`summarize_runs`'s table: one row per (prior, elbo) with ``<metric>_mean``
+        and ``<metric>_std`` over the seeds that finished for every metric in
+        :data:`METRICS`, ``n_ok``, ``n_failed``, the first ``error``, the paired
+        differences against the baseline (``<metric>_diff``, ``_diff_lo``, ``_diff_hi``,
+        ``n_paired``), ``baseline``, ``rank`` and ``tied``; ranked by :data:`RANKING`.
+        ``runs.csv`` has one row per run with
         its ``status`` (``ok``/``failed``), ``error``, ``resumed`` (read back from an earlier
         grid) and ``redone`` (why an existing run folder was trained again, else empty).
 
@@ -294,8 +333,9 @@ def compare(
     ValueError, TypeError
         Before any work, for any value of the grid that a run would refuse (each
         distinct prior x objective is built once, with no training), naming the run and
-        its options; :class:`pyrocollapse._io.TargetBusyError` (a ``ValueError``) if
-        another process is writing ``out``.
+        its options; a ``baseline`` that is not a cell of the grid (naming the accepted
+        cells); :class:`pyrocollapse._io.TargetBusyError` (a ``ValueError``) if another
+        process is writing ``out``.
     """
     if base is not None and not isinstance(base, RunConfig):
         raise TypeError(f"base must be a RunConfig or None, got {type(base).__name__}")
@@ -327,6 +367,7 @@ def compare(
         run_id(p, "elbo", 0)  # names usable as folder names
     for e in elbos:
         run_id("standard", e, 0)
+    baseline_cell = _baseline_cell(baseline, [(p, e) for p in priors for e in elbos])
     from pyrocollapse.experiment import check_output_folder
 
     if not isinstance(out, (str, Path)):
@@ -354,7 +395,16 @@ def compare(
     with lock_directory(out):  # one compare per grid folder: a second raises TargetBusyError
         out.mkdir(parents=True, exist_ok=True)
         return _run_grid(
-            cells, out, base, priors, elbos, seed_list, jobs, progress=progress, echo=echo
+            cells,
+            out,
+            base,
+            priors,
+            elbos,
+            seed_list,
+            jobs,
+            progress=progress,
+            echo=echo,
+            baseline=baseline_cell,
         )
 
 
@@ -369,6 +419,7 @@ def _run_grid(
     *,
     progress: bool,
     echo: bool,
+    baseline: tuple[str, str] | None = None,
 ) -> Any:
     """Train the runs of a checked grid into ``out`` (locked) and summarise them."""
     import pandas as pd
@@ -386,6 +437,7 @@ def _run_grid(
                 "priors": list(priors),
                 "elbos": list(elbos),
                 "seeds": seed_list,
+                "baseline": None if baseline is None else ":".join(baseline),
             },
             indent=2,
         ),
@@ -451,7 +503,7 @@ def _run_grid(
         ]
     )
     atomic_write_text(out / "runs.csv", table.to_csv(index=False))
-    summary = summarize_runs(table)
+    summary = summarize_runs(table, baseline=baseline)
     atomic_write_text(out / "comparison.csv", summary.to_csv(index=False))
     from pyrocollapse.plots import plot_comparison, save_figure
 
@@ -479,17 +531,125 @@ def _grid_options(name: str, options: Any, registry: Any) -> dict[str, dict[str,
     return options
 
 
-def summarize_runs(table: Any) -> Any:
-    """Mean and standard deviation over seeds per (prior, elbo), ranked by :data:`RANKING`."""
+def _baseline_cell(baseline: Any, cells: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The ``(prior, objective)`` that ``baseline`` names among ``cells`` (the first when
+    ``None``); a ``ValueError`` naming the accepted cells when it is none of them."""
+    cells = list(cells)
+    accepted = ", ".join(f"{p}:{o}" for p, o in cells)
+    if baseline is None:
+        if not cells:
+            raise ValueError("there is no cell to take as the baseline (an empty table)")
+        return cells[0]
+    if isinstance(baseline, str):
+        prior, sep, objective = baseline.partition(":")
+        key = (prior.strip(), objective.strip()) if sep else None
+    elif (
+        isinstance(baseline, (tuple, list))
+        and len(baseline) == 2
+        and all(isinstance(x, str) for x in baseline)
+    ):
+        key = (baseline[0], baseline[1])
+    else:
+        raise TypeError(
+            f"baseline must be 'PRIOR:OBJECTIVE', a (prior, objective) pair or None, got "
+            f"{type(baseline).__name__} {baseline!r}"
+        )
+    if key not in cells:
+        raise ValueError(
+            f"baseline {baseline!r} is not a cell of this grid; accepted (PRIOR:OBJECTIVE): "
+            f"{accepted}"
+        )
+    return key
+
+
+def _per_seed(ok: Any, metric: str) -> Any:
+    """One cell's finished runs as a Series seed -> ``metric`` (finite values only)."""
+    import numpy as np
+    import pandas as pd
+
+    if metric not in ok:
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(ok[metric], errors="coerce").groupby(ok["seed"].to_numpy()).mean()
+    return values[np.isfinite(values.to_numpy(dtype=float))].astype(float)
+
+
+def _paired(a: Any, b: Any) -> tuple[float, float, float, int]:
+    """``(mean, lo, hi, n)`` of the per-seed differences ``a - b`` over the seeds both hold:
+    the mean and its Student-t interval at :data:`CONFIDENCE` with ``n - 1`` degrees of
+    freedom (``lo``, ``hi`` NaN with fewer than 2 seeds; all NaN with none)."""
+    d = (a - b).dropna()
+    n = len(d)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(d.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) -> Any:
+    """Summarise a grid's runs per (prior, objective), with paired differences against a
+    baseline cell, ranked by :data:`RANKING`.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per run (``runs.csv``): ``prior``, ``objective``, ``seed``, ``status``
+        (``"ok"`` for a finished run), the metrics of :data:`METRICS` and ``error``.
+    baseline : str, (str, str) or None
+        The cell the others are compared with, ``"PRIOR:OBJECTIVE"`` or
+        ``(prior, objective)``; ``None``: the table's first cell (a grid's first prior with
+        its first objective).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell:
+
+        * ``<metric>_mean``, ``<metric>_std``: mean and standard deviation (``ddof=1``; 0
+          for one run) over the cell's finished runs, for every metric in :data:`METRICS`;
+          ``n_ok``, ``n_failed`` and the first ``error`` (empty if none);
+        * ``n_paired``: the seeds that both this cell and the baseline finished;
+        * ``<metric>_diff``: the mean over those seeds of ``cell - baseline`` (same seed,
+          so the same train/held-out split), for every metric in :data:`PAIRED_METRICS`,
+          and ``<metric>_diff_lo``, ``<metric>_diff_hi``: its Student-t interval at
+          :data:`CONFIDENCE` (``n_paired - 1`` degrees of freedom; NaN with fewer than 2
+          paired seeds). Seeds where either value is not finite are left out;
+        * ``baseline``: True on the baseline's row;
+        * ``rank`` (nullable int): 1 + the number of cells that beat this one, where a
+          cell beats another when the interval of their paired difference of held-out IW
+          log-likelihood lies above 0; ``<NA>`` for a cell with no finite IW
+          log-likelihood (no finished run), which is listed last;
+        * ``tied``: another cell has the same rank.
+
+        Rows are ordered by rank, then mean IW log-likelihood, then mean active units.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing, or ``baseline`` is not a cell of the table (naming the
+        accepted cells).
+    """
+    import numpy as np
     import pandas as pd
 
     from pyrocollapse._validation import check_columns
 
-    check_columns("table", table, ["prior", "objective", "status"])
+    check_columns("table", table, ["prior", "objective", "seed", "status"])
+
+    groups = list(table.groupby(["prior", "objective"], sort=False))
+    base_key = _baseline_cell(baseline, [key for key, _ in groups])
+    finished = {key: g[g["status"] == "ok"] for key, g in groups}
+    base_ok = finished[base_key]
+    base_values = {m: _per_seed(base_ok, m) for m in PAIRED_METRICS}
+    base_seeds = set(base_ok["seed"])
 
     out = []
-    for (prior, elbo), g in table.groupby(["prior", "objective"], sort=False):
-        ok = g[g["status"] == "ok"]
+    for (prior, elbo), g in groups:
+        ok = finished[(prior, elbo)]
         row: dict[str, Any] = {
             "prior": prior,
             "objective": elbo,
@@ -503,31 +663,148 @@ def summarize_runs(table: Any) -> Any:
                 float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
             )
         errors = g["error"].dropna() if "error" in g else []
-        row["error"] = errors.iloc[0] if len(errors) else ""
+        errors = [e for e in errors if isinstance(e, str) and e]
+        row["error"] = errors[0] if errors else ""
+        row["baseline"] = (prior, elbo) == base_key
+        row["n_paired"] = len(base_seeds & set(ok["seed"]))
+        for m in PAIRED_METRICS:
+            diff, lo, hi, _ = _paired(_per_seed(ok, m), base_values[m])
+            row[f"{m}_diff"], row[f"{m}_diff_lo"], row[f"{m}_diff_hi"] = diff, lo, hi
         out.append(row)
     summary = pd.DataFrame(out)
-    return summary.sort_values(
-        ["iw_log_likelihood_mean", "active_units_mean"],
-        ascending=[False, False],
-        na_position="last",
-    ).reset_index(drop=True)
+
+    # rank: 1 + the number of cells that beat a cell on paired per-seed differences
+    ll = {key: _per_seed(finished[key], "iw_log_likelihood") for key, _ in groups}
+    ranked = [key for key in ll if len(ll[key])]
+    beaten = {key: 0 for key in ranked}
+    for key in ranked:
+        for other in ranked:
+            if other != key and _paired(ll[other], ll[key])[1] > 0:
+                beaten[key] += 1
+    ranks = [beaten.get((p, o)) for p, o in zip(summary["prior"], summary["objective"])]
+    summary["rank"] = pd.array([None if r is None else r + 1 for r in ranks], dtype="Int64")
+    counts = summary["rank"].value_counts()
+    summary["tied"] = [bool(pd.notna(r) and counts.get(r, 0) > 1) for r in summary["rank"]]
+    order = np.lexsort(
+        (
+            -summary["active_units_mean"].fillna(-np.inf).to_numpy(dtype=float),
+            -summary["iw_log_likelihood_mean"].fillna(-np.inf).to_numpy(dtype=float),
+            summary["rank"].fillna(len(summary) + 1).to_numpy(dtype=float),
+        )
+    )
+    return summary.iloc[order].reset_index(drop=True)
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def _diff_text(row: Any, metric: str) -> str:
+    """``+0.41 [+0.12, +0.70]``: a paired difference against the baseline and its interval."""
+    if bool(row["baseline"]):
+        return "baseline"
+    diff, lo, hi = row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"]
+    if not _finite(diff):
+        return "n/a"
+    if not (_finite(lo) and _finite(hi)):
+        return f"{_signed(diff)} (1 seed)"
+    return f"{_signed(diff)} [{_signed(lo)}, {_signed(hi)}]"
+
+
+def _finite(value: Any) -> bool:
+    """``value`` is a finite number (False for None, NaN, ``pd.NA``)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _rank_text(row: Any) -> str:
+    rank = row["rank"]
+    if not _finite(rank):
+        return "-"
+    return f"={int(rank)}" if bool(row["tied"]) else str(int(rank))
 
 
 def format_summary(summary: Any) -> str:
-    """The ranked comparison as a fixed-width text table."""
+    """The ranked comparison (:func:`summarize_runs`'s table) as a fixed-width text table.
+
+    Above the table: the ranking rule (:data:`RANKING`) and the baseline cell. Per cell:
+    the rank (``=k`` for a tie), mean ± standard deviation over seeds of active units, MI,
+    KL, ELBO and held-out IW log-likelihood, the paired differences of IW log-likelihood
+    and MI against the baseline with their 95 % intervals (``+0.41 [+0.12, +0.70]``;
+    ``(1 seed)`` without an interval), the mean wall time and the finished/failed runs.
+    With one seed per cell, a note below the table says that no cell can be told apart.
+    """
+    from pyrocollapse._validation import check_columns
+
+    check_columns(
+        "summary",
+        summary,
+        ["prior", "objective", "n_ok", "n_failed", "error", "baseline", "rank", "tied"]
+        + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+        + [f"{m}_{s}" for m in ("iw_log_likelihood", "mi") for s in ("diff", "diff_lo", "diff_hi")],
+    )
+    base = summary[summary["baseline"].astype(bool)]
+    base_name = f"{base['prior'].iloc[0]} + {base['objective'].iloc[0]}" if len(base) else "(none)"
+    import textwrap
+
+    pct = f"{CONFIDENCE:.0%}"
     lines = [
-        f"ranked by {RANKING}",
-        f"{'#':>2} {'prior':<13} {'objective':<10} {'AU':>10} {'MI':>12} {'KL':>12} {'ELBO':>14} {'IW log p(x)':>16} {'time s':>8} ok/fail",
+        *textwrap.wrap(f"ranked by {RANKING}", width=100, subsequent_indent="  "),
+        *textwrap.wrap(
+            f"baseline: {base_name}; Δ = cell - baseline, the mean of the per-seed differences "
+            f"(same seed, same train/held-out split) [{pct} t-interval]",
+            width=100,
+            subsequent_indent="  ",
+        ),
     ]
-    for i, r in summary.iterrows():
 
-        def ms(m: str, w: int, p: int = 2, r: Any = r) -> str:
-            return f"{r[m + '_mean']:.{p}f}±{r[m + '_std']:.{p}f}".rjust(w)
+    def ms(r: Any, m: str, p: int = 2) -> str:
+        if not _finite(r[m + "_mean"]):
+            return "-"
+        return f"{r[m + '_mean']:.{p}f}±{r[m + '_std']:.{p}f}"
 
-        lines.append(
-            f"{i + 1:>2} {r['prior']:<13} {r['objective']:<10} {ms('active_units', 10, 1)} {ms('mi', 12)} {ms('kl', 12)} "
-            f"{ms('elbo', 14)} {ms('iw_log_likelihood', 16)} {r['wall_time_mean']:8.1f} {r['n_ok']}/{r['n_failed']}"
+    header = ["rank", "prior", "objective", "AU", "MI", "KL", "ELBO", "IW log p(x)",
+              "Δ IW log p(x)", "Δ MI", "time s", "ok/fail"]  # fmt: skip
+    left = {"prior", "objective"}
+    rows, errors = [], []
+    for _, r in summary.iterrows():
+        rows.append(
+            [
+                _rank_text(r),
+                str(r["prior"]),
+                str(r["objective"]),
+                ms(r, "active_units", 1),
+                ms(r, "mi"),
+                ms(r, "kl"),
+                ms(r, "elbo"),
+                ms(r, "iw_log_likelihood"),
+                _diff_text(r, "iw_log_likelihood"),
+                _diff_text(r, "mi"),
+                f"{r['wall_time_mean']:.1f}" if _finite(r["wall_time_mean"]) else "-",
+                f"{r['n_ok']}/{r['n_failed']}",
+            ]
         )
-        if r["error"]:
-            lines.append(f"   first error: {r['error']}")
+        errors.append(r["error"] if isinstance(r["error"], str) else "")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return " ".join(
+            c.ljust(w) if h in left else c.rjust(w) for c, w, h in zip(cells, widths, header)
+        ).rstrip()
+
+    lines.append(line(header))
+    for cells, error in zip(rows, errors):
+        lines.append(line(cells))
+        if error:
+            lines.append(f"     first error: {error}")
+    n_ranked = int(summary["rank"].notna().sum())
+    if n_ranked >= 2 and int(summary["n_ok"].max()) < 2:
+        lines += textwrap.wrap(
+            "note: one seed gives no interval, so no cell can be told apart from another and "
+            "all are shown tied; run --seeds 3 or more (seeds=3) to rank them",
+            width=100,
+            subsequent_indent="  ",
+        )
     return "\n".join(lines)

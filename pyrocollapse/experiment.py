@@ -58,7 +58,7 @@ class RunConfig:
     lr: float = 2e-3
     seed: int = 0
     num_samples: int = 8
-    estimators: tuple[str, ...] = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis")
+    estimators: tuple[str, ...] = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis", "causes")
     bootstrap: int = 200
     importance_samples: int = 100
     posterior_samples: int = 100
@@ -696,6 +696,13 @@ def _train_and_diagnose(
         importance_samples=config.importance_samples,
         seed=config.seed,
         free_bits=_free_bits_floor(built.elbo),
+        history=history,
+        setting={
+            "model": config.model,
+            "prior": config.prior,
+            "elbo": config.elbo,
+            "aggressive": config.aggressive,
+        },
     )
     if echo:
         print()

@@ -640,16 +640,29 @@ def save_figure(fig: Any, path: str, dpi: int = 110) -> None:
 
 
 def plot_comparison(summary: Any, ax: Any = None) -> Any:
-    """Active units against held-out negative log-likelihood, one point per prior x objective.
+    """Active units and MI against held-out negative log-likelihood, one point per
+    prior x objective, in two panels.
 
     Parameters
     ----------
     summary : pandas.DataFrame
-        :func:`pyrocollapse.comparison`'s table: ``prior``, ``objective`` and the
-        ``<metric>_mean`` / ``<metric>_std`` columns over seeds. Error bars are one standard
-        deviation over seeds; the negative log-likelihood is the IW estimate where it was
-        computed, else the negative ELBO.
+        :func:`pyrocollapse.comparison.summarize_runs`'s table: ``prior``, ``objective``
+        and the ``<metric>_mean`` / ``<metric>_std`` columns over seeds. Error bars are one
+        standard deviation over seeds; the negative log-likelihood is the IW estimate where
+        it was computed, else the negative ELBO. A ``baseline`` column (as the summary has)
+        marks the baseline cell in the legend.
+    ax : sequence of two matplotlib Axes, or None
+        Where to draw the two panels (active units, MI); ``None``: a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: active units against held-out NLL; right: mutual information I(x; z) (nats)
+        against held-out NLL. Each cell has the same colour in both.
     """
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
     from pyrocollapse._validation import check_columns
 
     check_columns(
@@ -658,31 +671,51 @@ def plot_comparison(summary: Any, ax: Any = None) -> Any:
         ["prior", "objective"]
         + [
             f"{m}_{s}"
-            for m in ("active_units", "iw_log_likelihood", "elbo")
+            for m in ("active_units", "mi", "iw_log_likelihood", "elbo")
             for s in ("mean", "std")
         ],
     )
-    fig, ax = _figure(ax, (6.5, 4.0))
+    if ax is None:
+        fig = Figure(figsize=(11.0, 4.0), layout="constrained")
+        axes = list(fig.subplots(1, 2))
+    else:
+        axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+        if len(axes) != 2 or not all(isinstance(a, Axes) for a in axes):
+            raise TypeError(
+                "ax must be None or a sequence of two matplotlib Axes (active units, MI), "
+                f"got {ax!r}"
+            )
+        fig = axes[0].figure
     metric = "iw_log_likelihood" if np.isfinite(summary["iw_log_likelihood_mean"]).any() else "elbo"
-    for _, row in summary.iterrows():
+    panels = (
+        (axes[0], "active_units", "active units"),
+        (axes[1], "mi", "mutual information I(x; z) (MI, nats)"),
+    )
+    for i, (_, row) in enumerate(summary.iterrows()):
         x, xerr = -row[f"{metric}_mean"], row[f"{metric}_std"]
-        y, yerr = row["active_units_mean"], row["active_units_std"]
         if not np.isfinite(x):
             continue
-        ax.errorbar(
-            x,
-            y,
-            xerr=xerr,
-            yerr=yerr,
-            fmt="o",
-            capsize=3,
-            label=f"{row['prior']} + {row['objective']}",
-        )
-    ax.set_xlabel(
-        f"held-out NLL ({'IW estimate' if metric == 'iw_log_likelihood' else '-ELBO'}, nats per point)"
+        label = f"{row['prior']} + {row['objective']}"
+        if "baseline" in summary and bool(row["baseline"]):
+            label += " (baseline)"
+        for a, name, _ in panels:
+            y, yerr = row[f"{name}_mean"], row[f"{name}_std"]
+            if not np.isfinite(y):
+                continue
+            a.errorbar(
+                x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=f"C{i % 10}", label=label
+            )
+    xlabel = (
+        f"held-out NLL ({'IW estimate' if metric == 'iw_log_likelihood' else '-ELBO'}, "
+        "nats per point)"
     )
-    ax.set_ylabel("active units")
-    ax.set_title("remedies: more active units, lower NLL is better")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", loc="best")
+    for a, _, ylabel in panels:
+        a.set_xlabel(xlabel)
+        a.set_ylabel(ylabel)
+    axes[0].set_title("more active units, lower NLL is better")
+    axes[1].set_title("more information, lower NLL is better")
+    for a in axes:
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize="small", loc="best")
+            break
     return fig

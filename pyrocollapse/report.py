@@ -672,6 +672,12 @@ def classify(
     return out
 
 
+def _cause_analysis() -> Any:
+    from pyrocollapse.diagnostics.causes import CauseAnalysis
+
+    return CauseAnalysis
+
+
 def _verdict(status: Any) -> str:
     status = list(status)
     if all(s == ACTIVE for s in status):
@@ -712,6 +718,10 @@ class CollapseReport:
     unavailable : dict[str, str]
         Estimators asked for that could not run on this program (``"sensitivity of
         'z'"`` -> why), instead of an exception.
+    causes : CauseAnalysis or None
+        With the ``"causes"`` estimator: why the collapsed sites collapsed, ranked with
+        the measurement behind each, and what to try next
+        (:class:`pyrocollapse.diagnostics.causes.CauseAnalysis`).
     """
 
     sites: dict[str, SiteReport]
@@ -722,6 +732,7 @@ class CollapseReport:
     global_sites: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    causes: Any = None
 
     @property
     def verdict(self) -> str:
@@ -800,6 +811,7 @@ class CollapseReport:
             "global_sites": {k: v.to_dict() for k, v in self.global_sites.items()},
             "skipped": dict(self.skipped),
             "unavailable": dict(self.unavailable),
+            "causes": None if self.causes is None else self.causes.to_dict(),
         }
 
     @classmethod
@@ -825,6 +837,7 @@ class CollapseReport:
                 },
                 skipped={str(k): str(v) for k, v in d.get("skipped", {}).items()},
                 unavailable={str(k): str(v) for k, v in d.get("unavailable", {}).items()},
+                causes=None if d.get("causes") is None else _cause_analysis().from_dict(d["causes"]),
             )
         except KeyError as e:
             raise ValueError(f"malformed report: missing entry {e}") from None
@@ -986,6 +999,9 @@ class CollapseReport:
         if notes:
             lines.append("")
             lines.extend(f"note: {n}" for n in notes)
+        if self.causes is not None and self.causes.sites:
+            lines.append("")
+            lines.extend(self.causes.lines())
         lines.append("")
         lines.append(f"rule: {STATUS_RULE}")
         return "\n".join(lines)

@@ -838,6 +838,8 @@ TABLE: list[Case] = [
     Case("pyrocollapse.compare:objective-value-before-any-run", _make("pyrocollapse.compare", elbos=["elbo", "freebits"], seeds=1, out=TMP_OUT, base=_Lazy(_tiny_config), elbo_options={"freebits": {"free_bits": -1.0}}), ValueError, r"^run standard__freebits__seed0 \(prior 'standard'; objective 'freebits' with free_bits=-1\.0\): free_bits must be"),
     Case("comparison.run_id:seed-negative", _make("pyrocollapse.comparison.run_id", "standard", "elbo", -1), ValueError, r"^seed must be >= 0, got -1"),
     Case("comparison.run_id:name-with-separator", _make("pyrocollapse.comparison.run_id", "a/b", "elbo", 0), ValueError, r"^prior must be a registry name"),
+    Case("diagnostics.explain_collapse:not-a-report", _make("pyrocollapse.diagnostics.explain_collapse", MODEL, GUIDE, X, {"verdict": "full collapse"}), TypeError, r"^report must be a CollapseReport, got dict"),
+    Case("comparison.format_summary:not-a-dataframe", _make("pyrocollapse.comparison.format_summary", [{"prior": "standard"}]), TypeError, r"DataFrame"),
     Case("comparison.summarize_runs:missing-columns", _make("pyrocollapse.comparison.summarize_runs", _Lazy(lambda: __import__("pandas").DataFrame({"prior": ["standard"]}))), ValueError, r"^table lacks the column\(s\) "),
     Case("comparison.summarize_runs:not-a-dataframe", _make("pyrocollapse.comparison.summarize_runs", [{"prior": "standard"}]), TypeError, r"^table must be a pandas DataFrame, got list"),
     # ---------------------------------------------------------------- command line
@@ -948,6 +950,7 @@ EXEMPT = {
             f"diagnostics.{n}"
             for n in (
                 "ActiveUnits",
+                "CauseAnalysis",
                 "DatapointRhat",
                 "DecoderSensitivity",
                 "ImportanceWeightedLogLikelihood",

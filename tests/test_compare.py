@@ -47,10 +47,25 @@ def test_grid_trains_every_cell_and_resumes(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 8 and (runs["status"] == "ok").all()
     assert runs["iw_log_likelihood"].notna().all() and (runs["iw_log_likelihood"] < 0).all()
-    # ranking: by held-out IW log-likelihood, best first
-    assert list(summary["iw_log_likelihood_mean"]) == sorted(
-        summary["iw_log_likelihood_mean"], reverse=True
-    )
+    # ranking: by rank (paired per-seed tests), then held-out IW log-likelihood, best first
+    ranks = summary["rank"].tolist()
+    assert ranks == sorted(ranks) and ranks[0] == 1
+    for _, same in summary.groupby("rank"):
+        means = same["iw_log_likelihood_mean"].tolist()
+        assert means == sorted(means, reverse=True)
+        assert same["tied"].all() == (len(same) > 1)
+    # the baseline is the first prior with the first objective; the others are paired with it
+    base = summary[summary["baseline"]]
+    assert base[["prior", "objective"]].values.tolist() == [["standard", "elbo"]]
+    other = summary[(summary.prior == "learnable") & (summary.objective == "beta")].iloc[0]
+    assert other["n_paired"] == 2
+    base_runs = runs[(runs.prior == "standard") & (runs.objective == "elbo")].set_index("seed")
+    other_runs = runs[(runs.prior == "learnable") & (runs.objective == "beta")].set_index("seed")
+    for m in ("iw_log_likelihood", "mi"):
+        assert other[f"{m}_diff"] == pytest.approx((other_runs[m] - base_runs[m]).mean())
+        assert other[f"{m}_diff_lo"] <= other[f"{m}_diff"] <= other[f"{m}_diff_hi"]
+    table = pd.read_csv(out / "comparison.csv")
+    assert {"rank", "tied", "baseline", "n_paired", "iw_log_likelihood_diff_lo"} <= set(table)
     # each cell's std is over its two seeds
     cell = runs[(runs.prior == "standard") & (runs.objective == "beta")]
     row = summary[(summary.prior == "standard") & (summary.objective == "beta")].iloc[0]
@@ -65,6 +80,7 @@ def test_grid_trains_every_cell_and_resumes(tmp_path):
     assert (out / "figures" / "au_vs_nll.png").stat().st_size > 1000
     text = format_summary(summary)
     assert text.startswith("ranked by held-out importance-weighted log-likelihood")
+    assert "baseline: standard + elbo" in text
     # resume: a removed run is re-trained, the others are read back
     import shutil
 
@@ -205,12 +221,23 @@ def test_cli_compare(tmp_path, capsys):
             "--out",
             str(out),
             "--no-progress",
+            "--baseline",
+            "standard:freebits",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "ranked by" in printed and "(2 ok, 0 failed)" in printed
-    assert len(pd.read_csv(out / "comparison.csv")) == 2
+    assert "baseline: standard + freebits" in printed
+    # one seed: no interval, every cell tied, and the note says so
+    assert "one seed gives no interval" in printed and "--seeds 3 or more" in printed
+    table = pd.read_csv(out / "comparison.csv")
+    assert len(table) == 2 and table["rank"].tolist() == [1, 1] and table["tied"].all()
+    assert table.set_index("objective")["baseline"].to_dict() == {"freebits": True, "elbo": False}
+    code = main(["compare", "--baseline", "standard:beta", "--out", str(tmp_path / "y")])
+    assert code == 2
+    assert "baseline 'standard:beta' is not a cell of this grid" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
     code = main(
         ["compare", "--elbos", "elbo", "--elbo-option", "mi.alpha=1", "--out", str(tmp_path / "x")]
     )

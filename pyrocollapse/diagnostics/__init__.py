@@ -120,6 +120,7 @@ from pyrocollapse.diagnostics._tracing import (
 )
 from pyrocollapse.diagnostics._tracing import _log_prob as _log_prob  # used by the tests
 from pyrocollapse.diagnostics.activity import ActiveUnits, _au_from_draws, active_units
+from pyrocollapse.diagnostics.causes import CauseAnalysis, explain_collapse
 from pyrocollapse.diagnostics.aggregate import (
     MutualInformation,
     _mi_from_draws,
@@ -164,6 +165,7 @@ from pyrocollapse.diagnostics.sites import (
 from pyrocollapse.program_data import ProgramData
 
 __all__ = [
+    "CauseAnalysis",
     "DEFAULT_ESTIMATORS",
     "ESTIMATORS",
     "ActiveUnits",
@@ -184,6 +186,7 @@ __all__ = [
     "datapoint_rhat",
     "decoder_sensitivity",
     "diagnose",
+    "explain_collapse",
     "iw_log_likelihood",
     "kl_per_dimension",
     "latent_site_names",
@@ -198,7 +201,7 @@ __all__ = [
 ]
 
 #: Every estimator :func:`diagnose` can run.
-ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "psis", "iw")
+ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "psis", "iw", "causes")
 #: The ones it runs by default: those that cost about one pass of the guide and model.
 DEFAULT_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity")
 
@@ -369,6 +372,8 @@ def diagnose(
     mi_threshold: float = 0.01,
     info_floor: float = 0.1,
     free_bits: float | None = None,
+    history: Any = None,
+    setting: dict[str, Any] | None = None,
     bootstrap: int = 0,
     ci_level: float = 0.95,
     rhat_samples: int = 10,
@@ -408,7 +413,10 @@ def diagnose(
         rule needs them), ``"mi"`` (mutual information and marginal KL),
         ``"rhat"`` (datapoints-as-chains R-hat), ``"sensitivity"`` (decoder
         sensitivity), ``"iw"`` (importance-weighted log-likelihood, inference gap and the
-        posterior-mean space) and ``"psis"`` (PSIS k-hat per point). The default runs the
+        posterior-mean space), ``"psis"`` (PSIS k-hat per point) and ``"causes"`` (why
+        the collapsed sites collapsed and what to try next,
+        :func:`~pyrocollapse.diagnostics.causes.explain_collapse`, in
+        :attr:`CollapseReport.causes`; about three more passes). The default runs the
         cheap ones; ``"iw"`` and ``"psis"`` cost ``importance_samples`` model passes per
         point.
     num_samples : int
@@ -434,8 +442,14 @@ def diagnose(
         The free-bits floor lambda (nats) of the objective the model was trained with
         (:class:`~pyrocollapse.elbo.FreeBitsELBO`): dimensions whose KL sits on it are
         labelled, since that KL is bought by the floor rather than demanded by the data.
+    history : History or None
+        :func:`pyrocollapse.fit`'s record, for ``"causes"`` (when the KL fell).
+    setting : dict or None
+        For ``"causes"``: what the run used (``"model"``, ``"prior"``, ``"elbo"``,
+        ``"aggressive"``), to tailor the remedies (see
+        :func:`~pyrocollapse.diagnostics.causes.explain_collapse`).
     bootstrap : int
-        Bootstrap replicates for intervals on MI, marginal KL and AU (0: none).
+        Bootstrap replicates for intervals on marginal KL and AU (0: none).
     ci_level : float
         Coverage of those intervals.
     rhat_samples : int
@@ -671,7 +685,7 @@ def diagnose(
         )
     order = list(sweep.kinds) if latent_sites is None else latent_sites
     reports = {s: reports[s] for s in order if s in reports}
-    return CollapseReport(
+    report = CollapseReport(
         sites=reports,
         elbo=elbo,
         num_points=n,
@@ -699,6 +713,23 @@ def diagnose(
         skipped=sweep.skipped,
         unavailable=unavailable,
     )
+    if "causes" in chosen:
+        try:
+            report.causes = explain_collapse(
+                model,
+                guide,
+                x,
+                report,
+                history=history,
+                setting=setting,
+                importance_samples=max(importance_samples, 2),
+                batch_size=batch_size,
+                device=dev,
+                seed=seed,
+            )
+        except _OPTIONAL_ERRORS as e:
+            unavailable["causes"] = _first_line(e)
+    return report
 
 
 #: Fewest draws of z (over all points) behind the mutual-information estimates: with

@@ -1,0 +1,794 @@
+"""Why did it collapse, and what to try next: :func:`explain_collapse`.
+
+For the collapsed and near-collapsed sites of a :class:`~pyrocollapse.report.CollapseReport`
+this module measures the evidence for each cause of posterior collapse the literature
+names, ranks the causes and turns them into concrete remedies (command-line flags and
+Python calls, and a :func:`pyrocollapse.comparison.compare` grid).
+
+The causes and what is measured (all in nats per data point unless stated):
+
+``decoder capacity``
+    The likelihood explains x without z (autoregressive decoders, strong conditioning
+    inputs). *Context gain*: E log p(x | z, own inputs) - E log p(x | z, another point's
+    inputs), z ~ q(z|x) held fixed: what the decoder takes from the program's non-latent
+    inputs (teacher-forced previous tokens or pixels, a CVAE's conditioning x). *Latent
+    gain*: E log p(x | z ~ q(z|x)) - E log p(x | z ~ q(z|x')), with x' another point:
+    what it takes from the point's own z. Score: context / (context + latent gain), 0
+    when the context gain is below the floor (a plain VAE decoder reads no input).
+``prior mismatch``
+    The prior does not fit the data's latent structure, so information costs more KL
+    than it must. *Marginal KL* KL(q(z) || p(z)) against MI (ELBO surgery, Hoffman &
+    Johnson 2016) and the *richer-prior gain*: E_{q(z)}[log r(z) - log p(z)] on held-out
+    draws of the aggregate posterior, r a Gaussian mixture fitted to the other half: the
+    ELBO a prior fitted to q(z) would add with encoder and decoder unchanged. Score: the
+    gain as a share of the site's KL (0 for a gain under 0.05 nats).
+``training dynamics``
+    The encoder lags the model's posterior (He et al. 2019): the decoder uses z but
+    q(z|x) has not followed. *Posterior-mean lag* per dimension: (Var_x E_p[z_d|x] -
+    Var_x E_q[z_d|x]) / Var(z_d), the model posterior's means by self-normalised
+    importance sampling with the guide as proposal, over the aggregate variance of
+    z_d; plus the inference gap (IW log-likelihood - ELBO) and, with a training
+    history, the KL the collapsed dimensions carried at their peak and the epoch it
+    fell. Score: the larger of the mean lag over the collapsed and near-collapsed
+    dimensions (direct evidence) and half the share of the peak KL that was lost,
+    times 1 - the decoder-capacity score (indirect: z was used, then dropped, which a
+    decoder that models x alone explains as well).
+
+Scores lie in [0, 1] and are comparable as "share of the evidence"; the ranking is by
+score, and a cause under :data:`EVIDENCE_FLOOR` is listed but not suggested.
+
+References
+----------
+Bowman, Vilnis, Vinyals, Dai, Jozefowicz, Bengio (2016). Generating Sentences from a
+Continuous Space. CoNLL (decoder capacity, word dropout, KL annealing).
+Chen, Kingma, Salimans, Duan, Dhariwal, Schulman, Sutskever, Abbeel (2017). Variational
+Lossy Autoencoder. ICLR (autoregressive decoders explain x without z).
+Hoffman & Johnson (2016). ELBO surgery. NIPS AABI Workshop (marginal KL vs MI).
+Tomczak & Welling (2018). VAE with a VampPrior. AISTATS (richer priors).
+He, Spokoyny, Neubig, Berg-Kirkpatrick (2019). Lagging Inference Networks and Posterior
+Collapse in Variational Autoencoders. ICLR (training dynamics, aggressive training).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pyro import poutine
+
+from pyrocollapse._distributions import strip_mask
+from pyrocollapse.diagnostics._tracing import (
+    _check_inputs,
+    _chunks,
+    _numpy,
+    _observed_names,
+    _seeded,
+    _setup_device,
+    eval_mode,
+    site_draws,
+)
+
+__all__ = ["CAUSES", "EVIDENCE_FLOOR", "Cause", "CauseAnalysis", "Remedy", "explain_collapse"]
+
+DECODER, PRIOR, DYNAMICS = "decoder capacity", "prior mismatch", "training dynamics"
+#: The causes measured, in the order of the module docstring.
+CAUSES = (DECODER, PRIOR, DYNAMICS)
+#: Score below which a cause is reported without remedies.
+EVIDENCE_FLOOR = 0.1
+#: Weight of the indirect training-history evidence (a KL that rose, then fell) against
+#: the direct one (the model's posterior means moving without the encoder's).
+_HISTORY_WEIGHT = 0.5
+#: Nats per point under which a richer prior's gain counts as none.
+_GAIN_FLOOR = 0.05
+#: Nats per point under which a context gain counts as none.
+_CONTEXT_FLOOR = 0.1
+
+
+@dataclass
+class Cause:
+    """The evidence for one cause.
+
+    Attributes
+    ----------
+    name : str
+        One of :data:`CAUSES`.
+    score : float
+        Strength of the evidence in [0, 1] (NaN: could not be measured).
+    measurements : dict[str, float]
+        The numbers behind the score (nats per point unless the name says otherwise).
+    evidence : str
+        The measurement in plain words.
+    """
+
+    name: str
+    score: float
+    measurements: dict[str, Any]
+    evidence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "score": _json_num(self.score),
+            "measurements": {k: _json_value(v) for k, v in self.measurements.items()},
+            "evidence": self.evidence,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cause:
+        return cls(
+            str(d["name"]),
+            math.nan if d["score"] is None else float(d["score"]),
+            dict(d.get("measurements", {})),
+            str(d.get("evidence", "")),
+        )
+
+
+@dataclass
+class Remedy:
+    """One thing to try, for one cause.
+
+    Attributes
+    ----------
+    cause : str
+        The cause it addresses.
+    action : str
+        What to do, in words, with its reference.
+    cli : str
+        The ``pyrocollapse run`` flags that do it.
+    python : str
+        The Python call that does it.
+    grid : dict
+        Its cell of a :func:`pyrocollapse.comparison.compare` grid: ``prior`` and/or
+        ``elbo`` (registry names) with ``prior_options``/``elbo_options``, or
+        ``run_options`` (other :class:`~pyrocollapse.experiment.RunConfig` fields).
+    """
+
+    cause: str
+    action: str
+    cli: str
+    python: str
+    grid: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cause": self.cause,
+            "action": self.action,
+            "cli": self.cli,
+            "python": self.python,
+            "grid": self.grid,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Remedy:
+        return cls(
+            str(d["cause"]), str(d["action"]), str(d["cli"]), str(d["python"]), dict(d.get("grid", {}))
+        )
+
+
+@dataclass
+class CauseAnalysis:
+    """Ranked causes of collapse with the remedies they suggest.
+
+    Attributes
+    ----------
+    sites : list[str]
+        The collapsed or near-collapsed sites analysed.
+    causes : list[Cause]
+        Every cause, strongest evidence first.
+    remedies : list[Remedy]
+        For each cause at or above :data:`EVIDENCE_FLOOR`, in the causes' order.
+    unavailable : dict[str, str]
+        Measurements that could not be made on this program, with the reason.
+    baseline : tuple[str, str]
+        The run's own prior and objective, the baseline cell of :meth:`grid`.
+    """
+
+    sites: list[str]
+    causes: list[Cause]
+    remedies: list[Remedy]
+    unavailable: dict[str, str] = field(default_factory=dict)
+    baseline: tuple[str, str] = ("standard", "elbo")
+
+    @property
+    def ranking(self) -> list[str]:
+        """Cause names, strongest evidence first."""
+        return [c.name for c in self.causes]
+
+    @property
+    def top(self) -> Cause | None:
+        """The best-supported cause, or ``None`` when none reaches :data:`EVIDENCE_FLOOR`."""
+        if self.causes and self.causes[0].score >= EVIDENCE_FLOOR:
+            return self.causes[0]
+        return None
+
+    def grid(self) -> dict[str, Any]:
+        """The remedies as the arguments of :func:`pyrocollapse.comparison.compare`:
+        ``priors`` and ``elbos`` (the run's own first, as the baseline),
+        ``prior_options`` and ``elbo_options``."""
+        priors, elbos = [self.baseline[0]], [self.baseline[1]]
+        prior_options: dict[str, dict[str, Any]] = {}
+        elbo_options: dict[str, dict[str, Any]] = {}
+        for r in self.remedies:
+            if "prior" in r.grid and r.grid["prior"] not in priors:
+                priors.append(r.grid["prior"])
+                prior_options[r.grid["prior"]] = dict(r.grid.get("prior_options", {}))
+            if "elbo" in r.grid and r.grid["elbo"] not in elbos:
+                elbos.append(r.grid["elbo"])
+                elbo_options[r.grid["elbo"]] = dict(r.grid.get("elbo_options", {}))
+        return {
+            "priors": priors,
+            "elbos": elbos,
+            "prior_options": prior_options,
+            "elbo_options": elbo_options,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dictionary."""
+        return {
+            "sites": list(self.sites),
+            "ranking": self.ranking,
+            "causes": [c.to_dict() for c in self.causes],
+            "remedies": [r.to_dict() for r in self.remedies],
+            "grid": self.grid(),
+            "unavailable": dict(self.unavailable),
+            "baseline": list(self.baseline),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CauseAnalysis:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            list(d["sites"]),
+            [Cause.from_dict(c) for c in d["causes"]],
+            [Remedy.from_dict(r) for r in d.get("remedies", [])],
+            {str(k): str(v) for k, v in d.get("unavailable", {}).items()},
+            tuple(d.get("baseline", ("standard", "elbo"))),  # type: ignore[arg-type]
+        )
+
+    def lines(self) -> list[str]:
+        """The analysis as text lines (the printed report's "why" and "what next")."""
+        out = [f"why: causes of collapse in {', '.join(map(repr, self.sites))}, strongest first"]
+        for i, c in enumerate(self.causes, 1):
+            score = "n/a" if not math.isfinite(c.score) else f"{c.score:.2f}"
+            out.append(f"  {i}. {c.name} (evidence {score}): {c.evidence}")
+        if self.remedies:
+            out.append("what next:")
+            for r in self.remedies:
+                out.append(f"  - [{r.cause}] {r.action}")
+                out.append(f"      pyrocollapse run {r.cli}")
+                out.append(f"      {r.python}")
+            g = self.grid()
+            if len(g["priors"]) > 1 or len(g["elbos"]) > 1:
+                out.append(
+                    "  compare them against this run: pyrocollapse compare --from-run RUN_FOLDER "
+                    "(the grid --priors "
+                    + ",".join(g["priors"])
+                    + " --elbos "
+                    + ",".join(g["elbos"])
+                    + " with this run's data, model and training settings)"
+                )
+        else:
+            out.append("what next: no cause reaches the evidence floor; see the notes above")
+        for what, why in self.unavailable.items():
+            out.append(f"  ({what} not measured: {why})")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def _json_num(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+        return _json_num(v)
+    return v
+
+
+# --------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------
+def _observed_log_lik(own_tr: Any, other_tr: Any = None) -> float:
+    """Sum over the observed sites of log p(value) (masks of ``own_tr``), the densities
+    taken from ``other_tr``'s sites where given (same names, same shapes)."""
+    total = 0.0
+    for name in _observed_names(own_tr):
+        site = own_tr.nodes[name]
+        own_fn, own_mask = strip_mask(site["fn"])
+        fn = own_fn if other_tr is None else strip_mask(other_tr.nodes[name]["fn"])[0]
+        lp = fn.log_prob(site["value"])
+        for m in (own_mask, site["mask"]):
+            if m is not None:
+                lp = torch.where(torch.as_tensor(m, device=lp.device).expand_as(lp), lp, 0.0)
+        total += float(lp.double().sum())
+    return total
+
+
+def _gains(
+    model: Callable, guide: Callable, x: Any, batch_size: int, device: Any, draws: int
+) -> dict[str, float]:
+    """Context and latent gains (nats per point), see the module docstring."""
+    perm = torch.randperm(x.n, device="cpu")
+    xp = x.take(perm)
+    own = ctx = zsh = 0.0
+    with torch.no_grad(), poutine.block(), eval_mode(model, guide):
+        for _ in range(draws):
+            for xb, xbp in zip(_chunks(x, batch_size, device), _chunks(xp, batch_size, device)):
+                g = poutine.trace(guide).get_trace(*xb.args, **xb.kwargs)
+                m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*xb.args, **xb.kwargs)
+                # same z, another point's inputs (teacher forcing, conditioning x)
+                mc = poutine.trace(poutine.replay(model, trace=g)).get_trace(
+                    *xbp.args, **xbp.kwargs
+                )
+                # the point's own inputs, another point's z
+                gp = poutine.trace(guide).get_trace(*xbp.args, **xbp.kwargs)
+                mz = poutine.trace(poutine.replay(model, trace=gp)).get_trace(
+                    *xb.args, **xb.kwargs
+                )
+                own += _observed_log_lik(m)
+                ctx += _observed_log_lik(m, mc)
+                zsh += _observed_log_lik(mz)
+    n = x.n * draws
+    return {"context_gain": (own - ctx) / n, "latent_gain": (own - zsh) / n}
+
+
+def _richer_prior_gain(
+    model: Callable, guide: Callable, x: Any, site: str, batch_size: int, device: Any
+) -> dict[str, float]:
+    """ELBO gain (nats per point) of a Gaussian and of a Gaussian-mixture prior fitted to
+    one half of the aggregate posterior's draws, measured on the other half."""
+    from sklearn.mixture import GaussianMixture
+
+    zs, lps = [], []
+    for d in site_draws(model, guide, x, site, batch_size, device=device):
+        if d.conditional and not d.innovation:
+            raise NotImplementedError(
+                f"site {site!r} has a conditional prior that is not a diagonal Normal, so a "
+                "prior fitted to q(z) is not comparable with it"
+            )
+        z = d.q.sample((4,))  # (4, B, D)
+        zs.append(z.reshape(-1, z.shape[-1]))
+        lps.append(d.p.log_prob(z).expand(z.shape[:-1]).reshape(-1))
+    z = torch.cat(zs).double().cpu().numpy()
+    lp = torch.cat(lps).double().cpu().numpy()
+    n = len(z)
+    if n < 40:
+        raise ValueError(f"{n} draws of {site!r} are too few to fit a prior to q(z)")
+    order = np.random.default_rng(0).permutation(n)
+    fit_rows, test_rows = order[: n // 2], order[n // 2 :]
+    out = {}
+    best = -math.inf
+    for k in (1, 2, 4, 8, 16):
+        if k > 1 and k * 20 > len(fit_rows):
+            break
+        gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=0)
+        gm.fit(z[fit_rows])
+        gain = float(np.mean(gm.score_samples(z[test_rows]) - lp[test_rows]))
+        if k == 1:
+            out["gaussian_prior_gain"] = gain
+        if gain > best:
+            best, out["mixture_components"] = gain, k
+    out["mixture_prior_gain"] = best
+    return out
+
+
+def _posterior_lag(
+    model: Callable,
+    guide: Callable,
+    x: Any,
+    site: str,
+    dims: np.ndarray,
+    batch_size: int,
+    device: Any,
+    samples: int,
+    mean_space: Any,
+) -> dict[str, Any]:
+    """(Var_x E_p[z_d|x] - Var_x E_q[z_d|x]) / Var(z_d) for the dimensions ``dims``."""
+    from pyrocollapse.diagnostics._tracing import _layout
+    from pyrocollapse.diagnostics.importance import _importance_pass
+
+    if mean_space is None:
+        layout = _layout(model, guide, x)
+        res = _importance_pass(
+            model,
+            guide,
+            x,
+            samples,
+            batch_size,
+            device,
+            layout,
+            mean_sites=(site,),
+            mean_points=500,
+        )
+        approx, exact = (_numpy(t) for t in res.means[site])
+    else:
+        approx, exact = np.asarray(mean_space["approximate"]), np.asarray(mean_space["model"])
+    # aggregate variance of z_d in the same (raw) coordinates as the means
+    with torch.no_grad(), poutine.block(), eval_mode(model, guide):
+        vals = []
+        for xb in _chunks(x, batch_size, device):
+            g = poutine.trace(guide).get_trace(*xb.args, **xb.kwargs)
+            v = g.nodes[site]["value"].detach().double()
+            vals.append(v.reshape(-1, v.shape[-1]) if v.dim() > 1 else v.reshape(-1, 1))
+        total = torch.cat(vals).var(0).cpu().numpy()
+    approx = approx.reshape(len(approx), -1)
+    exact = exact.reshape(len(exact), -1)
+    lag = (exact.var(0) - approx.var(0)) / np.maximum(total, 1e-12)
+    lag = np.clip(lag, 0.0, 1.0)
+    return {"posterior_mean_lag": lag[dims].tolist(), "lag_dims": dims.tolist()}
+
+
+def _kl_fall(history: Any, site: str, dims: np.ndarray, floor: float) -> dict[str, Any]:
+    """Peak KL of the collapsed dimensions over training and the epoch it fell below
+    ``floor`` (``None``: it never rose above it)."""
+    mat = history.kl_matrix(site)[dims]  # (len(dims), epochs)
+    total = mat.sum(0)
+    peak = int(np.argmax(total))
+    used = bool(total[peak] >= floor * len(dims))  # z carried information at its peak
+    below = np.flatnonzero(total[peak:] < floor * len(dims))
+    return {
+        "kl_fall": float(1.0 - total[-1] / total[peak]) if used else 0.0,
+        "kl_peak": float(total[peak]),
+        "kl_peak_epoch": peak + 1,
+        "kl_fell_epoch": int(peak + below[0] + 1) if used and len(below) else None,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Remedies
+# --------------------------------------------------------------------------------------
+def _remedies(cause: str, measurements: dict[str, Any], setting: dict[str, Any]) -> list[Remedy]:
+    model_name = setting.get("model")
+    if cause == DECODER:
+        weaker = {
+            "sequence": (
+                "word dropout on the decoder's inputs, so that it must read z (Bowman et al. 2016)",
+                "--model-option word_dropout=0.5",
+                "SequenceVAE(vocab_size, latent_dim, word_dropout=0.5)",
+                {"run_options": {"model_options": {"word_dropout": 0.5}}},
+            ),
+            "conv": (
+                "drop the autoregressive (PixelCNN) head, or shrink it (Chen et al. 2017)",
+                "--model-option autoregressive=false",
+                "ConvVAE(image_shape, latent_dim, autoregressive=False)",
+                {"run_options": {"model_options": {"autoregressive": False}}},
+            ),
+        }.get(
+            model_name or "",
+            (
+                "a weaker decoder: fewer or narrower layers, or less of the input fed to it "
+                "(Chen et al. 2017)",
+                "--model-option decoder_hidden=64",
+                "MLPVAE(input_dim, latent_dim, decoder_hidden=(64,))",
+                {"run_options": {"model_options": {"decoder_hidden": [64]}}},
+            ),
+        )
+        return [
+            Remedy(DECODER, *weaker),
+            Remedy(
+                DECODER,
+                "free bits: KL below lambda nats per dimension is not penalised, so z is "
+                "worth using (Kingma et al. 2016)",
+                "--elbo freebits --elbo-option free_bits=0.5",
+                "FreeBitsELBO(free_bits=0.5)",
+                {"elbo": "freebits", "elbo_options": {"free_bits": 0.5}},
+            ),
+            Remedy(
+                DECODER,
+                "reward information: an auxiliary I_q(x; z) term (Zhao et al. 2019)",
+                "--elbo mi --elbo-option alpha=1.0",
+                "MIRegularizedELBO(alpha=1.0)",
+                {"elbo": "mi", "elbo_options": {"alpha": 1.0}},
+            ),
+        ]
+    if cause == PRIOR:
+        k = int(measurements.get("mixture_components", 10) or 10)
+        k = max(k, 2)
+        return [
+            Remedy(
+                PRIOR,
+                f"a mixture prior with {k} components, fitted with the model "
+                f"(the fitted mixture would add {measurements.get('mixture_prior_gain', math.nan):.2f} "
+                "nats of ELBO)",
+                f"--prior mixture --prior-option n_components={k}",
+                f"MixturePrior(latent_dim, n_components={k})",
+                {"prior": "mixture", "prior_options": {"n_components": k}},
+            ),
+            Remedy(
+                PRIOR,
+                "a VampPrior: the mixture of the encoder's posteriors at learnt pseudo-inputs "
+                "(Tomczak & Welling 2018)",
+                "--prior vamp --prior-option n_pseudo=50",
+                "VampPrior(vae.encode, n_pseudo=50, input_shape=x.shape[1:], latent_dim=latent_dim)",
+                {"prior": "vamp", "prior_options": {"n_pseudo": 50}},
+            ),
+        ]
+    out = []
+    if not setting.get("aggressive"):
+        out.append(
+            Remedy(
+                DYNAMICS,
+                "aggressive inference-network training: inner encoder steps until MI stops "
+                "rising (He et al. 2019)",
+                "--aggressive",
+                "fit(model, guide, data, loss=..., epochs=..., aggressive=True)",
+                {"run_options": {"aggressive": True}},
+            )
+        )
+    if setting.get("elbo") == "annealed":
+        out.append(
+            Remedy(
+                DYNAMICS,
+                "a longer KL warm-up, or cyclical annealing that lets the encoder catch up "
+                "again (Fu et al. 2019)",
+                "--elbo annealed --schedule cyclical",
+                "AnnealedELBO(schedule=Cyclical(period=steps_per_run, n_cycles=4))",
+                {"elbo": "annealed", "elbo_options": {}, "run_options": {"schedule": "cyclical"}},
+            )
+        )
+    else:
+        out.append(
+            Remedy(
+                DYNAMICS,
+                "KL annealing: the KL weight rises from 0 so that the encoder learns before "
+                "the prior pulls it back (Bowman et al. 2016)",
+                "--elbo annealed",
+                "AnnealedELBO(schedule=Linear(warmup_steps=...))",
+                {"elbo": "annealed", "elbo_options": {}},
+            )
+        )
+    out.append(
+        Remedy(
+            DYNAMICS,
+            "free bits, so that the first nats of KL per dimension cost nothing while the "
+            "encoder learns (Kingma et al. 2016)",
+            "--elbo freebits --elbo-option free_bits=0.5",
+            "FreeBitsELBO(free_bits=0.5)",
+            {"elbo": "freebits", "elbo_options": {"free_bits": 0.5}},
+        )
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+def explain_collapse(
+    model: Callable,
+    guide: Callable,
+    data: Any,
+    report: Any,
+    *,
+    history: Any = None,
+    setting: dict[str, Any] | None = None,
+    draws: int = 2,
+    importance_samples: int = 100,
+    batch_size: int = 256,
+    max_points: int | None = 1000,
+    device: str | torch.device | None = None,
+    seed: int | None = 0,
+) -> CauseAnalysis:
+    """Measure the evidence for each cause of the collapse in ``report`` and suggest
+    remedies (see the module docstring for the measurements and scores).
+
+    Parameters
+    ----------
+    model, guide, data :
+        As for :func:`pyrocollapse.diagnose` (the pair and data ``report`` came from).
+    report : CollapseReport
+        Its collapsed and near-collapsed continuous sites are analysed; its MI, KL,
+        ELBO decomposition and (with ``"iw"``) posterior means are reused.
+    history : History or None
+        :func:`pyrocollapse.fit`'s record, for when the KL fell during training.
+    setting : dict or None
+        What the run used, to tailor the remedies and the grid's baseline: ``"model"``
+        (the ready model's registry name: ``"mlp"``, ``"sequence"``, ``"conv"``, ...),
+        ``"prior"`` and ``"elbo"`` (registry names), ``"aggressive"`` (bool).
+    draws : int
+        Draws of z per point for the gains.
+    importance_samples : int
+        Draws per point for the model's posterior means when ``report`` lacks them.
+    batch_size, device :
+        As for :func:`pyrocollapse.diagnose`.
+    max_points : int or None
+        Use a random subset of at most this many points (``None``: all).
+    seed : int or None
+        Seed for the subset, the permutation and the Monte Carlo draws (the global RNG
+        state is restored).
+
+    Returns
+    -------
+    CauseAnalysis
+        Causes ranked by score with their measurements; remedies for those at or above
+        :data:`EVIDENCE_FLOOR`. A healthy report gives an analysis with no sites.
+
+    Raises
+    ------
+    TypeError
+        When ``report`` is not a :class:`~pyrocollapse.report.CollapseReport`.
+    """
+    from pyrocollapse._validation import check_int
+    from pyrocollapse.report import CollapseReport
+
+    if not isinstance(report, CollapseReport):
+        raise TypeError(f"report must be a CollapseReport, got {type(report).__name__}")
+    draws = check_int("draws", draws, minimum=1)
+    importance_samples = check_int("importance_samples", importance_samples, minimum=2)
+    if max_points is not None:
+        max_points = check_int("max_points", max_points, minimum=2)
+    targets = [
+        s
+        for s in report.sites.values()
+        if s.kind == "continuous" and (s.collapsed.any() or s.near_collapse.any())
+    ]
+    setting = {} if setting is None else dict(setting)
+    if not targets:
+        return CauseAnalysis([], [], [])
+    x, batch_size = _check_inputs(data, batch_size, model, guide)
+    dev = _setup_device(model, guide, x, device)
+    unavailable: dict[str, str] = {}
+    with _seeded(seed):
+        if max_points is not None and x.n > max_points:
+            x = x.take(torch.randperm(x.n, device="cpu")[:max_points])
+        # --- decoder capacity -----------------------------------------------------------
+        try:
+            gains = _gains(model, guide, x, batch_size, dev, draws)
+        except Exception as e:  # noqa: BLE001 - a program that cannot be re-run permuted
+            gains = {}
+            unavailable["context and latent gains"] = _first_line(e)
+        # --- prior mismatch and training dynamics, per analysed site ------------------------
+        prior_m: dict[str, Any] = {}
+        lag_m: dict[str, Any] = {}
+        for s in targets:
+            try:
+                prior_m[s.site] = _richer_prior_gain(model, guide, x, s.site, batch_size, dev)
+            except Exception as e:  # noqa: BLE001
+                unavailable[f"richer-prior gain of {s.site!r}"] = _first_line(e)
+            dims = np.flatnonzero(s.collapsed | s.near_collapse)
+            try:
+                lag_m[s.site] = _posterior_lag(
+                    model, guide, x, s.site, dims, batch_size, dev, importance_samples, s.mean_space
+                )
+            except Exception as e:  # noqa: BLE001
+                unavailable[f"posterior-mean lag of {s.site!r}"] = _first_line(e)
+            if history is not None:
+                try:
+                    lag_m.setdefault(s.site, {}).update(
+                        _kl_fall(history, s.site, dims, s.info_floor)
+                    )
+                except (ValueError, KeyError, IndexError) as e:
+                    unavailable[f"KL history of {s.site!r}"] = _first_line(e)
+    unavailable = _grouped(unavailable)
+    decoder = _decoder_cause(gains)
+    causes = [
+        decoder,
+        _prior_cause(targets, prior_m),
+        _dynamics_cause(targets, lag_m, report, decoder.score),
+    ]
+    causes.sort(key=lambda c: -c.score if math.isfinite(c.score) else math.inf)
+    remedies = [
+        r
+        for c in causes
+        if math.isfinite(c.score) and c.score >= EVIDENCE_FLOOR
+        for r in _remedies(c.name, c.measurements, setting)
+    ]
+    return CauseAnalysis(
+        [s.site for s in targets],
+        causes,
+        remedies,
+        unavailable,
+        baseline=(setting.get("prior", "standard"), setting.get("elbo", "elbo")),
+    )
+
+
+def _grouped(unavailable: dict[str, str]) -> dict[str, str]:
+    """One entry per (measurement, reason): ``"richer-prior gain of 'z_1', 'z_2'"``."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for what, why in unavailable.items():
+        head, _, site = what.partition(" of ")
+        # the reason without the site's own name, so that sites with one cause group
+        key = (head, why.replace(site, "<site>") if site else why)
+        by.setdefault(key, []).append(site)
+    out = {}
+    for (head, why), sites in by.items():
+        named = [s for s in sites if s]
+        label = f"{head} of {', '.join(named)}" if named else head
+        out[label] = why.replace("<site>", named[0]) if len(named) == 1 else why
+    return out
+
+
+def _join(parts: list[str], most: int = 3) -> str:
+    if len(parts) > most:
+        return "; ".join(parts[:most]) + f"; and {len(parts) - most} more sites"
+    return "; ".join(parts)
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _decoder_cause(gains: dict[str, float]) -> Cause:
+    if not gains:
+        return Cause(DECODER, math.nan, {}, "not measured")
+    c, z = gains["context_gain"], gains["latent_gain"]
+    score = 0.0 if c < _CONTEXT_FLOOR else c / (c + max(z, 0.0))
+    text = (
+        f"the decoder gains {c:.2f} nats per point from the program's own inputs with z held "
+        f"fixed (autoregressive or conditioning inputs) and {z:.2f} from the point's own z"
+    )
+    if c < _CONTEXT_FLOOR:
+        text += ": it reads no input besides z, so it cannot model x without z"
+    return Cause(DECODER, float(np.clip(score, 0.0, 1.0)), dict(gains), text)
+
+
+def _prior_cause(targets: Sequence[Any], prior_m: dict[str, Any]) -> Cause:
+    if not prior_m:
+        return Cause(PRIOR, math.nan, {}, "not measured")
+    scores, parts, meas = [], [], {}
+    for s in targets:
+        if s.site not in prior_m:
+            continue
+        m = prior_m[s.site]
+        gain = m["mixture_prior_gain"]
+        # a gain within Monte Carlo noise of 0 is no evidence, whatever the KL
+        scores.append(min(gain / max(s.kl, gain), 1.0) if gain >= _GAIN_FLOOR else 0.0)
+        meas.update({f"{k}/{s.site}": v for k, v in m.items()})
+        meas[f"marginal_kl/{s.site}"] = s.aggregate_kl
+        meas[f"mi/{s.site}"] = s.mi
+        meas[f"kl/{s.site}"] = s.kl
+        parts.append(
+            f"{s.site!r}: of KL {s.kl:.2f}, the marginal KL(q(z)||p(z)) is {s.aggregate_kl:.2f} "
+            f"against MI {s.mi:.2f}; a {m['mixture_components']}-component prior fitted to q(z) "
+            f"would add {m['mixture_prior_gain']:.2f} nats of ELBO (a Gaussian one "
+            f"{m['gaussian_prior_gain']:.2f})"
+        )
+    meas_score = max(scores) if scores else math.nan
+    return Cause(PRIOR, meas_score, meas, _join(parts) or "not measured")
+
+
+def _dynamics_cause(
+    targets: Sequence[Any], lag_m: dict[str, Any], report: Any, decoder_score: float
+) -> Cause:
+    lags, falls, parts, meas = [], [], [], {}
+    gap = report.elbo.get("inference_gap")
+    if gap is not None and math.isfinite(gap):
+        meas["inference_gap"] = gap
+    for s in targets:
+        m = lag_m.get(s.site, {})
+        lag = m.get("posterior_mean_lag")
+        if lag is not None:
+            lags.extend(lag)
+            meas[f"posterior_mean_lag/{s.site}"] = lag
+            parts.append(
+                f"{s.site!r}: the model's posterior means vary across x by "
+                f"{100 * float(np.mean(lag)):.0f}% of z's variance more than the encoder's in "
+                f"the {len(lag)} collapsed or near-collapsed dims"
+            )
+        if "kl_peak" in m:
+            meas.update({f"{k}/{s.site}": m[k] for k in ("kl_peak", "kl_peak_epoch", "kl_fell_epoch")})
+            if m["kl_fell_epoch"] is not None:
+                falls.append(m["kl_fall"])
+                parts.append(
+                    f"their KL peaked at {m['kl_peak']:.2f} nats (epoch {m['kl_peak_epoch']}) and "
+                    f"fell below the floor by epoch {m['kl_fell_epoch']}"
+                )
+    if "inference_gap" in meas:
+        parts.append(f"inference gap {meas['inference_gap']:.2f} nats")
+    if not lags and not falls:
+        return Cause(DYNAMICS, math.nan, meas, _join(parts) or "not measured")
+    # the model's posterior moving away from the encoder's is direct evidence; a KL that
+    # rose and fell is indirect (a decoder that models x alone explains it as well)
+    lag = float(np.mean(lags)) if lags else 0.0
+    dec = decoder_score if math.isfinite(decoder_score) else 0.0
+    fell = _HISTORY_WEIGHT * (1.0 - dec) * float(np.mean(falls)) if falls else 0.0
+    meas["kl_fall_evidence"] = fell
+    return Cause(DYNAMICS, float(np.clip(max(lag, fell), 0.0, 1.0)), meas, _join(parts))
