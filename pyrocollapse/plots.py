@@ -33,9 +33,11 @@ __all__ = [
 
 _STATUS_COLORS = {
     "active": "#2b8cbe",
-    "inactive-but-informative": "#fdae61",
+    "near-collapse": "#fdae61",
     "collapsed": "#bdbdbd",
 }
+#: Statuses of reports written before 0.2, drawn but not in the legend.
+_LEGACY_COLORS = {"inactive-but-informative": "#fdae61"}
 
 
 def _figure(ax: Any = None, figsize: tuple[float, float] = (6.0, 3.5)) -> tuple[Any, Any]:
@@ -131,7 +133,7 @@ def plot_kl_per_dim(report: Any, site: str | None = None, ax: Any = None) -> Any
     s = _site(report, site)
     fig, ax = _figure(ax)
     dims = np.arange(s.latent_dim)
-    colors = [_STATUS_COLORS.get(st, "k") for st in s.status]
+    colors = [{**_STATUS_COLORS, **_LEGACY_COLORS}.get(st, "k") for st in s.status]
     ax.bar(dims, s.kl_per_dim, color=colors, edgecolor="black", linewidth=0.5)
     for d, st in enumerate(s.status):
         if st == "collapsed":
@@ -167,7 +169,7 @@ def plot_dimensions(report: Any, site: str | None = None) -> Any:
 
     s = _site(report, site)
     dims = np.arange(s.latent_dim)
-    colors = [_STATUS_COLORS.get(st, "k") for st in s.status]
+    colors = [{**_STATUS_COLORS, **_LEGACY_COLORS}.get(st, "k") for st in s.status]
     panels = [("kl", "KL / MI (nats)")]
     panels.append(("au", "AU variance"))
     if s.rhat is not None:
@@ -281,7 +283,7 @@ def plot_posterior_densities(
         for e in range(post.shape[0]):
             ax.plot(grid[d], post[e, d], lw=1.2, label=f"q(z_d|x_{e})")
         ax.set_title(
-            f"dim {d}: {s.status[d]}", fontsize="small", color=_STATUS_COLORS.get(s.status[d], "k")
+            f"dim {d}: {s.status[d]}", fontsize="small", color={**_STATUS_COLORS, **_LEGACY_COLORS}.get(s.status[d], "k")
         )
         ax.set_yticks([])
     axes[0].legend(fontsize="x-small", loc="upper left")
@@ -332,7 +334,7 @@ def plot_posterior_mean_space(
     fig, axes = _grid(len(chosen), (2.8, 2.8))
     for ax, d in zip(axes, chosen):
         a, m = approx[:, d], exact[:, d]
-        ax.scatter(a, m, s=6, alpha=0.6, color=_STATUS_COLORS.get(s.status[d], "k"))
+        ax.scatter(a, m, s=6, alpha=0.6, color={**_STATUS_COLORS, **_LEGACY_COLORS}.get(s.status[d], "k"))
         finite = np.isfinite(np.concatenate([a, m]))
         both = np.concatenate([a, m])[finite]
         lo, hi = (both.min(), both.max()) if both.size else (-1.0, 1.0)

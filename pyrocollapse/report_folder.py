@@ -308,7 +308,8 @@ th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f5f5f5}td.text,th.text{text-align:left}
 .verdict{display:inline-block;padding:.15em .6em;border-radius:.3em;color:#fff;font-weight:600}
 .healthy{background:#1a9850}.partial{background:#f46d43}.full{background:#a50026}
-.active{background:#deebf7}.inactive-but-informative{background:#fee8c8}.collapsed{background:#f0f0f0;color:#777}
+.active{background:#deebf7}.inactive-but-informative{background:#fee8c8}.near-collapse{background:#fee8c8}.collapsed{background:#f0f0f0;color:#777}
+.near{background:#fdae61}pre{background:#f5f5f5;padding:.3em .6em;overflow-x:auto}
 .note{background:#fff7e6;border-left:4px solid #f46d43;padding:.4em .8em;margin:.4em 0}
 figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}code{background:#f5f5f5;padding:0 .2em}
@@ -346,10 +347,47 @@ def _table(headers: list[str], rows: list[list[Any]], row_classes: list[str] | N
 
 
 def _verdict_badge(verdict: str) -> str:
-    cls = {"healthy": "healthy", "partial collapse": "partial", "full collapse": "full"}.get(
+    cls = {
+        "healthy": "healthy",
+        "partial collapse": "partial",
+        "near collapse": "near",
+        "full collapse": "full",
+    }.get(
         verdict, "partial"
     )
     return f'<span class="verdict {cls}">{_e(verdict)}</span>'
+
+
+def _causes_section(analysis: Any) -> str:
+    """Why it collapsed (causes ranked, with their measurements) and what to try next."""
+    if analysis is None or not analysis.sites:
+        return ""
+    rows = [
+        [c.name, c.score if math.isfinite(c.score) else None, c.evidence]
+        for c in analysis.causes
+    ]
+    parts = [
+        "<h2>Why it collapsed</h2>",
+        "<p>Evidence for each cause of collapse, in [0, 1], strongest first, with the "
+        "measurement behind it (nats per point).</p>",
+        _table(["cause", "evidence", "measurement"], rows),
+    ]
+    if analysis.remedies:
+        parts.append("<h2>What to try next</h2><ul>")
+        for r in analysis.remedies:
+            parts.append(
+                f"<li><b>{_e(r.cause)}</b>: {_e(r.action)}<pre>pyrocollapse run {_e(r.cli)}\n"
+                f"{_e(r.python)}</pre></li>"
+            )
+        g = analysis.grid()
+        parts.append(
+            "</ul><p>All of them against this run: <code>pyrocollapse compare --from-run "
+            f"RUN_FOLDER</code> (priors {_e(', '.join(g['priors']))}; objectives "
+            f"{_e(', '.join(g['elbos']))}).</p>"
+        )
+    for what, why in analysis.unavailable.items():
+        parts.append(f'<div class="note">{_e(what)} not measured: {_e(why)}</div>')
+    return "".join(parts)
 
 
 def _elbo_section(report: Any) -> str:
@@ -508,6 +546,7 @@ def render_html(folder: str | os.PathLike[str]) -> str:
     parts.append(f"<p>{_e('; '.join(facts))}.</p>")
     for note in report.notes():
         parts.append(f'<div class="note">{_e(note)}</div>')
+    parts.append(_causes_section(report.causes))
     parts.append(_elbo_section(report))
     g = report.guide_quality
     if g is not None:

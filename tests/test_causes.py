@@ -268,3 +268,16 @@ def _remedies_for_test():
             {"elbo": "freebits", "elbo_options": {"free_bits": 0.5}},
         )
     ]
+
+
+def test_report_html_shows_causes_and_next_steps():
+    from pyrocollapse.report_folder import _causes_section
+
+    model, guide = _lagging_programs(0.5)
+    x = torch.randn(300, 1, generator=_gen(8)) * math.sqrt(1.25)
+    report = diagnose(model, guide, x, estimators=("kl", "au", "mi", "causes"))
+    page = _causes_section(report.causes)
+    assert "<h2>Why it collapsed</h2>" in page and "<h2>What to try next</h2>" in page
+    assert "pyrocollapse run --aggressive" in page
+    assert "pyrocollapse compare --from-run" in page
+    assert _causes_section(None) == ""
