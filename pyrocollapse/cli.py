@@ -214,7 +214,7 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
         "--bootstrap",
         type=int,
         default=200,
-        help="bootstrap replicates for intervals on MI and active units (0: none)",
+        help="bootstrap replicates for intervals on the marginal KL and active units (0: none)",
     )
     g.add_argument(
         "--importance-samples",

@@ -87,7 +87,13 @@ def _optional_float(v: Any) -> float | None:
 
 
 def _pair(v: Any) -> tuple[float, float] | None:
-    return None if v is None else (float(v[0]), float(v[1]))
+    """An interval read back from JSON: a ``None`` end (written for a non-finite one)
+    is -inf below and +inf above (an MI interval the data cannot bound above)."""
+    if v is None:
+        return None
+    lo = -math.inf if v[0] is None else float(v[0])
+    hi = math.inf if v[1] is None else float(v[1])
+    return lo, hi
 
 
 def _arrays_to_dict(d: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -439,9 +445,9 @@ class SiteReport:
         if self.mi_saturated and self.mi_log_n is not None:
             need = self.mi_points_needed
             need_text = (
-                f"; about {need:.3g} points would resolve it"
+                f"; resolving it takes at least {need:.3g} points"
                 if need is not None and math.isfinite(need)
-                else ""
+                else "; no practical number of points resolves it"
             )
             out.append(
                 f"site {self.site!r}: I_q(x; z) = {self.mi:.3f} nats is within 1 nat of log N = "

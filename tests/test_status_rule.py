@@ -191,3 +191,22 @@ def test_bad_thresholds_are_refused(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
         diagnose(model, guide, _data(50, 1), **bad)
+
+
+def test_a_saturated_mi_is_said_to_be_a_lower_bound_and_reads_back(tmp_path):
+    """I_q far above log N: the report says the estimate is only a lower bound."""
+    gain = torch.full((6,), 30.0)
+    model, guide = _channel(gain, torch.full((6,), 0.1))
+    report = diagnose(model, guide, _data(64, 6), estimators=("kl", "au", "mi"))
+    s = report["z"]
+    assert s.mi_saturated and s.mi <= s.mi_log_n + 1e-5  # float32 rounding
+    assert s.mi_ci[0] <= s.mi <= s.mi_ci[1]
+    note = next(n for n in s.notes() if "log N" in n)
+    assert "lower bound" in note and f">= {s.mi:.3f} only" in note
+    path = tmp_path / "r.json"
+    report.to_json(str(path))
+    back = CollapseReport.from_json(str(path))["z"]
+    assert back.mi_saturated and back.mi_ci[1] >= back.mi_ci[0]
+    assert back.mi_points_needed == s.mi_points_needed or (
+        back.mi_points_needed is None and not math.isfinite(s.mi_points_needed)
+    )

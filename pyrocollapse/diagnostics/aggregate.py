@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
+from statistics import NormalDist
+from typing import Any, overload
 
 import numpy as np
 import pyro.distributions as dist
@@ -133,28 +135,59 @@ class _AggregatePosterior:
             yield m.log_prob(z.unsqueeze(-2)).permute(2, 0, 1)  # type: ignore[union-attr]
 
     # -- reductions --------------------------------------------------------------------------
-    def log_prob(self, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    @overload
+    def log_prob(self, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def log_prob(
+        self, z: torch.Tensor, weights: torch.Tensor, own: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def log_prob(
+        self, z: torch.Tensor, weights: torch.Tensor, own: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``log (1/N) sum_j w_rj q_j(z_i)`` for rows ``z`` ``(M, D)`` and non-negative
-        weights ``(R, N)``; shape ``(M, R)``. With ``w = 1`` this is log q(z)."""
+        weights ``(R, N)``; shape ``(M, R)``. With ``w = 1`` this is log q(z).
+
+        With ``own`` (``(M,)``, the component each row was drawn from) the own component
+        is kept out of the running sums and added back at the end, and the pair
+        ``(log_q, log_rest)`` is returned, ``log_rest = log sum_{j != own_i} w_0j q_j(z_i)``
+        ``(M,)`` under the first row of ``weights`` (not divided by anything; ``-inf``
+        where no other component has mass). The running maximum is then taken over the
+        other components only, so the leave-one-out sum keeps full relative precision
+        however much of the mass the own component holds; it costs O(M) per block on top
+        of the same pass.
+        """
         rows = self._query_rows(False, z.shape[1])
-        out = []
-        for zi in z.split(rows):
+        out, rest = [], []
+        owns = own.split(rows) if own is not None else repeat(None)
+        for zi, oi in zip(z.split(rows), owns):
             m = torch.full((zi.shape[0],), -math.inf, dtype=torch.float64, device=z.device)
             acc = torch.zeros(zi.shape[0], weights.shape[0], dtype=torch.float64, device=z.device)
+            own_lp = torch.full_like(m, -math.inf)
             for cols, block in self._blocks(zi):
+                if oi is not None:  # move the own component out of the block
+                    block = block.contiguous()
+                    inside = (oi >= cols.start) & (oi < cols.stop)
+                    at = (oi - cols.start).clamp(0, block.shape[1] - 1)[:, None]
+                    value = block.gather(1, at).squeeze(1)
+                    own_lp = torch.where(inside, value.double(), own_lp)
+                    block.scatter_(1, at, torch.where(inside, -math.inf, value)[:, None])
                 mb = block.amax(1)
+                shift = torch.where(mb == -math.inf, 0.0, mb)
                 block = (
-                    block.sub_(mb[:, None]).exp_()
+                    block.sub_(shift[:, None]).exp_()
                     if block.is_contiguous()
-                    else (block - mb[:, None]).exp()
+                    else (block - shift[:, None]).exp()
                 )
                 part = (block @ weights[:, cols].T.to(block.dtype)).double()
-                mb = mb.double()
-                mn = torch.maximum(m, mb)
-                acc = acc * (m - mn).exp()[:, None] + part * (mb - mn).exp()[:, None]
-                m = mn
+                acc, m = _merge(acc, m, part, mb.double())
+            if oi is not None:
+                rest.append(acc[:, 0].log() + m)
+                acc, m = _merge(acc, m, weights[:, oi].T, own_lp)
             out.append(acc.clamp_min(1e-300).log() + m[:, None])
-        return torch.cat(out) - math.log(self.n)
+        log_q = torch.cat(out) - math.log(self.n)
+        return log_q if own is None else (log_q, torch.cat(rest))
 
     def _dim_params(self) -> tuple[torch.Tensor, ...]:
         """Per dimension ``(D, N)``: a = 1/(s sqrt 2), -mu a, and c - bound with
@@ -209,14 +242,30 @@ class _AggregatePosterior:
         return (acc.clamp_min(1e-300).log() + m).T
 
 
+def _merge(
+    acc: torch.Tensor, m: torch.Tensor, part: torch.Tensor, mb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running logsumexp: ``acc * e^m + part * e^mb`` as ``(acc', m')``, with ``m`` and
+    ``mb`` ``(M,)`` and either allowed to be ``-inf`` (an empty or massless part)."""
+    mn = torch.maximum(m, mb)
+    keep = torch.where(m == -math.inf, 0.0, (m - mn).exp())
+    add = torch.where(mb == -math.inf, 0.0, (mb - mn).exp())
+    return acc * keep[:, None] + part * add[:, None], mn
+
+
 @dataclass
 class MutualInformation:
     """I_q(x; z) under the empirical data distribution and the aggregate posterior.
 
+    All information quantities are in nats.
+
     Attributes
     ----------
     total : float
-        I_q(x; z) in nats.
+        I_q(x; z), the plug-in estimate with the aggregate q(z) = (1/N) sum_j q(z|x_j)
+        over the N diagnosed points, each point's own component included. This is the
+        InfoNCE (contrastive) estimate: at most ``log_n``, and biased low unless I_q is
+        small against log N (see :attr:`saturated`).
     per_dim : numpy.ndarray or None
         I_q(x; z_d) per dimension (shape ``(D,)``), where q has univariate marginals.
     aggregate_kl : float
@@ -230,19 +279,20 @@ class MutualInformation:
         ``E_x E_q[log q(z) - log p(z | parents)]`` at the guide's draws of the parents,
         which is not a divergence and can be genuinely negative (a conditional prior can
         be closer to q(z|x) than the aggregate q(z) is).
-    aggregate_kl_stderr : float
-        Monte Carlo standard error of :attr:`aggregate_kl` (the standard deviation of the
-        per-draw terms over the square root of their number; ``nan`` for a single draw).
-        It holds the aggregate posterior fixed, so it does not include the bias of
-        log q(z) at small N.
-    conditional_prior : bool
-        Whether p(z) differs between data points (it depends on other latents).
     aggregate_kl_per_dim : numpy.ndarray or None
         KL(q(z_d) || p(z_d)) per dimension, where per-dimension marginals exist.
     num_samples : int
         Draws of z per data point used.
-    ci, aggregate_kl_ci : tuple[float, float] or None
-        Bootstrap percentile intervals of ``total`` and ``aggregate_kl``.
+    ci : tuple[float, float] or None
+        Interval at level ``ci_level`` for the population I_q(x; z) (x from the
+        distribution the N points were drawn from):
+        ``[total - z_a * total_stderr, upper + z_a * upper_stderr]``, z_a the two-sided
+        normal quantile, clipped below at 0 and widened where needed to contain
+        ``total``; the upper end is ``inf`` where :attr:`upper` is. ``total`` is biased
+        low and ``upper`` high, so each end errs on its own side; it is always computed
+        (``bootstrap`` does not affect it). See :func:`mutual_information`.
+    aggregate_kl_ci : tuple[float, float] or None
+        Basic (pivotal) bootstrap interval of ``aggregate_kl`` (with ``bootstrap > 0``).
     per_dim_stderr : numpy.ndarray or None
         Monte Carlo standard error of ``per_dim`` over the draws used for it.
     per_dim_draws : int
@@ -250,6 +300,41 @@ class MutualInformation:
     stderr : float
         Monte Carlo standard error of ``total + aggregate_kl`` (the sample mean of
         log q(z|x) - log p(z) over the draws), the yardstick for the KL identity.
+    aggregate_kl_stderr : float
+        Monte Carlo standard error of :attr:`aggregate_kl` (the standard deviation of the
+        per-draw terms over the square root of their number; ``nan`` for a single draw).
+        It holds the aggregate posterior fixed, so it does not include the bias of
+        log q(z) at small N.
+    conditional_prior : bool
+        Whether p(z) differs between data points (it depends on other latents).
+    total_stderr : float
+        Standard error of ``total`` over data points (delta method): sd_n(g_n) / sqrt(N)
+        with g_n the mean over point n's draws of log q(z|x_n) - log q(z). This is the
+        influence function of the plug-in functional (the derivative through the
+        aggregate, E_q(z)[q(z|x)/q(z) - 1], integrates to zero), and the spread of g_n
+        includes the Monte Carlo noise of the draws. ``nan`` for N = 1.
+    upper : float
+        Leave-one-out ("L1Out", Poole et al. 2019) estimate: as ``total`` with the
+        point's own component removed from the aggregate,
+        log q(z|x_n) - log((1/(N-1)) sum_{j != n} q(z|x_j)), biased upward (an upper bound
+        on the population I_q in expectation); the other components are summed apart from
+        the own one, so it keeps full precision however small their share. ``inf`` only
+        where, for some draw, no other component has any density, and for N = 1.
+    upper_stderr : float
+        Standard error of ``upper`` over data points, as for ``total_stderr`` (``nan``
+        where ``upper`` is infinite).
+    log_n : float
+        log N, the largest value ``total`` can take.
+    saturated : bool
+        ``log_n - total < 1``: the own component holds, in geometric mean over the draws,
+        more than e^-1 of the aggregate density at its own draws (``log_n - total`` is
+        the mean of -log of that share). ``total`` then mostly reflects N, and I_q is
+        only known to be at least about ``ci[0]``.
+    points_needed : float or None
+        Where :attr:`saturated`: a number of data points whose log exceeds the upper end
+        of :attr:`ci` by 1 nat (``exp(ci[1] + 1)``, rounded up), enough to resolve the
+        interval; where that end is infinite, ``exp(total + 2)``, which is only a floor
+        (at least this many points are needed). ``None`` where not saturated.
     """
 
     total: float
@@ -264,6 +349,35 @@ class MutualInformation:
     stderr: float = math.nan
     aggregate_kl_stderr: float = math.nan
     conditional_prior: bool = False
+    total_stderr: float = math.nan
+    upper: float = math.nan
+    upper_stderr: float = math.nan
+    log_n: float = math.nan
+    saturated: bool = False
+    points_needed: float | None = None
+
+
+def _exp(x: float) -> float:
+    """``exp(x)`` rounded up to a whole number, ``inf`` instead of overflowing."""
+    return math.inf if x > 700 else float(math.ceil(math.exp(x)))
+
+
+def _point_stats(terms: torch.Tensor, n: int) -> tuple[float, float]:
+    """Mean of per-draw ``terms`` (rows grouped by point, ``(n * S,)``) and its standard
+    error over points, sd_n(mean of the point's draws) / sqrt(n) (``nan`` for n = 1)."""
+    g = terms.view(n, -1).mean(1)
+    se = float(g.std() / math.sqrt(n)) if n > 1 else math.nan
+    return float(terms.mean()), se
+
+
+def _mi_interval(
+    total: float, se: float, upper: float, upper_se: float, level: float
+) -> tuple[float, float]:
+    """``[total - z se, upper + z upper_se]`` clipped below at 0, containing ``total``."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    lo = max(0.0, total - z * se) if math.isfinite(se) else 0.0
+    hi = upper + z * upper_se if math.isfinite(upper) else math.inf
+    return min(lo, total), max(hi, total)
 
 
 def _mi_from_draws(
@@ -301,19 +415,32 @@ def _mi_from_draws(
     weights = torch.ones(1, n, dtype=torch.float64, device=z.device)
     if bootstrap:
         weights = torch.cat([weights, _bootstrap_counts(n, bootstrap, z.device)])
-    log_q = agg.log_prob(z, weights)  # (M, 1 + R)
-    mi = float((cond_t - log_q[:, 0]).mean())
+    log_q, log_rest = agg.log_prob(z, weights, own=point)  # (M, 1 + R), (M,)
+    # InfoNCE (own component in the aggregate) and L1Out (own component left out)
+    mi, mi_se = _point_stats(cond_t - log_q[:, 0], n)
+    # log_rest keeps full relative precision (the own component is summed apart), so
+    # the leave-one-out estimate is finite unless no other component has any mass
+    alone = ~torch.isfinite(log_rest)
+    if n > 1 and not bool(alone.any()):
+        upper, upper_se = _point_stats(cond_t - log_rest + math.log(n - 1), n)
+    else:
+        upper, upper_se = math.inf, math.nan
+    ci = _mi_interval(mi, mi_se, upper, upper_se, ci_level)
+    log_n = math.log(n)
+    saturated = log_n - mi < 1.0
+    needed = None
+    if saturated:
+        needed = _exp(ci[1] + 1.0) if math.isfinite(ci[1]) else _exp(mi + 2.0)
     agg_terms = log_q[:, 0] - prior_t
     agg_kl = float(agg_terms.mean())
     agg_se = float(agg_terms.std() / math.sqrt(m)) if m > 1 else math.nan
     conditional = any(d.conditional or _varies_over_points(d.p, d.z) for d in draws)
-    ci = agg_ci = None
+    agg_ci = None
     if bootstrap:
         c = weights[1:, point]  # (R, M)
         lq = log_q[:, 1:].T
-        mi_r = torch.where(c > 0, c * (cond_t - lq), 0.0).sum(1) / m
         kl_r = torch.where(c > 0, c * (lq - prior_t), 0.0).sum(1) / m
-        ci, agg_ci = _interval(mi_r, ci_level, mi), _interval(kl_r, ci_level, agg_kl)
+        agg_ci = _interval(kl_r, ci_level, agg_kl)
     mi_d = agg_kl_d = stderr = None
     used = 0
     if per_dim:
@@ -342,6 +469,12 @@ def _mi_from_draws(
         total_se,
         agg_se,
         conditional,
+        total_stderr=mi_se,
+        upper=upper,
+        upper_stderr=upper_se,
+        log_n=log_n,
+        saturated=saturated,
+        points_needed=needed,
     )
 
 
@@ -372,8 +505,30 @@ def mutual_information(
     the ``N * num_samples`` draws (against the full aggregate), and their Monte Carlo
     standard error is reported.
 
-    The estimate of log q(z) includes the point's own posterior, so I_q is bounded above
-    by log N; it is biased for small N.
+    **Bounds and interval.** The estimate of log q(z) includes the point's own posterior,
+    which makes ``total`` the InfoNCE (contrastive) estimate with critic log q(z|x): at
+    most log N, and in expectation a lower bound on the population I_q (biased low,
+    markedly so when I_q is not small against log N). Leaving the own component out,
+    log q_{-n}(z) = log((1/(N-1)) sum_{j != n} q(z|x_j)), gives the leave-one-out
+    ("L1Out") estimate ``upper``, in expectation an upper bound (Jensen's inequality over
+    the other points); its sum comes from the same block pass (the own component is held
+    out of the running sums and added back, O(M) extra work per block). Each has a
+    delta-method standard error over data points: the influence function of the plug-in
+    functional is g(x) - I with g(x) = E_q(z|x)[log q(z|x) - log q(z)] (the derivative
+    through the aggregate, E_q(z)[q(z|x)/q(z)] - 1, is zero), estimated by the spread
+    of the per-point means of the draws, sd_n(g_n) / sqrt(N), which includes the draws'
+    Monte Carlo noise. Since the lower estimate errs low and the upper errs high, the
+    bracket ``ci = [total - z_a se(total), upper + z_a se(upper)]`` (clipped below at 0,
+    always containing ``total``) covers the population I_q at least at about the nominal
+    level from either side: close to nominal when I_q << log N (where the two agree),
+    conservative as I_q nears log N, where the single-estimate bootstrap interval
+    under-covers (the bias is not a sampling fluctuation it can see). ``upper`` is
+    infinite, and the interval unbounded above, only when for some draw no other
+    component has any density.
+
+    When log N - total < 1 nat the result is flagged ``saturated``: ``total`` then mostly
+    reflects N, I_q is only known to be at least about ``ci[0]``, and ``points_needed``
+    says how many points would resolve it (see :class:`MutualInformation`).
 
     Parameters
     ----------
@@ -393,7 +548,10 @@ def mutual_information(
         intervals are basic (pivotal) bootstrap intervals: resampling duplicates points,
         which biases replicates downward just as finite N biases the estimate, and the
         pivot corrects this to first order (percentile intervals under-cover badly).
-        When I_q approaches log N the estimator saturates and intervals under-cover.
+        The bootstrap gives ``aggregate_kl_ci`` only: the interval for I_q is the bracket
+        above, computed whether or not ``bootstrap > 0`` (a bootstrap interval about
+        ``total`` alone under-covers as I_q approaches log N, and lay entirely above
+        log N for saturated estimates).
     ci_level : float
         Nominal coverage of the intervals.
 
@@ -408,6 +566,8 @@ def mutual_information(
     Hoffman & Johnson (2016). ELBO surgery: yet another way to carve up the variational
     evidence lower bound. NIPS Workshop on Advances in Approximate Bayesian Inference.
     Efron & Tibshirani (1993). An Introduction to the Bootstrap. Chapman & Hall.
+    Poole, Ozair, van den Oord, Alemi, Tucker (2019). On Variational Bounds of Mutual
+    Information. ICML.
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
     if per_dim_draws is not None:
