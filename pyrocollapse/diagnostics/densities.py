@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 import pyro.distributions as dist
+import pyro.distributions.transforms as pdt
 import torch
+import torch.distributions.transforms as tdt
 from pyro.distributions.kl import kl_divergence
+from pyro.distributions.transforms.spline import ConditionedSpline
 
 from pyrocollapse._validation import check_int
 from pyrocollapse.diagnostics._tracing import (
@@ -99,99 +102,413 @@ def marginal_log_prob(d: dist.Distribution, z: torch.Tensor) -> torch.Tensor:
     )
 
 
+# --------------------------------------------------------------------------------------
+# Exact marginals of elementwise flows
+# --------------------------------------------------------------------------------------
+#: Transforms that map each coordinate on its own (a diagonal Jacobian) whatever their
+#: parameters: with event_dim 0 in domain and codomain, their ``log_abs_det_jacobian`` is
+#: elementwise. Other transforms (autoregressive, coupling, Planar, Radial, Householder,
+#: ...) mix coordinates; an unknown transform is never assumed elementwise.
+_ELEMENTWISE_TRANSFORMS: tuple[type, ...] = (
+    tdt.AffineTransform,
+    tdt.ExpTransform,
+    tdt.SigmoidTransform,
+    tdt.TanhTransform,
+    tdt.SoftplusTransform,
+    tdt.PowerTransform,
+    pdt.ELUTransform,
+    pdt.LeakyReLUTransform,
+    pdt.SoftplusTransform,
+    pdt.PositivePowerTransform,
+    ConditionedSpline,  # pyro's elementwise rational-quadratic Spline and its conditioned form
+)
+
+
+def _elementwise_steps(t: Any) -> list[tuple[str, Any]] | None:
+    """``t`` as a chain of steps that keep coordinates apart: ``("map", transform)`` with
+    an elementwise log-Jacobian, or ``("perm", permutation)`` (``y = x[..., perm]``).
+    ``None`` when some part of ``t`` mixes coordinates or is not known to keep them apart."""
+    if isinstance(t, tdt.ComposeTransform):
+        steps: list[tuple[str, Any]] = []
+        for part in t.parts:
+            sub = _elementwise_steps(part)
+            if sub is None:
+                return None
+            steps += sub
+        return steps
+    if isinstance(t, tdt.IndependentTransform):
+        return _elementwise_steps(t.base_transform)
+    if isinstance(t, tdt._InverseTransform):
+        inner = _elementwise_steps(t._inv)
+        if inner is None:
+            return None
+        return [
+            ("perm", torch.argsort(s)) if kind == "perm" else ("map", s.inv)
+            for kind, s in reversed(inner)
+        ]
+    if isinstance(t, pdt.Permute):
+        return [("perm", t.permutation)] if t.dim == -1 else None
+    if isinstance(t, tdt.AffineTransform):
+        if t.event_dim:  # the same map, its log-Jacobian not summed over the event
+            t = tdt.AffineTransform(t.loc, t.scale, event_dim=0)
+        return [("map", t)]
+    if (
+        isinstance(t, _ELEMENTWISE_TRANSFORMS)
+        and t.domain.event_dim == 0
+        and t.codomain.event_dim == 0
+        and t.bijective
+    ):
+        return [("map", t)]
+    return None
+
+
+def _base_marginal_log_prob(base: dist.Distribution, x: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate marginal log density of a flow's base distribution."""
+    if base.event_shape == torch.Size():
+        return base.log_prob(x)  # a batch of univariates made an event by the transforms
+    if len(base.event_shape) == 1:
+        return _exact_marginal_log_prob(base, x)
+    raise NotImplementedError(f"base distribution with event shape {tuple(base.event_shape)}")
+
+
+def _transformed_marginal_log_prob(d: dist.Distribution, z: torch.Tensor) -> torch.Tensor:
+    """Exact log p(z_d) of a flow whose transforms all keep coordinates apart
+    (:func:`_elementwise_steps`) over a base with exact marginals: with x = T^{-1}(z),
+    p(z_d) = p_base(x_j) |d x_j / d z_d|, where j is the base coordinate that
+    permutations carry to d."""
+    if not isinstance(d, torch.distributions.TransformedDistribution) or len(d.event_shape) != 1:
+        raise NotImplementedError(f"{type(d).__name__} is not a flow on vectors")
+    steps: list[tuple[str, Any]] = []
+    for t in d.transforms:
+        sub = _elementwise_steps(t)
+        if sub is None:
+            raise NotImplementedError(
+                f"the flow's {type(t).__name__} is not known to act on each coordinate alone"
+            )
+        steps += sub
+    y = z
+    log_det = torch.zeros_like(z)  # log |d y_j / d x_j| so far, by current position j
+    origin = torch.arange(z.shape[-1], device=z.device)  # position in z of current j
+    for kind, t in reversed(steps):
+        if kind == "perm":  # y = x[..., perm], so x = y[..., argsort(perm)]
+            back = torch.argsort(t.to(z.device))
+            y, log_det, origin = y[..., back], log_det[..., back], origin[back]
+        else:
+            x = t.inv(y)
+            log_det = log_det + t.log_abs_det_jacobian(x, y)
+            y = x
+    lp = _base_marginal_log_prob(d.base_dist, y) - log_det
+    return lp[..., torch.argsort(origin)]
+
+
+def _exact_marginal_log_prob(d: dist.Distribution, z: torch.Tensor) -> torch.Tensor:
+    """:func:`marginal_log_prob`, or the exact marginals of an elementwise flow."""
+    try:
+        return marginal_log_prob(d, z)
+    except NotImplementedError:
+        return _transformed_marginal_log_prob(d, z)
+
+
 class _PriorMarginals:
     """log p(z_d) of one site's prior, for every chunk of a sweep.
 
-    Exact where :func:`marginal_log_prob` knows the family. Otherwise (a prior with no
-    closed-form marginals, such as a normalising flow) and provided the prior is the same
-    at every point, a Gaussian kernel density estimate of each p(z_d) from ``num_draws``
-    prior draws with Silverman's bandwidth 0.9 min(sd, IQR / 1.34) M^(-1/5): a
-    consistent estimate whose smoothing inflates the marginal's variance by about
-    ``h^2`` (a few percent for M = 4096). One defensive kernel, the moment-matched
-    Gaussian with weight 1 / (M + 1), keeps the far tails Gaussian instead of decaying
-    at the bandwidth's rate beyond the last draw.
-
-    The estimate is tabulated once on a grid of ``_GRID`` points per dimension (spacing
-    far below the bandwidth) and interpolated linearly, so evaluating it costs O(1) per
-    value; values off the grid are computed exactly.
-
-    References
-    ----------
-    Silverman (1986). Density Estimation for Statistics and Data Analysis. Chapman & Hall.
+    PLACEHOLDER
     """
 
-    _GRID = 2048
+    _GRID = 128  # even: two chains per dimension start at the centre
+    _BUDGET = 5 * 2**15  # joint evaluations to tabulate (more for many dimensions)
+    _MIN_DRAWS, _MAX_DRAWS = 64, 512  # adapted-component draws per grid point
+    _WIDE_SHARE, _WIDE = 0.2, 2.0  # defensive draws' share and scale
+    _SHRINK = 4.0  # draws per dimension of u to trust the draws' moments halfway
+    _LOCAL_SLOPE = 0.5
+    _MAX_FIT_DRAWS = 2**16
+    _ROWS = 2**15  # joint evaluations per block
 
     def __init__(self, draws: Sequence[SiteDraw], site: str, num_draws: int = 4096) -> None:
         first = draws[0]
+        self.prior = first.p
+        self.mode = "exact"
         try:
-            marginal_log_prob(first.p, first.z[:1])
-            self.kde = None
+            _exact_marginal_log_prob(first.p, first.z[:1])
             return
         except NotImplementedError:
             pass
+        dim = first.z.shape[-1]
+        if dim == 1:
+            self.mode = "joint"  # the marginal is the joint density
+            return
         if any(_varies_over_points(d.p, d.z) for d in draws):
             raise NotImplementedError(
                 f"site {site!r}: its prior {type(first.p).__name__} has no closed-form "
                 "per-dimension marginals and depends on other latents, so p(z_d) cannot be "
                 "estimated once for all points"
             )
-        dim = first.z.shape[-1]
-        per_call = max(1, first.z[..., 0].numel())
-        samples = first.p.sample((-(-num_draws // per_call),)).reshape(-1, dim)[:num_draws]
-        samples = samples.detach().double().cpu()  # the estimate lives on the host
-        m = samples.shape[0]
-        sd = samples.std(0)
-        quartiles = torch.tensor([0.25, 0.75], dtype=samples.dtype, device=samples.device)
-        q = torch.quantile(samples, quartiles, dim=0)
-        spread = torch.minimum(sd, (q[1] - q[0]) / 1.34)
-        spread = torch.where(spread > 0, spread, sd).clamp_min(1e-6)
-        self.kde = (samples.T.contiguous(), 0.9 * spread * m ** (-0.2))  # (D, M), (D,)
-        self.wide = dist.Normal(samples.mean(0), sd.clamp_min(1e-6))
-        # tabulate on a fine grid per dimension (spacing << bandwidth); interpolate
-        h = self.kde[1]
-        lo = torch.minimum(samples.min(0).values - 8 * h, samples.mean(0) - 10 * sd)
-        hi = torch.maximum(samples.max(0).values + 8 * h, samples.mean(0) + 10 * sd)
-        t = torch.linspace(0, 1, self._GRID, dtype=torch.float64, device=samples.device)
-        grid = lo[:, None] + (hi - lo)[:, None] * t  # (D, G)
-        self.lo, self.step = lo, (hi - lo) / (self._GRID - 1)
-        self.table = self._exact(grid.T).T.contiguous()  # (D, G)
+        self.mode = "importance"
+        with torch.no_grad():
+            self._tabulate(first.p, dim, num_draws)
 
     @property
     def estimated(self) -> bool:
-        """Whether the marginals are a kernel density estimate."""
-        return self.kde is not None
+        """Whether the marginals are an importance-sampling estimate (else exact)."""
+        return self.mode == "importance"
 
-    def _exact(self, flat: torch.Tensor) -> torch.Tensor:
-        """The estimate's log density at rows ``flat`` ``(K, D)`` (float64), no table."""
-        samples, h = self.kde  # type: ignore[misc]
-        rows = max(1, _DIM_BLOCK // samples.numel())
-        out = []
-        for zi in flat.split(rows):
-            u = (zi.T.unsqueeze(-1) - samples.unsqueeze(1)) / h[:, None, None]  # (D, K, M)
-            out.append(torch.logsumexp(-0.5 * u.square(), 2).T)
-        m = samples.shape[1]
-        kde = torch.cat(out) - (math.log(m) + h.log() + 0.5 * _LOG_2PI)
-        return torch.logaddexp(
-            kde + math.log(m / (m + 1)), self.wide.log_prob(flat) - math.log(m + 1)
+    # ----------------------------------------------------------------------------------
+    def _tabulate(self, p: dist.Distribution, dim: int, num_draws: int) -> None:
+        self.batch = p.batch_shape
+        per_call = max(1, math.prod(self.batch))
+        # the proposal's moments: its extrapolated conditional mean errs by O(1 / sqrt(M))
+        # per unit of t, which the weights feel in all D - 1 dimensions of u
+        num_draws = max(num_draws, min(self._MAX_FIT_DRAWS, 64 * dim * dim))
+        samples = p.sample((-(-num_draws // per_call),)).reshape(-1, dim)[:num_draws]
+        self.device, self.dtype = samples.device, samples.dtype
+        samples = samples.detach().double().cpu()  # the estimate lives on the host
+        samples = samples[samples.isfinite().all(1)]
+        mu = samples.mean(0)
+        cov = torch.cov(samples.T).reshape(dim, dim)
+        var = cov.diagonal().clamp_min(1e-24)
+        half = torch.maximum(mu - samples.min(0).values, samples.max(0).values - mu)
+        half = torch.maximum(half, 10 * var.sqrt())
+        g = self._GRID
+        # draws per grid point: a power of two (a balanced Sobol block) within the budget
+        k = self._BUDGET / (dim * g)
+        k1 = 2 ** int(math.log2(max(self._MIN_DRAWS, min(self._MAX_DRAWS, (1 - self._WIDE_SHARE) * k))))
+        k2 = max(1, round(k1 * self._WIDE_SHARE / (1 - self._WIDE_SHARE)))
+        self.centre, self.lo, self.step = mu, mu - half, 2 * half / (g - 1)
+        grid = self.lo[:, None] + self.step[:, None] * torch.arange(g, dtype=torch.float64)
+        # the moment-matched Gaussian's conditional of u = z_{-d} given z_d = t, per d:
+        # mean mu_u + beta (t - mu_d), Cholesky factor chol
+        others = torch.stack(
+            [torch.cat([torch.arange(d), torch.arange(d + 1, dim)]) for d in range(dim)]
+        )  # (D, D-1)
+        s_ud = cov[others, torch.arange(dim)[:, None]]  # (D, D-1)
+        beta = s_ud / var[:, None]
+        cond = cov[others[:, :, None], others[:, None, :]] - s_ud[:, :, None] * beta[:, None, :]
+        self.others, self.beta, self.chol = others, beta, _cholesky(cond)
+        # standardised draws of each step: K1 for the adapted component, K2 defensive
+        steps = g // 2
+        self.v1 = _normal_points(steps * k1, dim - 1, 0).reshape(steps, k1, dim - 1)
+        self.v2 = _normal_points(steps * k2, dim - 1, 1).reshape(steps, k2, dim - 1)
+        # two chains per dimension walk out from the centre, up and down the grid
+        chain = torch.arange(dim).repeat(2)  # (C,) the dimension of each chain
+        sign = torch.cat([torch.ones(dim), -torch.ones(dim)]).double()
+        start = torch.where(sign > 0, g // 2, g // 2 - 1)
+        mean = self._default_mean(chain, grid[chain, start])
+        scale = torch.ones(2 * dim, dtype=torch.float64)  # of the moment-matched factor
+        slope = beta[chain]  # d mean / dt along each chain
+        self.means = torch.empty(dim, g, dim - 1, dtype=torch.float64)
+        self.scales = torch.empty(dim, g, dtype=torch.float64)
+        self.table = torch.empty(dim, g, dtype=torch.float64)
+        last = None
+        for s in range(steps):
+            j = start + sign.long() * s
+            t = grid[chain, j]
+            self.means[chain, j], self.scales[chain, j] = mean, scale
+            factor = scale[:, None, None] * self.chol[chain]
+            u, log_r, control = self._propose(chain, t, mean, factor, s)
+            lw = self._log_joint(chain, t, u) - log_r
+            self.table[chain, j] = _log_mean(lw, control)
+            # adapt: the next proposal has the weighted mean of these draws, moved along
+            # the local slope of the conditional mean, and their weighted scale
+            seen = lw.isfinite().any(1)
+            wn = torch.softmax(torch.where(seen[:, None], lw, torch.zeros_like(lw)), 1)
+            m_hat = (wn[..., None] * u).sum(1)
+            white = torch.linalg.solve_triangular(
+                self.chol[chain], (u - m_hat[:, None, :]).transpose(1, 2), upper=False
+            )  # (C, D-1, K)
+            s2_hat = (wn * white.square().sum(1)).sum(1) / (dim - 1)
+            ess = 1 / wn.square().sum(1)
+            # trust them as far as their effective sample size allows against the
+            # dimension of u: shrink towards the moment-matched Gaussian's conditional
+            rho = torch.where(seen, ess / (ess + self._SHRINK * (dim - 1)), torch.zeros_like(ess))
+            mean = mean + rho[:, None] * (m_hat - mean)
+            scale = (scale.square() + rho * (s2_hat - scale.square())).clamp(1e-12, 1e12).sqrt()
+            if last is not None:
+                fd = (mean - last) / (sign * self.step[chain])[:, None]
+                slope = self._LOCAL_SLOPE * fd + (1 - self._LOCAL_SLOPE) * slope
+            last = mean
+            mean = mean + slope * (sign * self.step[chain])[:, None]
+        t = self.table
+        self.padded = torch.cat([2 * t[:, :1] - t[:, 1:2], t, 2 * t[:, -1:] - t[:, -2:-1]], 1)
+        self.extra: list[dict[int, float]] = [{} for _ in range(dim)]  # grid beyond the table
+
+    def _default_mean(self, dims: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean of the moment-matched Gaussian's conditional of z_{-d} at z_d = t."""
+        mu = self.centre
+        return mu[self.others[dims]] + self.beta[dims] * (t - mu[dims])[:, None]
+
+    def _propose(
+        self, dims: torch.Tensor, t: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor, s: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draws ``u`` ``(C, K, D-1)`` of the proposal of chains of dimensions ``dims`` at
+        ``t``, a deterministic mixture of: K1 draws from the adapted Gaussian (``mean``,
+        ``factor``) and K2 from the defensive one, the moment-matched Gaussian's conditional
+        widened ``_WIDE`` times; with the mixture's log density ``(C, K)`` and the control
+        variate g_1 / r - 1, of known mean 0."""
+        k1, k2 = self.v1.shape[1], self.v2.shape[1]
+        wide_mean = self._default_mean(dims, t)
+        wide_factor = self._WIDE * self.chol[dims]
+        u = torch.cat(
+            [
+                mean[:, None, :] + self.v1[s] @ factor.transpose(1, 2),
+                wide_mean[:, None, :] + self.v2[s] @ wide_factor.transpose(1, 2),
+            ],
+            1,
         )
+        log_g1 = _log_normal(u, mean, factor)
+        log_g2 = _log_normal(u, wide_mean, wide_factor)
+        share = k2 / (k1 + k2)
+        log_r = torch.logaddexp(math.log1p(-share) + log_g1, math.log(share) + log_g2)
+        return u, log_r, (log_g1 - log_r).exp() - 1
+
+    def _log_joint(self, dims: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """log p(z) at z_d = t, z_{-d} = u, for ``u`` ``(C, K, D-1)`` (float64)."""
+        c, k, _ = u.shape
+        z = torch.empty(c, k, u.shape[-1] + 1, dtype=torch.float64)
+        z.scatter_(2, self.others[dims][:, None, :].expand_as(u), u)
+        z[torch.arange(c), :, dims] = t[:, None]
+        return self._joint_log_prob(z.reshape(c * k, -1)).reshape(c, k)
+
+    def _joint_log_prob(self, rows: torch.Tensor) -> torch.Tensor:
+        """log p(z) of the prior at rows ``(N, D)`` (float64 on the host); -inf off its
+        support. The prior has batch shape ``self.batch`` and is the same at every point,
+        so the rows are laid out as ``(-1, *batch, D)``."""
+        p, dim = self.prior, rows.shape[1]
+        b = max(1, math.prod(self.batch))
+        block = max(b, self._ROWS // b * b)
+        out = []
+        for part in rows.split(block):
+            n = part.shape[0]
+            if n % b:
+                part = torch.cat([part, part[-1:].expand(b - n % b, dim)])
+            x = part.to(device=self.device, dtype=self.dtype).reshape(-1, *self.batch, dim)
+            try:
+                ok = p.support.check(x)
+            except NotImplementedError:
+                ok = None
+            if ok is not None and not bool(ok.all()):
+                x = torch.where(ok.unsqueeze(-1), x, self.centre.to(x))
+            lp = p.log_prob(x)
+            if ok is not None:
+                lp = lp.masked_fill(~ok, -math.inf)
+            out.append(lp.reshape(-1)[:n].double().cpu())
+        return torch.cat(out).nan_to_num(nan=-math.inf, posinf=-math.inf)
+
+    def _estimate(self, d: int, t: torch.Tensor) -> torch.Tensor:
+        """The importance-sampling estimate of log p(z_d = t) at values ``t`` ``(n,)`` off
+        the grid: the proposal of the nearest grid point, its mean moved along the
+        Gaussian's regression line, with the first step's standardised draws."""
+        pos = ((t - self.lo[d]) / self.step[d]).round().clamp(0, self._GRID - 1).long()
+        per = max(1, self._ROWS // (self.v1.shape[1] + self.v2.shape[1]))
+        out = []
+        for idx in torch.arange(len(t)).split(per):
+            j, ti = pos[idx], t[idx]
+            dims = torch.full((len(idx),), d)
+            mean = self.means[d, j] + self.beta[d] * (ti - self.lo[d] - j * self.step[d])[:, None]
+            factor = self.scales[d, j][:, None, None] * self.chol[d]
+            u, log_r, control = self._propose(dims, ti, mean, factor, 0)
+            out.append(_log_mean(self._log_joint(dims, ti, u) - log_r, control))
+        return torch.cat(out) if out else t.new_empty(0)
 
     def __call__(self, p: dist.Distribution, z: torch.Tensor) -> torch.Tensor:
-        """log p(z_d) for ``z`` of shape ``(..., D)``; same shape (nats)."""
-        if self.kde is None:
-            return marginal_log_prob(p, z)
-        flat = z.reshape(-1, z.shape[-1]).double().cpu()
-        pos = (flat - self.lo) / self.step  # (K, D)
-        inside = (pos >= 0) & (pos <= self._GRID - 1)
-        i0 = pos.floor().clamp(0, self._GRID - 2).long()
-        w = (pos - i0).clamp(0, 1)
-        offset = torch.arange(flat.shape[1], device=flat.device) * self._GRID
-        table = self.table.reshape(-1)
-        out = torch.lerp(table[i0 + offset], table[i0 + 1 + offset], w)
-        if not bool(inside.all()):
-            rows = (~inside).any(1)
-            out[rows] = torch.where(inside[rows], out[rows], self._exact(flat[rows]))
+        """log p(z_d) for ``z`` of shape ``(..., D)`` (nats): shape of ``z`` for an
+        estimate, broadcast with the prior's batch shape where the marginals are exact."""
+        if self.mode == "exact":
+            return _exact_marginal_log_prob(p, z)
+        if self.mode == "joint":
+            return p.log_prob(z).unsqueeze(-1)
+        with torch.no_grad():
+            flat = z.reshape(-1, z.shape[-1]).double().cpu()
+            pos = (flat - self.lo) / self.step  # (K, D)
+            g = self._GRID
+            i0 = pos.floor().clamp(0, g - 2).long()
+            at = i0 + torch.arange(flat.shape[1]) * (g + 2)  # the padded table's rows
+            table = self.padded.reshape(-1)
+            out = _catmull_rom(table[at], table[at + 1], table[at + 2], table[at + 3], pos - i0)
+            inside = (pos >= 0) & (pos <= g - 1)
+            for d in (~inside).any(0).nonzero().flatten().tolist():
+                out[~inside[:, d], d] = self._beyond(d, pos[~inside[:, d], d])
+            for d in (~out.isfinite()).any(0).nonzero().flatten().tolist():
+                bad = ~out[:, d].isfinite()  # next to a point of zero density
+                out[bad, d] = self._estimate(d, flat[bad, d])
         return out.reshape(z.shape).to(device=z.device, dtype=z.dtype)
+
+    def _beyond(self, d: int, pos: torch.Tensor) -> torch.Tensor:
+        """log p(z_d) at grid positions ``pos`` ``(n,)`` beyond the table: the table goes
+        on with estimates at grid points out there, kept for later calls, and is
+        interpolated the same way; far-apart values are estimated one by one."""
+        i0 = pos.floor().long()
+        need = torch.cat([i0 - 1, i0, i0 + 1, i0 + 2]).unique().tolist()
+        g, extra = self._GRID, self.extra[d]
+        new = [i for i in need if (i < 0 or i >= g) and i not in extra]
+        if len(new) > 2 * len(pos) + 8:
+            return self._estimate(d, self.lo[d] + pos * self.step[d])
+        if new:
+            at = torch.tensor(new, dtype=torch.float64)
+            extra.update(zip(new, self._estimate(d, self.lo[d] + at * self.step[d]).tolist()))
+        row = self.table[d].tolist()
+
+        def value(idx: torch.Tensor) -> torch.Tensor:
+            return torch.tensor(
+                [row[i] if 0 <= i < g else extra[i] for i in idx.tolist()], dtype=torch.float64
+            )
+
+        return _catmull_rom(value(i0 - 1), value(i0), value(i0 + 1), value(i0 + 2), pos - i0)
+
+
+def _catmull_rom(
+    p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """The Catmull-Rom cubic through equally spaced values p0..p3, at ``w`` in [0, 1]
+    between p1 and p2 (third-order accurate; linear data stays linear)."""
+    return p1 + 0.5 * w * (
+        p2 - p0 + w * (2 * p0 - 5 * p1 + 4 * p2 - p3 + w * (3 * (p1 - p2) + p3 - p0))
+    )
+
+
+def _log_normal(u: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """log N(u; mean, factor factor^T) for ``u`` ``(C, K, n)``, ``mean`` ``(C, n)`` and
+    lower-triangular ``factor`` ``(C, n, n)``: shape ``(C, K)``."""
+    v = torch.linalg.solve_triangular(factor, (u - mean[:, None, :]).transpose(1, 2), upper=False)
+    log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return -0.5 * v.square().sum(1) - log_det[:, None] - 0.5 * u.shape[-1] * _LOG_2PI
+
+
+def _log_mean(lw: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """log of the mean importance weight ``(C,)`` from log weights ``(C, K)``, with a
+    control variate ``(C, K)`` of known mean 0 (the proposal's Gaussian component over the
+    mixture, minus 1) fitted by regression (Owen & Zhou 2000): exact where p(u | t) is that
+    Gaussian. The plain mean where the fit would fall below half of it."""
+    top = lw.max(1, keepdim=True).values
+    top = torch.where(top.isfinite(), top, torch.zeros_like(top))
+    w = (lw - top).exp()  # (C, K), largest 1
+    mean = w.mean(1)
+    hc = control - control.mean(1, keepdim=True)
+    slope = ((w - mean[:, None]) * hc).sum(1) / hc.square().sum(1).clamp_min(1e-300)
+    fit = mean - slope * control.mean(1)
+    fit = torch.where(fit > 0.5 * mean, fit, mean)
+    return fit.log() + top.squeeze(1)
+
+
+def _normal_points(n: int, dim: int, seed: int) -> torch.Tensor:
+    """``n`` fixed standard-normal points in ``dim`` dimensions (float64): a scrambled
+    Sobol sequence pushed through the normal quantile function (randomised quasi-Monte
+    Carlo: each point is N(0, I), and every block of 2^m consecutive points covers the
+    space more evenly than independent draws)."""
+    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
+    u = engine.draw(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return math.sqrt(2) * torch.erfinv(2 * u - 1)
+
+
+def _cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """Cholesky factors of a batch of covariances ``(..., n, n)``, with jitter relative
+    to their mean variance where needed."""
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-24)[..., None, None]
+    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
+        chol, info = torch.linalg.cholesky_ex(cov + jitter * scale * eye)
+        if not bool(info.any()):
+            return chol
+    return torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1).clamp_min(1e-24).sqrt())
 
 
 def _joint_kl(
