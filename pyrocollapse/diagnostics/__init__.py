@@ -120,13 +120,13 @@ from pyrocollapse.diagnostics._tracing import (
 )
 from pyrocollapse.diagnostics._tracing import _log_prob as _log_prob  # used by the tests
 from pyrocollapse.diagnostics.activity import ActiveUnits, _au_from_draws, active_units
-from pyrocollapse.diagnostics.causes import CauseAnalysis, explain_collapse
 from pyrocollapse.diagnostics.aggregate import (
     MutualInformation,
     _mi_from_draws,
     aggregate_posterior_kl,
     mutual_information,
 )
+from pyrocollapse.diagnostics.causes import CauseAnalysis, explain_collapse
 from pyrocollapse.diagnostics.densities import (
     PosteriorDensities,
     _densities,
@@ -165,10 +165,10 @@ from pyrocollapse.diagnostics.sites import (
 from pyrocollapse.program_data import ProgramData
 
 __all__ = [
-    "CauseAnalysis",
     "DEFAULT_ESTIMATORS",
     "ESTIMATORS",
     "ActiveUnits",
+    "CauseAnalysis",
     "DatapointRhat",
     "DecoderSensitivity",
     "GlobalSite",

@@ -642,7 +642,7 @@ def explain_collapse(
         # --- decoder capacity -----------------------------------------------------------
         try:
             gains = _gains(model, guide, x, batch_size, dev, draws)
-        except Exception as e:  # noqa: BLE001 - a program that cannot be re-run permuted
+        except Exception as e:
             gains = {}
             unavailable["context and latent gains"] = _first_line(e)
         # --- prior mismatch and training dynamics, per analysed site ------------------------
@@ -651,14 +651,14 @@ def explain_collapse(
         for s in targets:
             try:
                 prior_m[s.site] = _richer_prior_gain(model, guide, x, s.site, batch_size, dev)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 unavailable[f"richer-prior gain of {s.site!r}"] = _first_line(e)
             dims = np.flatnonzero(s.collapsed | s.near_collapse)
             try:
                 lag_m[s.site] = _posterior_lag(
                     model, guide, x, s.site, dims, batch_size, dev, importance_samples, s.mean_space
                 )
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 unavailable[f"posterior-mean lag of {s.site!r}"] = _first_line(e)
             if history is not None:
                 try:
