@@ -123,7 +123,6 @@ class RunConfig:
         )
         elbo_cls = ELBOS.get(self.elbo)
         _check_options("elbo", elbo_cls.__init__, self.elbo_options)
-        self._check_per_dimension_objective(elbo_cls, PRIORS.get(self.prior))
         schedule = self.schedule_name
         if schedule is not None:
             _check_options("schedule", SCHEDULES.get(schedule).__init__, self.schedule_options)
@@ -143,18 +142,24 @@ class RunConfig:
             raise ValueError("--on-collapse needs --min-active-units or --min-mi")
         return self
 
-    def _check_per_dimension_objective(self, elbo_cls: type, prior_cls: type) -> None:
-        """Free bits per dimension needs a KL per latent dimension, so a prior that factorises."""
-        if getattr(prior_cls, "factorized", True):
-            return
+    def notes(self) -> list[str]:
+        """What this configuration does that a reader might not expect (printed at the
+        start of a run): free bits per dimension with a prior that does not factorise
+        over dimensions are applied per site instead."""
+        from pyrocollapse.elbo import ELBOS
+        from pyrocollapse.priors import PRIORS
+
+        out = []
+        elbo_cls, prior_cls = ELBOS.get(self.elbo), PRIORS.get(self.prior)
         per = self.elbo_options.get("per", _default(elbo_cls, "per"))
-        if per == "dimension":
-            raise ValueError(
-                f"--elbo {self.elbo} with per='dimension' needs a KL per latent dimension, but "
-                f"--prior {self.prior} does not factorise over dimensions (no per-dimension KL); "
-                f"use --elbo-option per=site (free bits per latent site) with this prior, or a "
-                f"prior that factorises ({', '.join(_factorized_priors())})"
+        if per == "dimension" and not getattr(prior_cls, "factorized", True):
+            out.append(
+                f"--prior {self.prior} does not factorise over dimensions (no per-dimension "
+                f"KL), so --elbo {self.elbo} floors the KL of site 'z' as one group (free bits "
+                "per site); --elbo-option per=site says so explicitly, and a factorised prior "
+                f"({', '.join(_factorized_priors())}) gives free bits per dimension"
             )
+        return out
 
     @property
     def schedule_name(self) -> str | None:
@@ -658,6 +663,8 @@ def _train_and_diagnose(
 
     built = build(config)
     if echo:
+        for note in config.notes():
+            print(f"note: {note}", flush=True)
         print(
             f"pyrocollapse run: {config.model} VAE (latent_dim={config.latent_dim}, prior={config.prior}) "
             f"on {built.dataset.name} ({len(built.train)} train / {len(built.valid)} held out), "

@@ -806,7 +806,6 @@ TABLE: list[Case] = [
     Case("pyrocollapse.RunConfig:schedule-with-plain-elbo", _validate(elbo="elbo", schedule="linear"), ValueError, r"objective 'elbo' takes no KL schedule; drop --schedule"),
     Case("pyrocollapse.RunConfig:on_collapse-unknown", _validate(on_collapse="panic"), ValueError, r"^--on-collapse must be one of 'warn', 'aggressive', 'rollback'; got 'panic'"),
     Case("pyrocollapse.RunConfig:aggressive-str", _validate(aggressive="yes"), TypeError, r"^aggressive must be a bool, got 'yes'"),
-    Case("pyrocollapse.RunConfig:freebits-per-dimension-with-mixture", _validate(prior="mixture", elbo="freebits"), ValueError, r"^--elbo freebits with per='dimension' needs a KL per latent dimension, but --prior mixture does not factorise over dimensions .*use --elbo-option per=site .*standard, learnable, ard"),
     Case("pyrocollapse.RunConfig:freebits-per-dimension-with-flow", _validate(prior="flow", elbo="freebits", elbo_options={"per": "dimension"}), ValueError, r"--elbo freebits with per='dimension' .*--prior flow"),
     Case("pyrocollapse.RunConfig:from_dict-unknown-key", _make("pyrocollapse.RunConfig.from_dict", {"epoch": 3}), ValueError, r"unknown run option\(s\) \['epoch'\]; accepted:"),
     Case("pyrocollapse.RunConfig:from_dict-not-dict", _make("pyrocollapse.RunConfig.from_dict", [("epochs", 3)]), TypeError, r"^a run configuration must be a dict, got list"),

@@ -139,16 +139,6 @@ def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path, monkeyp
     assert not (tmp_path / "runs" / run_id("standard", "beta", 0)).exists()
 
 
-def test_free_bits_per_dimension_with_a_non_factorised_prior_is_refused_before_training(tmp_path):
-    # free bits per dimension needs a KL per dimension, which a mixture prior has not
-    with pytest.raises(ValueError, match=r"--elbo freebits with per='dimension'.*--prior mixture"):
-        compare(
-            priors=["standard", "mixture"], elbos=["freebits"], seeds=1, out=tmp_path / "g",
-            base=TINY, progress=False,
-        )  # fmt: skip
-    assert not (tmp_path / "g").exists()
-
-
 @pytest.mark.slow
 def test_parallel_jobs_give_the_same_results_as_serial(tmp_path):
     kw = dict(
@@ -321,16 +311,27 @@ def test_compare_is_a_top_level_function():
 # The run engine (pyrocollapse.experiment), shared by run and compare
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prior", ["mixture", "vamp", "hierarchical", "flow"])
-def test_free_bits_per_dimension_needs_a_factorised_prior(prior):
-    config = replace(TINY, prior=prior, elbo="freebits")
-    with pytest.raises(ValueError) as info:
-        config.validate()
-    message = str(info.value)
-    assert "--elbo freebits with per='dimension'" in message and f"--prior {prior}" in message
-    assert "use --elbo-option per=site" in message and "standard, learnable, ard" in message
-    replace(config, elbo_options={"per": "site"}).validate()  # per site is fine
+def test_free_bits_per_dimension_fall_back_per_site_with_a_prior_that_does_not_factorise(prior):
+    config = replace(TINY, prior=prior, elbo="freebits").validate()
+    (note,) = config.notes()
+    assert f"--prior {prior} does not factorise" in note and "free bits per site" in note
+    assert "standard, learnable, ard" in note
+    assert replace(config, elbo_options={"per": "site"}).notes() == []
     for factorised in ("standard", "learnable", "ard"):
-        replace(TINY, prior=factorised, elbo="freebits").validate()
+        assert replace(TINY, prior=factorised, elbo="freebits").validate().notes() == []
+
+
+def test_the_readme_free_bits_mixture_run_trains_per_site(capsys):
+    from pyrocollapse.experiment import run_experiment
+
+    config = replace(
+        TINY, prior="mixture", prior_options={"n_components": 3}, elbo="freebits",
+        elbo_options={"free_bits": 0.25}, schedule="cyclical",
+    )
+    result = run_experiment(config, progress=False, echo=True)
+    assert result.built.elbo.per_site_fallback == ["z"]
+    assert "note: --prior mixture does not factorise" in capsys.readouterr().out
+    assert result.report["z"].free_bits is None  # no per-dimension floor to label
 
 
 def test_run_diagnoses_the_model_with_dropout_off():
