@@ -5,8 +5,8 @@ confirmed by its remedy), and suggests that cause's remedies."""
 from __future__ import annotations
 
 import pytest
-
 from cause_cases import CAUSES, make_case
+
 from pyrocollapse import diagnose
 
 SETTING = {

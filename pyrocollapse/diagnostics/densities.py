@@ -1,7 +1,7 @@
 """Per-dimension densities: univariate marginals of q(z|x) and p(z)
-(:func:`marginal_log_prob`, a kernel density estimate for priors without closed-form
-marginals), the joint KL per point, and :func:`posterior_densities` for the overlay
-plot."""
+(:func:`marginal_log_prob`; exact marginals of elementwise flows and an importance-sampling
+estimate for priors without closed-form marginals, :class:`_PriorMarginals`), the joint
+KL per point, and :func:`posterior_densities` for the overlay plot."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from pyrocollapse._validation import check_int
 from pyrocollapse.diagnostics._tracing import (
     _DENSITY_GRID,
     _DENSITY_POINTS,
-    _DIM_BLOCK,
     _LOG_2PI,
     SiteDraw,
     _check_inputs,
@@ -198,6 +197,8 @@ def _transformed_marginal_log_prob(d: dist.Distribution, z: torch.Tensor) -> tor
             log_det = log_det + t.log_abs_det_jacobian(x, y)
             y = x
     lp = _base_marginal_log_prob(d.base_dist, y) - log_det
+    # NaN where z_d lies outside the flow's range (a logit of 1.5): zero density there
+    lp = lp.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
     return lp[..., torch.argsort(origin)]
 
 
@@ -212,15 +213,72 @@ def _exact_marginal_log_prob(d: dist.Distribution, z: torch.Tensor) -> torch.Ten
 class _PriorMarginals:
     """log p(z_d) of one site's prior, for every chunk of a sweep.
 
-    PLACEHOLDER
+    Exact where it can be:
+
+    - the families of :func:`marginal_log_prob`;
+    - a ``TransformedDistribution`` whose transforms all act on each coordinate alone
+      (``AffineTransform``, ``ExpTransform``, ``SigmoidTransform``, ``TanhTransform``,
+      Pyro's elementwise ``Spline``, ...; also inside ``ComposeTransform`` or
+      ``IndependentTransform``, inverted, or reordered by ``Permute``) over a base with
+      exact marginals: with x = T^{-1}(z), p(z_d) = p_base(x_j) |dx_j / dz_d|;
+    - a one-dimensional prior, whose marginal is its density.
+
+    Otherwise (a flow that mixes coordinates: autoregressive, coupling, Planar, ...),
+    provided the prior is the same at every point, an importance-sampling estimate from
+    the joint density. With u = z_{-d},
+
+        p(z_d = t) = E_{u ~ r(. | t)} [ p(t, u) / r(u | t) ],
+
+    unbiased for p(z_d) whatever the proposal r (the log of the mean weight, taken with
+    logsumexp, is biased by about -Var(w) / (2 K E[w]^2)). r is a deterministic defensive
+    mixture (Hesterberg 1995; Owen 2013, sec. 9.11-9.12) of
+
+    - a Gaussian that starts as the conditional of the moment-matched Gaussian of the
+      prior draws (mean mu_u + S_ud / S_dd (t - mu_d), covariance
+      S_uu - S_ud S_du / S_dd), and
+    - a share ``_WIDE_SHARE`` of draws from that conditional widened ``_WIDE`` times,
+      which bounds the weights where p(u | t) is wider than the first component.
+
+    The estimate is tabulated on a grid of ``_GRID`` values of t per dimension over the
+    draws' range widened to mean +- 10 sd; two chains per dimension walk out from the
+    centre, each grid point's first component taking the weighted mean and scale of the
+    previous point's draws (shrunk towards the previous proposal by their effective
+    sample size against ``_SHRINK * (D - 1)``, the mean moved along the local slope of
+    the conditional mean), so that the proposal follows p(u | t) into the tails where
+    the Gaussian's conditional would miss it. The ratio of the first component to the
+    mixture is a control variate of known mean (Owen & Zhou 2000), fitted by regression
+    at each grid point: for a Gaussian prior (any affine flow) the weights are then
+    nearly constant and the estimate exact up to the draws' moment error (measured on
+    dense linear flows: below 0.001 nats for D = 3, 0.02 for D = 16, at up to 6 sd).
+    The standardised draws are scrambled Sobol points (randomised quasi-Monte Carlo).
+
+    Cost: about ``_BUDGET`` evaluations of the prior's log density (``D * _GRID * K``
+    with K = 80 to 640 draws per grid point; more than the budget above D = 16), plus
+    ``max(num_draws, 64 D^2)`` (at most ``_MAX_FIT_DRAWS``) prior draws for the moments.
+    Values between grid points are interpolated by Catmull-Rom cubics; beyond the grid
+    the table goes on (cached) with estimates at grid points out there; next to a point
+    of zero density (off the support) values are estimated one by one.
+
+    Limits: a mode of p(u | t) much narrower than the proposal and away from it (a
+    needle of another branch of the flow) can be missed, which underestimates p(z_d)
+    there; the estimate is consistent as the draws grow but not guaranteed to 0.1 nats
+    for every flow.
+
+    References
+    ----------
+    Hesterberg (1995). Weighted average importance sampling and defensive mixture
+    distributions. Technometrics 37(2), 185-194.
+    Owen & Zhou (2000). Safe and effective importance sampling. JASA 95(449), 135-143.
+    Owen (2013). Monte Carlo theory, methods and examples. Ch. 9 (importance sampling:
+    defensive mixtures, multiple importance sampling, control variates).
     """
 
     _GRID = 128  # even: two chains per dimension start at the centre
     _BUDGET = 5 * 2**15  # joint evaluations to tabulate (more for many dimensions)
     _MIN_DRAWS, _MAX_DRAWS = 64, 512  # adapted-component draws per grid point
     _WIDE_SHARE, _WIDE = 0.2, 2.0  # defensive draws' share and scale
-    _SHRINK = 4.0  # draws per dimension of u to trust the draws' moments halfway
-    _LOCAL_SLOPE = 0.5
+    _SHRINK = 4.0  # effective draws per dimension of u to trust the moments halfway
+    _LOCAL_SLOPE = 0.5  # weight of the latest finite difference in the slope's average
     _MAX_FIT_DRAWS = 2**16
     _ROWS = 2**15  # joint evaluations per block
 
@@ -254,10 +312,57 @@ class _PriorMarginals:
 
     # ----------------------------------------------------------------------------------
     def _tabulate(self, p: dist.Distribution, dim: int, num_draws: int) -> None:
+        grid = self._fit(p, dim, num_draws)
+        g = self._GRID
+        # two chains per dimension walk out from the centre, up and down the grid
+        chain = torch.arange(dim).repeat(2)  # (C,) the dimension of each chain
+        sign = torch.cat([torch.ones(dim), -torch.ones(dim)]).double()
+        start = torch.where(sign > 0, g // 2, g // 2 - 1)
+        move = (sign * self.step[chain])[:, None]  # t from one grid point to the next
+        mean = self._default_mean(chain, grid[chain, start])
+        scale = torch.ones(2 * dim, dtype=torch.float64)  # times the Gaussian's factor
+        slope = self.beta[chain]  # of the conditional mean in t
+        self.means = torch.empty(dim, g, dim - 1, dtype=torch.float64)
+        self.scales = torch.empty(dim, g, dtype=torch.float64)
+        self.table = torch.empty(dim, g, dtype=torch.float64)
+        last = None
+        for s in range(g // 2):
+            j = start + sign.long() * s
+            t = grid[chain, j]
+            self.means[chain, j], self.scales[chain, j] = mean, scale
+            factor = scale[:, None, None] * self.chol[chain]
+            u, log_r, control = self._propose(chain, t, mean, factor, s)
+            lw = self._log_joint(chain, t, u) - log_r
+            self.table[chain, j] = _log_mean(lw, control)
+            # the next proposal: these draws' weighted mean and scale, trusted as far as
+            # their effective sample size allows against the dimension of u (else the
+            # previous proposal's), the mean moved along the local slope
+            seen = lw.isfinite().any(1)
+            wn = torch.softmax(torch.where(seen[:, None], lw, torch.zeros_like(lw)), 1)
+            m_hat = (wn[..., None] * u).sum(1)
+            white = torch.linalg.solve_triangular(
+                self.chol[chain], (u - m_hat[:, None, :]).transpose(1, 2), upper=False
+            )  # (C, D-1, K)
+            s2_hat = (wn * white.square().sum(1)).sum(1) / (dim - 1)
+            ess = 1 / wn.square().sum(1)
+            rho = torch.where(seen, ess / (ess + self._SHRINK * (dim - 1)), 0.0)
+            mean = mean + rho[:, None] * (m_hat - mean)
+            scale = (scale.square() + rho * (s2_hat - scale.square())).clamp(1e-12, 1e12).sqrt()
+            if last is not None:
+                slope = slope + self._LOCAL_SLOPE * ((mean - last) / move - slope)
+            last = mean
+            mean = mean + slope * move
+        t = self.table
+        self.padded = torch.cat([2 * t[:, :1] - t[:, 1:2], t, 2 * t[:, -1:] - t[:, -2:-1]], 1)
+        self.extra: list[dict[int, float]] = [{} for _ in range(dim)]  # grid beyond the table
+
+    def _fit(self, p: dist.Distribution, dim: int, num_draws: int) -> torch.Tensor:
+        """Moments of prior draws; the grid ``(D, G)``; the Gaussian's conditionals; the
+        standardised draws of every step of the walk."""
         self.batch = p.batch_shape
         per_call = max(1, math.prod(self.batch))
-        # the proposal's moments: its extrapolated conditional mean errs by O(1 / sqrt(M))
-        # per unit of t, which the weights feel in all D - 1 dimensions of u
+        # the proposal's conditional mean, extrapolated, errs by O(1 / sqrt(M)) per unit
+        # of t, which the weights feel in all D - 1 dimensions of u
         num_draws = max(num_draws, min(self._MAX_FIT_DRAWS, 64 * dim * dim))
         samples = p.sample((-(-num_draws // per_call),)).reshape(-1, dim)[:num_draws]
         self.device, self.dtype = samples.device, samples.dtype
@@ -267,14 +372,9 @@ class _PriorMarginals:
         cov = torch.cov(samples.T).reshape(dim, dim)
         var = cov.diagonal().clamp_min(1e-24)
         half = torch.maximum(mu - samples.min(0).values, samples.max(0).values - mu)
-        half = torch.maximum(half, 10 * var.sqrt())
+        half = torch.maximum(half, 10 * var.sqrt()).clamp_min(1e-12)
         g = self._GRID
-        # draws per grid point: a power of two (a balanced Sobol block) within the budget
-        k = self._BUDGET / (dim * g)
-        k1 = 2 ** int(math.log2(max(self._MIN_DRAWS, min(self._MAX_DRAWS, (1 - self._WIDE_SHARE) * k))))
-        k2 = max(1, round(k1 * self._WIDE_SHARE / (1 - self._WIDE_SHARE)))
         self.centre, self.lo, self.step = mu, mu - half, 2 * half / (g - 1)
-        grid = self.lo[:, None] + self.step[:, None] * torch.arange(g, dtype=torch.float64)
         # the moment-matched Gaussian's conditional of u = z_{-d} given z_d = t, per d:
         # mean mu_u + beta (t - mu_d), Cholesky factor chol
         others = torch.stack(
@@ -284,52 +384,14 @@ class _PriorMarginals:
         beta = s_ud / var[:, None]
         cond = cov[others[:, :, None], others[:, None, :]] - s_ud[:, :, None] * beta[:, None, :]
         self.others, self.beta, self.chol = others, beta, _cholesky(cond)
-        # standardised draws of each step: K1 for the adapted component, K2 defensive
+        # K1 draws (a power of two: a balanced Sobol block) within the budget, and K2
+        k = (1 - self._WIDE_SHARE) * self._BUDGET / (dim * g)
+        k1 = 2 ** int(math.log2(min(self._MAX_DRAWS, max(self._MIN_DRAWS, k))))
+        k2 = max(1, round(k1 * self._WIDE_SHARE / (1 - self._WIDE_SHARE)))
         steps = g // 2
         self.v1 = _normal_points(steps * k1, dim - 1, 0).reshape(steps, k1, dim - 1)
         self.v2 = _normal_points(steps * k2, dim - 1, 1).reshape(steps, k2, dim - 1)
-        # two chains per dimension walk out from the centre, up and down the grid
-        chain = torch.arange(dim).repeat(2)  # (C,) the dimension of each chain
-        sign = torch.cat([torch.ones(dim), -torch.ones(dim)]).double()
-        start = torch.where(sign > 0, g // 2, g // 2 - 1)
-        mean = self._default_mean(chain, grid[chain, start])
-        scale = torch.ones(2 * dim, dtype=torch.float64)  # of the moment-matched factor
-        slope = beta[chain]  # d mean / dt along each chain
-        self.means = torch.empty(dim, g, dim - 1, dtype=torch.float64)
-        self.scales = torch.empty(dim, g, dtype=torch.float64)
-        self.table = torch.empty(dim, g, dtype=torch.float64)
-        last = None
-        for s in range(steps):
-            j = start + sign.long() * s
-            t = grid[chain, j]
-            self.means[chain, j], self.scales[chain, j] = mean, scale
-            factor = scale[:, None, None] * self.chol[chain]
-            u, log_r, control = self._propose(chain, t, mean, factor, s)
-            lw = self._log_joint(chain, t, u) - log_r
-            self.table[chain, j] = _log_mean(lw, control)
-            # adapt: the next proposal has the weighted mean of these draws, moved along
-            # the local slope of the conditional mean, and their weighted scale
-            seen = lw.isfinite().any(1)
-            wn = torch.softmax(torch.where(seen[:, None], lw, torch.zeros_like(lw)), 1)
-            m_hat = (wn[..., None] * u).sum(1)
-            white = torch.linalg.solve_triangular(
-                self.chol[chain], (u - m_hat[:, None, :]).transpose(1, 2), upper=False
-            )  # (C, D-1, K)
-            s2_hat = (wn * white.square().sum(1)).sum(1) / (dim - 1)
-            ess = 1 / wn.square().sum(1)
-            # trust them as far as their effective sample size allows against the
-            # dimension of u: shrink towards the moment-matched Gaussian's conditional
-            rho = torch.where(seen, ess / (ess + self._SHRINK * (dim - 1)), torch.zeros_like(ess))
-            mean = mean + rho[:, None] * (m_hat - mean)
-            scale = (scale.square() + rho * (s2_hat - scale.square())).clamp(1e-12, 1e12).sqrt()
-            if last is not None:
-                fd = (mean - last) / (sign * self.step[chain])[:, None]
-                slope = self._LOCAL_SLOPE * fd + (1 - self._LOCAL_SLOPE) * slope
-            last = mean
-            mean = mean + slope * (sign * self.step[chain])[:, None]
-        t = self.table
-        self.padded = torch.cat([2 * t[:, :1] - t[:, 1:2], t, 2 * t[:, -1:] - t[:, -2:-1]], 1)
-        self.extra: list[dict[int, float]] = [{} for _ in range(dim)]  # grid beyond the table
+        return self.lo[:, None] + self.step[:, None] * torch.arange(g, dtype=torch.float64)
 
     def _default_mean(self, dims: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of the moment-matched Gaussian's conditional of z_{-d} at z_d = t."""
@@ -391,7 +453,7 @@ class _PriorMarginals:
             if ok is not None:
                 lp = lp.masked_fill(~ok, -math.inf)
             out.append(lp.reshape(-1)[:n].double().cpu())
-        return torch.cat(out).nan_to_num(nan=-math.inf, posinf=-math.inf)
+        return torch.cat(out).nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
 
     def _estimate(self, d: int, t: torch.Tensor) -> torch.Tensor:
         """The importance-sampling estimate of log p(z_d = t) at values ``t`` ``(n,)`` off
@@ -423,25 +485,27 @@ class _PriorMarginals:
             i0 = pos.floor().clamp(0, g - 2).long()
             at = i0 + torch.arange(flat.shape[1]) * (g + 2)  # the padded table's rows
             table = self.padded.reshape(-1)
-            out = _catmull_rom(table[at], table[at + 1], table[at + 2], table[at + 3], pos - i0)
+            out, ok = _catmull_rom(table[at], table[at + 1], table[at + 2], table[at + 3], pos - i0)
             inside = (pos >= 0) & (pos <= g - 1)
             for d in (~inside).any(0).nonzero().flatten().tolist():
-                out[~inside[:, d], d] = self._beyond(d, pos[~inside[:, d], d])
-            for d in (~out.isfinite()).any(0).nonzero().flatten().tolist():
-                bad = ~out[:, d].isfinite()  # next to a point of zero density
-                out[bad, d] = self._estimate(d, flat[bad, d])
+                out[~inside[:, d], d], ok[~inside[:, d], d] = self._beyond(d, pos[~inside[:, d], d])
+            for d in (~ok).any(0).nonzero().flatten().tolist():
+                # next to a point of zero density, or where the grid is too coarse
+                out[~ok[:, d], d] = self._estimate(d, flat[~ok[:, d], d])
         return out.reshape(z.shape).to(device=z.device, dtype=z.dtype)
 
-    def _beyond(self, d: int, pos: torch.Tensor) -> torch.Tensor:
-        """log p(z_d) at grid positions ``pos`` ``(n,)`` beyond the table: the table goes
-        on with estimates at grid points out there, kept for later calls, and is
-        interpolated the same way; far-apart values are estimated one by one."""
+    def _beyond(self, d: int, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(z_d) at grid positions ``pos`` ``(n,)`` beyond the table, and where that
+        interpolation holds (as :func:`_catmull_rom`): the table goes on with estimates at
+        grid points out there, kept for later calls; far-apart values are estimated one
+        by one."""
         i0 = pos.floor().long()
         need = torch.cat([i0 - 1, i0, i0 + 1, i0 + 2]).unique().tolist()
         g, extra = self._GRID, self.extra[d]
         new = [i for i in need if (i < 0 or i >= g) and i not in extra]
         if len(new) > 2 * len(pos) + 8:
-            return self._estimate(d, self.lo[d] + pos * self.step[d])
+            direct = self._estimate(d, self.lo[d] + pos * self.step[d])
+            return direct, torch.ones_like(pos, dtype=torch.bool)
         if new:
             at = torch.tensor(new, dtype=torch.float64)
             extra.update(zip(new, self._estimate(d, self.lo[d] + at * self.step[d]).tolist()))
@@ -457,12 +521,21 @@ class _PriorMarginals:
 
 def _catmull_rom(
     p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor, w: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The Catmull-Rom cubic through equally spaced values p0..p3, at ``w`` in [0, 1]
-    between p1 and p2 (third-order accurate; linear data stays linear)."""
-    return p1 + 0.5 * w * (
+    between p1 and p2 (third-order accurate; linear data stays linear); and whether it
+    holds: all four values finite, and their second differences at most
+    ``_COARSE_GRID`` nats (else the grid is too coarse for the curvature there)."""
+    out = p1 + 0.5 * w * (
         p2 - p0 + w * (2 * p0 - 5 * p1 + 4 * p2 - p3 + w * (3 * (p1 - p2) + p3 - p0))
     )
+    curve = torch.maximum((p0 - 2 * p1 + p2).abs(), (p1 - 2 * p2 + p3).abs())
+    return out, curve <= _COARSE_GRID  # False where any value is not finite
+
+
+#: Largest second difference (nats) of the tabulated log density that its cubic
+#: interpolation is trusted with (a Gaussian's is 0.025 on a grid of 128 over +- 10 sd).
+_COARSE_GRID = 0.25
 
 
 def _log_normal(u: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
