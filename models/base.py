@@ -11,6 +11,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
 
 from pyrocollapse._validation import check_data, check_int
+from pyrocollapse.persistence import Saveable
 from pyrocollapse.priors import Prior, StandardNormalPrior
 from pyrocollapse.registry import Registry, unique_name
 
@@ -22,7 +23,8 @@ __all__ = ["MODELS", "VAE", "make_model"]
 #: Short name -> model class, used by ``pyrocollapse run --model NAME``.
 MODELS: Registry[Any] = Registry("model")
 
-class VAE(PyroModule):
+
+class VAE(PyroModule, Saveable):
     """Base of the ready VAEs: a Pyro model/guide pair with one latent site per layer.
 
     Subclasses implement :meth:`encode` (x -> q(z|x)) and :meth:`decode` (z -> p(x|z)),
@@ -41,7 +43,10 @@ class VAE(PyroModule):
     :meth:`decode` (accepting leading batch dimensions of z, as vectorised particles of
     ``IWAEELBO`` add one), :meth:`check_input` and :meth:`from_dataset`, register the
     class in :data:`MODELS`, write in the docstring when it tends to collapse and why,
-    and add one entry to the contract suite in ``tests/test_models.py``.
+    and add one entry to the contract suite in ``tests/test_models.py``. Saving comes
+    for free: the base records the constructor arguments of every subclass, so
+    :meth:`save` and :meth:`load` work unchanged (constructor arguments should be JSON
+    values: numbers, strings, tuples, lists, dicts, or the prior).
 
     Parameters
     ----------
@@ -72,6 +77,13 @@ class VAE(PyroModule):
 
     Notes
     -----
+    Saving: ``vae.save(path)`` writes the class, the constructor arguments (as JSON) and
+    every parameter and buffer, the prior's included, to one file; ``VAE.load(path)``
+    rebuilds the saved class (MLPVAE, ConvVAE, ...) with them, in evaluation mode. A
+    VampPrior is re-attached to the loaded model's encoder. The loaded model gets a fresh
+    name in Pyro's parameter store (pass ``name=`` to ``load`` to choose it). See
+    :mod:`pyrocollapse.persistence`.
+
     Devices and dtypes follow PyTorch: build the model, then ``vae.to("cuda")`` (or
     ``vae.to(torch.float64)``) moves every parameter and buffer, the prior's included;
     the programs create every other tensor on the device and dtype of the parameters or
@@ -86,6 +98,7 @@ class VAE(PyroModule):
     #: Trailing shape of one observation, set by subclasses.
     event_shape: tuple[int, ...] = ()
     autoregressive: bool = False
+    persistence_kind = "model"
 
     def __init__(
         self, latent_dim: int, prior: Prior | None = None, *, name: str | None = None
@@ -104,6 +117,33 @@ class VAE(PyroModule):
                 f"prior.latent_dim ({prior.latent_dim}) must equal latent_dim ({self.latent_dim})"
             )
         self.prior = prior
+
+    def constructor_arguments(self) -> dict[str, Any]:
+        """The constructor arguments that :meth:`save` stores, by name.
+
+        The recorded ones, with ``prior`` replaced by the current :attr:`prior` (which
+        may have been reassigned since) and without ``name``, so that a loaded model
+        gets a fresh, unique name in Pyro's parameter store.
+
+        Raises
+        ------
+        ValueError
+            The prior is bound to an encoder other than this model's ``encode`` (a
+            VampPrior built on another model's encoder), which loading could not restore.
+        """
+        arguments = super().constructor_arguments()
+        arguments.pop("name", None)
+        if "prior" in arguments:
+            arguments["prior"] = self.prior
+        encoder = getattr(self.prior, "encoder", None)
+        if encoder is not None and encoder != self.encode:
+            raise ValueError(
+                f"this {type(self).__name__}'s prior ({type(self.prior).__name__}) is bound to an "
+                "encoder that is not the model's own encode; loading would re-attach it to the "
+                "loaded model's encoder, so it cannot be saved; build the prior with encoder=None "
+                "(the model binds its own encoder)"
+            )
+        return arguments
 
     def _attach_prior(self) -> None:
         """Call after the encoder exists: lets the prior bind to the model (VampPrior)."""

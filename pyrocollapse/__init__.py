@@ -23,6 +23,7 @@ _LAZY = {
     "compare": "pyrocollapse.comparison",
     "RunConfig": "pyrocollapse.experiment",
     "run_experiment": "pyrocollapse.experiment",
+    "load_run": "pyrocollapse.persistence",
 }
 
 __all__ = ["__version__", *_LAZY]

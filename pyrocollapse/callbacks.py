@@ -14,6 +14,10 @@ when they drop below thresholds:
 They share one detector, :class:`CollapseCallback`; a new reaction to collapse is a
 subclass overriding :meth:`CollapseCallback.on_collapse`.
 
+What they do is kept in their ``events``; the actions that no warning announces (a
+switch to aggressive mode, a rollback) are also INFO records of the
+``"pyrocollapse.callbacks"`` logger.
+
 Example
 -------
 >>> from pyrocollapse.callbacks import CollapseWarning, RollbackOnCollapse
@@ -23,6 +27,7 @@ Example
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -41,6 +46,8 @@ __all__ = [
     "PosteriorCollapseWarning",
     "RollbackOnCollapse",
 ]
+
+_log = logging.getLogger("pyrocollapse.callbacks")
 
 
 class PosteriorCollapseWarning(UserWarning):
@@ -169,8 +176,13 @@ class CollapseCallback(Callback):
         stop training."""
         raise NotImplementedError(f"{type(self).__name__} must implement on_collapse()")
 
-    def _note(self, epoch: int, message: str) -> str:
+    def _note(self, epoch: int, message: str, *, log: bool = True) -> str:
+        """Add ``(epoch, message)`` to :attr:`events` and, unless ``log=False`` (a
+        warning says it instead), make it an INFO record of the
+        ``"pyrocollapse.callbacks"`` logger."""
         self.events.append((epoch, message))
+        if log:
+            _log.info("%s: %s", type(self).__name__, message)
         return message
 
 
@@ -185,7 +197,9 @@ class CollapseWarning(CollapseCallback):
     def on_collapse(self, state: TrainState, record: EpochRecord, reasons: list[str]) -> None:
         if self.streak == self.patience:
             message = self._note(
-                record.epoch, f"posterior collapse at epoch {record.epoch}: " + "; ".join(reasons)
+                record.epoch,
+                f"posterior collapse at epoch {record.epoch}: " + "; ".join(reasons),
+                log=False,
             )
             warnings.warn(message, PosteriorCollapseWarning, stacklevel=4)
 
@@ -365,6 +379,7 @@ class RollbackOnCollapse(CollapseCallback):
                 record.epoch,
                 f"posterior collapse at epoch {record.epoch} ({why}) before any healthy epoch: "
                 "nothing to roll back to",
+                log=False,
             )
             warnings.warn(message, PosteriorCollapseWarning, stacklevel=4)
             record.values["rollback_to_epoch"] = math.nan

@@ -3,6 +3,11 @@
 ``pyrocollapse run`` trains a VAE on a dataset, prints progress and a collapse report, and
 writes a report folder (see :mod:`pyrocollapse.report_folder`); ``pyrocollapse report DIR``
 re-renders a folder's figures and ``report.html`` from its saved files.
+``python -m pyrocollapse`` is the same command.
+
+``--help``, ``--version`` and usage errors import no torch (the help lists the registered
+names from :mod:`pyrocollapse._names`), so they answer in a fraction of a second; names
+are checked against the registries once the arguments parse.
 
 Exit status: 0 on success; 2 for a user error (a bad option, name or value, a missing or
 unsuitable file or folder), printed as one line ``pyrocollapse: error: ...`` on stderr;
@@ -14,10 +19,20 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+from pyrocollapse._names import (
+    DATASET_NAMES,
+    ELBO_NAMES,
+    ESTIMATOR_NAMES,
+    MODEL_NAMES,
+    PRIOR_NAMES,
+    SCHEDULE_NAMES,
+)
 
 __all__ = ["main", "parse_options"]
 
@@ -99,11 +114,8 @@ RUN_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis", "causes
 def add_data_model_arguments(p: argparse.ArgumentParser) -> None:
     """The data and model flags read by :func:`data_model_fields` (``run``, ``compare`` and
     the Lightning launcher)."""
-    from pyrocollapse.data import DATASETS
-    from pyrocollapse.models import MODELS
-
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS.names())}")
+    g.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASET_NAMES)}")
     g.add_argument(
         "--data-path", default=None, help="folder or file for datasets read from disk (mnist, text)"
     )
@@ -122,7 +134,7 @@ def add_data_model_arguments(p: argparse.ArgumentParser) -> None:
         "launcher validates on it)",
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS.names())}")
+    g.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODEL_NAMES)}")
     g.add_argument("--latent-dim", type=int, default=16, help="latent dimensions")
     g.add_argument(
         "--model-option",
@@ -136,12 +148,8 @@ def add_data_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_objective_arguments(p: argparse.ArgumentParser) -> None:
     """The prior, objective and schedule flags read by :func:`objective_fields` (``run`` and
     the Lightning launcher)."""
-    from pyrocollapse.elbo import ELBOS
-    from pyrocollapse.priors import PRIORS
-    from pyrocollapse.schedules import SCHEDULES
-
     g = p.add_argument_group("prior and objective")
-    g.add_argument("--prior", default="standard", help=f"one of: {', '.join(PRIORS.names())}")
+    g.add_argument("--prior", default="standard", help=f"one of: {', '.join(PRIOR_NAMES)}")
     g.add_argument(
         "--prior-option",
         action="append",
@@ -149,7 +157,7 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra prior argument, e.g. n_components=10 (repeatable)",
     )
-    g.add_argument("--elbo", default="annealed", help=f"one of: {', '.join(ELBOS.names())}")
+    g.add_argument("--elbo", default="annealed", help=f"one of: {', '.join(ELBO_NAMES)}")
     g.add_argument(
         "--elbo-option",
         action="append",
@@ -160,7 +168,7 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--schedule",
         default=None,
-        help=f"KL-weight schedule for any objective: {', '.join(SCHEDULES.names())} "
+        help=f"KL-weight schedule for any objective: {', '.join(SCHEDULE_NAMES)} "
         "(default: linear warm-up for 'annealed', a constant weight otherwise)",
     )
     g.add_argument(
@@ -174,8 +182,6 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_data_model_training(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``compare``: data, model, training, diagnostics."""
-    from pyrocollapse.diagnostics import ESTIMATORS
-
     add_data_model_arguments(p)
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=60, help="passes over the training data")
@@ -202,7 +208,7 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--estimators",
         default=",".join(RUN_ESTIMATORS),
-        help=f"comma-separated estimators to run, from: {', '.join(ESTIMATORS)}",
+        help=f"comma-separated estimators to run, from: {', '.join(ESTIMATOR_NAMES)}",
     )
     g.add_argument(
         "--num-samples",
@@ -239,9 +245,9 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from pyrocollapse.elbo import ELBOS
-    from pyrocollapse.priors import PRIORS
-
+    """The command line's parser; building it and parsing with it import no torch (the help
+    lists names from :mod:`pyrocollapse._names`), so ``--help``, ``--version`` and usage
+    errors answer at once."""
     parser = _Parser(prog="pyrocollapse", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -302,12 +308,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_model_training(cmp)
     g = cmp.add_argument_group("grid")
     g.add_argument(
-        "--priors", default="standard", help=f"comma-separated, from: {', '.join(PRIORS.names())}"
+        "--priors", default="standard", help=f"comma-separated, from: {', '.join(PRIOR_NAMES)}"
     )
     g.add_argument(
         "--elbos",
         default="elbo,annealed",
-        help=f"comma-separated, from: {', '.join(ELBOS.names())}",
+        help=f"comma-separated, from: {', '.join(ELBO_NAMES)}",
     )
     g.add_argument(
         "--prior-option",
@@ -357,6 +363,11 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("folder", help="a report folder written by 'pyrocollapse run'")
     rep.add_argument(
         "--no-figures", action="store_true", help="only re-render report.html, not the figures"
+    )
+    rep.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="embed the figures in report.html (one file that needs nothing beside it)",
     )
     rep.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     return parser
@@ -455,23 +466,20 @@ def _base_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """The ``run`` sub-command: one run through :func:`pyrocollapse.experiment.run_experiment`."""
+    _estimators(args.estimators)  # before torch is imported: a typo answers at once
     from dataclasses import replace
 
     from pyrocollapse.experiment import run_experiment
-    from pyrocollapse.train import PrintProgress
 
     config = replace(_base_config(args), **objective_fields(args), seed=args.seed).validate()
+    # on a terminal fit draws bars; elsewhere it logs periodic progress lines (stderr)
     progress = not args.no_progress
-    callbacks = []
-    if progress and not sys.stderr.isatty():
-        callbacks.append(PrintProgress(every=max(1, config.epochs // 10)))
     try:
         run_experiment(
             config,
             args.out,
             overwrite=args.overwrite,
             progress=progress,
-            callbacks=tuple(callbacks),
             echo=True,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
@@ -516,6 +524,8 @@ def _per_name_options(
 
 def compare_command(args: argparse.Namespace) -> int:
     """The ``compare`` sub-command."""
+    if args.from_run is None:  # before torch is imported (--from-run uses the run's own)
+        _estimators(args.estimators)
     from pyrocollapse._validation import check_int
     from pyrocollapse.comparison import compare
     from pyrocollapse.elbo import ELBOS
@@ -605,13 +615,13 @@ def _grid_from_run(folder: str) -> tuple[Any, list[str], list[str], dict, dict]:
 
 
 def _estimators(text: str) -> tuple[str, ...]:
-    from pyrocollapse.diagnostics import ESTIMATORS
-
+    """The names of ``--estimators``, checked against the plain list of estimators (no torch
+    import: ``run`` and ``compare`` check them before anything heavy is loaded)."""
     names = tuple(t.strip() for t in str(text).split(",") if t.strip())
-    unknown = [n for n in names if n not in ESTIMATORS]
+    unknown = [n for n in names if n not in ESTIMATOR_NAMES]
     if unknown or not names:
         raise ValueError(
-            f"--estimators {text!r} names unknown estimators {unknown}; valid names: {', '.join(ESTIMATORS)}"
+            f"--estimators {text!r} names unknown estimators {unknown}; valid names: {', '.join(ESTIMATOR_NAMES)}"
         )
     return names
 
@@ -620,8 +630,11 @@ def report_command(args: argparse.Namespace) -> int:
     """The ``report`` sub-command: re-render a report folder from its saved files."""
     from pyrocollapse.report_folder import rerender
 
-    page, figures = rerender(args.folder, figures=not args.no_figures)
-    print(f"re-rendered {page} ({len(figures)} figures rebuilt)")
+    page, figures = rerender(
+        args.folder, figures=not args.no_figures, self_contained=args.self_contained
+    )
+    embedded = ", figures embedded" if args.self_contained else ""
+    print(f"re-rendered {page} ({len(figures)} figures rebuilt{embedded})")
     return 0
 
 
@@ -634,6 +647,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
+    with _library_logging(verbose):
+        return _main(argv, verbose)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to the current ``sys.stderr`` (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _library_logging:
+    """Show the library's log records (progress lines, notes, fallbacks) on stderr while
+    a command runs: INFO, or DEBUG with ``--verbose``; the logger is restored after."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.level = logging.DEBUG if verbose else logging.INFO
+
+    def __enter__(self) -> None:
+        self.log = logging.getLogger("pyrocollapse")
+        self.old = self.log.level
+        self.handler = _Stderr()
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self.log.addHandler(self.handler)
+        self.log.setLevel(self.level)
+
+    def __exit__(self, *exc: object) -> None:
+        self.log.removeHandler(self.handler)
+        self.log.setLevel(self.old)
+
+
+def _main(argv: list[str], verbose: bool) -> int:
     try:
         parser = _build_parser()
         args = parser.parse_args(argv)

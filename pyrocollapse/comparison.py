@@ -421,7 +421,8 @@ def _run_grid(
     echo: bool,
     baseline: tuple[str, str] | None = None,
 ) -> Any:
-    """Train the runs of a checked grid into ``out`` (locked) and summarise them."""
+    """Train the runs of a checked grid into ``out`` (locked) and summarise them
+    (``runs.csv``, ``comparison.csv``, ``figures/au_vs_nll.png`` and ``comparison.html``)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -509,6 +510,9 @@ def _run_grid(
 
     (out / "figures").mkdir(exist_ok=True)
     save_figure(plot_comparison(summary), str(out / "figures" / "au_vs_nll.png"))
+    from pyrocollapse.report_folder import write_comparison_html
+
+    write_comparison_html(out)  # comparison.html: the ranked table, the runs, the figure
     if echo:
         print(format_summary(summary))
     return summary

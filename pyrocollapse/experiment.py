@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from pyrocollapse._io import json_default
 from pyrocollapse._validation import check_choice, check_float, check_int
 
 __all__ = ["Built", "RunConfig", "RunResult", "build", "run_experiment"]
+
+_log = logging.getLogger("pyrocollapse.experiment")
 
 
 @dataclass
@@ -474,6 +477,7 @@ def run_experiment(
     echo: bool = False,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    tracker: Any = None,
 ) -> RunResult:
     """Train, diagnose on the held-out split, and (if ``out``) write the report folder.
 
@@ -493,11 +497,15 @@ def run_experiment(
         Replace a non-empty ``out`` (and, without ``resume``, discard the checkpoint of
         an interrupted run into it).
     progress : bool
-        Progress bar (on a terminal).
+        Progress as :func:`~pyrocollapse.train.fit` shows it: bars on a terminal,
+        periodic INFO records of the ``"pyrocollapse.train"`` logger elsewhere.
     callbacks : tuple of Callback
         Extra :func:`~pyrocollapse.train.fit` callbacks.
     echo : bool
-        Print a header and the collapse report.
+        Print a header (with the configuration's :meth:`RunConfig.notes`), the collapse
+        report and the folder written, on standard output. Without it the notes are
+        WARNING records of the ``"pyrocollapse.experiment"`` logger and nothing is
+        printed.
     checkpoint_every : int or None
         Write a training checkpoint every this many epochs into
         ``<out>.partial/.checkpoint/`` (see :func:`work_folder`), removed when the run
@@ -507,12 +515,25 @@ def run_experiment(
         checkpointing, every ``checkpoint_every`` epochs, 1 by default); the
         configuration must be the one the run started with. Without a checkpoint the run
         starts afresh. A resumed run ends as the uninterrupted one would have.
+    tracker : pyrocollapse.tracking.Tracker or None
+        Passed to :func:`~pyrocollapse.train.fit` (per-epoch scalars, fit's settings),
+        after ``tracker.log_hparams({"config": ...})`` with the configuration. Not closed.
+
+    Notes
+    -----
+    ``metrics.json`` holds, under ``"provenance"``, what produced the run (see
+    :func:`pyrocollapse.provenance.provenance`): package versions, the git commit of the
+    working directory's repository and whether its tracked files were modified, the
+    device, ``sys.argv``, the UTC time training started, the seed, the host name and
+    the platform.
     """
     import shutil
 
     from pyrocollapse._io import lock_directory, remove_stale_temporaries
+    from pyrocollapse.tracking import check_tracker
 
     _check_config(config)
+    check_tracker(tracker)
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__} {overwrite!r}")
     if not isinstance(resume, bool):
@@ -525,7 +546,9 @@ def run_experiment(
                 "checkpoint_every and resume need out: the checkpoint is kept in "
                 "<out>.partial/.checkpoint/"
             )
-        return _train_and_diagnose(config, progress=progress, callbacks=callbacks, echo=echo)
+        return _train_and_diagnose(
+            config, progress=progress, callbacks=callbacks, echo=echo, tracker=tracker
+        )
     if not isinstance(out, (str, Path)):
         raise TypeError(f"out must be a str, a Path or None, got {type(out).__name__}")
     out = check_output_folder("--out", out)
@@ -547,6 +570,7 @@ def run_experiment(
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_every=checkpoint_every or 1,
                 resume=resume,
+                tracker=tracker,
             )
             written = write_run_folder(result, out, overwrite=overwrite)
         except BaseException:
@@ -654,25 +678,33 @@ def _train_and_diagnose(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 1,
     resume: bool = False,
+    tracker: Any = None,
 ) -> RunResult:
     """Build, fit and diagnose ``config`` (no files but the checkpoint)."""
     import torch
 
     from pyrocollapse.diagnostics import diagnose
+    from pyrocollapse.provenance import provenance
     from pyrocollapse.train import fit
 
     built = build(config)
-    if echo:
-        for note in config.notes():
+    for note in config.notes():
+        if echo:  # part of the header the caller asked for
             print(f"note: {note}", flush=True)
+        else:
+            _log.warning("note: %s", note)
+    if echo:
         print(
             f"pyrocollapse run: {config.model} VAE (latent_dim={config.latent_dim}, prior={config.prior}) "
             f"on {built.dataset.name} ({len(built.train)} train / {len(built.valid)} held out), "
             f"objective {config.elbo}, {config.epochs} epochs",
             flush=True,
         )
-    start = time.perf_counter()
     vae = built.vae
+    origin = provenance(seed=config.seed, device=_model_device(vae))
+    if tracker is not None and callable(getattr(tracker, "log_hparams", None)):
+        tracker.log_hparams({"config": _config_record(config)})
+    start = time.perf_counter()
     vae.train()  # dropout (e.g. decoder_dropout) is on while fitting ...
     history = fit(
         vae.model,
@@ -689,6 +721,7 @@ def _train_and_diagnose(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         resume=resume and checkpoint_dir is not None,
+        tracker=tracker,
     )
     train_time = time.perf_counter() - start
     vae.eval()  # ... and off for the diagnosis, posterior.nc and figures: a deterministic decoder
@@ -723,8 +756,19 @@ def _train_and_diagnose(
         if hasattr(built.elbo, "hyperparameters")
         else type(built.elbo).__name__,
         "dataset": built.dataset.describe(),
+        "provenance": origin,
     }
     return RunResult(built, history, report, metrics)
+
+
+def _model_device(model: Any) -> str | None:
+    """The device of the model's first parameter (``None`` when it has none)."""
+    parameters = getattr(model, "parameters", None)
+    if not callable(parameters):
+        return None
+    for p in parameters():
+        return str(p.device)
+    return None
 
 
 def write_run_folder(result: RunResult, out: str | Path, *, overwrite: bool = False) -> list[str]:

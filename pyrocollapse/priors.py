@@ -71,6 +71,7 @@ from pyrocollapse._validation import (
     check_int,
     module_device,
 )
+from pyrocollapse.persistence import Saveable
 from pyrocollapse.registry import Registry, unique_name
 
 __all__ = [
@@ -232,7 +233,7 @@ def _univariate_normal_marginal(d: dist.Distribution, dim: int) -> dist.Distribu
 # --------------------------------------------------------------------------------------
 # Base
 # --------------------------------------------------------------------------------------
-class Prior(PyroModule):
+class Prior(PyroModule, Saveable):
     """Base class of every prior p(z) over a ``latent_dim``-dimensional latent.
 
     Subclasses implement :meth:`distribution`. Override :meth:`forward` only for priors
@@ -258,10 +259,16 @@ class Prior(PyroModule):
 
     Every instance gets a unique name in Pyro's parameter store (see the module notes);
     assigning the prior to a model (``model.prior = prior``) renames it under the model.
+
+    Saving: ``prior.save(path)`` writes the class, the constructor arguments (recorded by
+    the base for every subclass, so new priors need nothing) and the parameters and
+    buffers to one file; ``Prior.load(path)`` rebuilds the saved class. See
+    :mod:`pyrocollapse.persistence`.
     """
 
     #: Whether p(z) factorises over dimensions (p(z) = prod_d p(z_d)).
     factorized: bool = True
+    persistence_kind = "prior"
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__(name=unique_name(type(self).__name__.lower()))
@@ -746,6 +753,18 @@ class VampPrior(Prior):
                 "to size its pseudo-inputs"
             )
         return cls(None, n_pseudo, input_shape, latent_dim=latent_dim, **options)
+
+    def constructor_arguments(self) -> dict[str, Any]:
+        """The recorded constructor arguments with ``encoder=None`` and ``latent_dim`` set.
+
+        The encoder is a live function and is not saved: a VampPrior saved inside a VAE
+        is re-attached to the loaded model's encoder; one saved alone loads unbound
+        (attach it to a model, or pass ``encoder=`` to :meth:`load`).
+        """
+        arguments = super().constructor_arguments()
+        arguments["encoder"] = None
+        arguments["latent_dim"] = self.latent_dim
+        return arguments
 
     # -- encoder binding ---------------------------------------------------------------
     @staticmethod

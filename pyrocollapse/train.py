@@ -15,6 +15,11 @@ improving, and the mode ends once the mutual information I_q(x; z) stops rising.
 ``resume=True``: a resumed run repeats the uninterrupted one bit for bit) and stops with
 a :class:`NonFiniteLossError` naming the epoch, step and ELBO term when a loss or a
 gradient stops being finite.
+
+While it trains, ``fit`` shows progress bars over epochs and over the steps of each
+epoch on a terminal, and logs periodic lines (the ``"pyrocollapse.train"`` logger)
+elsewhere; ``tracker=`` sends every epoch's values to TensorBoard, MLflow or a tracker
+of your own (:mod:`pyrocollapse.tracking`).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from pyrocollapse.program_data import (
     as_program_data,
     is_batch_source,
 )
+from pyrocollapse.tracking import check_tracker, epoch_scalars
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -223,7 +229,12 @@ class Callback:
 
 
 class PrintProgress(Callback):
-    """Print one line every ``every`` epochs (for logs where no progress bar is shown)."""
+    """Print one line every ``every`` epochs (for logs where no progress bar is shown).
+
+    The lines go to ``file`` (default: standard output), as the caller asked for them;
+    ``fit(progress=True)`` itself logs similar lines through the ``"pyrocollapse.train"``
+    logger when its output is not a terminal.
+    """
 
     def __init__(self, every: int = 1, file: Any = None) -> None:
         self.every = check_int("every", every, minimum=1)
@@ -231,17 +242,152 @@ class PrintProgress(Callback):
 
     def on_epoch_end(self, state: TrainState, record: EpochRecord) -> None:
         if record.epoch % self.every == 0 or record.epoch == state.epochs:
+            print(_epoch_line(record, state.epochs), file=self.file or sys.stdout, flush=True)
+
+
+def _epoch_line(record: EpochRecord, epochs: int) -> str:
+    """One line summing up an epoch: ``epoch   3/60  ELBO ...  recon ...  KL ...  beta
+    ...`` with the monitored ``active_units/z`` and ``mi/z``, aggressive mode's encoder
+    steps and the time since training began (values missing from the record are left
+    out)."""
+    v = record.values
+    parts = [f"epoch {record.epoch:>4}/{epochs}"]
+    for key, label in (("elbo", "ELBO"), ("reconstruction", "recon"), ("kl", "KL")):
+        if key in v:
+            parts.append(f"{label} {v[key]:.3f}")
+    if "kl_weight" in v:
+        parts.append(f"beta {v['kl_weight']:.3f}")
+    parts += [f"{k} {v[k]:.2f}" for k in ("active_units/z", "mi/z") if k in v]
+    if v.get("aggressive"):
+        parts.append(f"[aggressive: {v.get('inner_steps', 0.0):.0f} encoder steps per step]")
+    if "time" in v:
+        parts.append(f"({v['time']:.1f}s)")
+    return "  ".join(parts)
+
+
+#: Seconds between the plain progress lines ``fit(progress=True)`` logs when its output
+#: is not a terminal (at most one line per interval within an epoch).
+PROGRESS_INTERVAL = 30.0
+#: How often (seconds) a terminal's step bar is redrawn during aggressive mode's
+#: encoder-only steps, which do not move the bar.
+_BAR_REFRESH = 0.5
+_progress_log = logging.getLogger("pyrocollapse.train")
+
+
+class _Progress:
+    """What ``fit`` shows while it trains.
+
+    * ``"bar"`` (``progress=True`` with output on a terminal, as tqdm decides): a bar
+      over epochs and, below it, one over the steps of the current epoch, whose
+      postfix counts aggressive mode's encoder-only steps;
+    * ``"log"`` (``progress=True`` elsewhere: a log file, a pipe): INFO records of the
+      ``"pyrocollapse.train"`` logger: one when training starts; within an epoch, at
+      most one every :data:`PROGRESS_INTERVAL` seconds, checked after every step
+      (encoder-only ones included), saying where the epoch is; and the
+      :func:`_epoch_line` of every tenth of the epochs, of the last one, and of any
+      epoch that ends :data:`PROGRESS_INTERVAL` seconds or more after the previous line;
+    * ``"off"`` (``progress=False``): nothing.
+    """
+
+    def __init__(self, enabled: bool, epochs: int, first_epoch: int, steps: int | None) -> None:
+        self.epochs, self.steps = epochs, steps
+        self.mode = "off"
+        self.bar: Any = None
+        self.step_bar: Any = None
+        self.epoch = first_epoch
+        self.step = 0  # outer steps done in the current epoch
+        self.inner = 0  # encoder-only steps done in the current epoch
+        self.epoch_start = self.last_line = self.last_refresh = time.monotonic()
+        self.every = max(1, epochs // 10)
+        if not enabled:
+            return
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=epochs,
+            initial=first_epoch - 1,
+            desc="training",
+            unit="epoch",
+            disable=None,  # tqdm's own test: on only when its output is a terminal
+            leave=True,
+        )
+        if bar.disable:
+            bar.close()
+            self.mode = "log"
+            done = f", resuming after epoch {first_epoch - 1}" if first_epoch > 1 else ""
+            each = f" of {steps} steps" if steps is not None else ""
+            _progress_log.info("training %d epochs%s%s", epochs, each, done)
+            return
+        self.mode, self.bar = "bar", bar
+        self.step_bar = tqdm(total=steps, desc=f"epoch {first_epoch}", unit="step", leave=False)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch, self.step, self.inner = epoch, 0, 0
+        self.epoch_start = time.monotonic()
+        if self.step_bar is not None:
+            self.step_bar.set_description_str(f"epoch {epoch}", refresh=False)
+            self.step_bar.set_postfix_str("", refresh=False)
+            self.step_bar.reset(total=self.steps)  # redraws
+
+    def outer_step(self) -> None:
+        """After each decoder (or joint) step."""
+        if self.mode == "off":
+            return
+        self.step += 1
+        if self.step_bar is not None:
+            self.step_bar.update(1)
+        else:
+            self._maybe_line()
+
+    def inner_step(self) -> None:
+        """After each encoder-only step of aggressive mode."""
+        if self.mode == "off":
+            return
+        self.inner += 1
+        if self.step_bar is not None:
+            now = time.monotonic()
+            if now - self.last_refresh >= _BAR_REFRESH:
+                self.last_refresh = now
+                self.step_bar.set_postfix_str(f"{self.inner} encoder steps", refresh=False)
+                self.step_bar.refresh()
+        else:
+            self._maybe_line()
+
+    def _maybe_line(self) -> None:
+        now = time.monotonic()
+        if now - self.last_line < PROGRESS_INTERVAL:
+            return
+        self.last_line = now
+        into = now - self.epoch_start
+        if self.steps:
+            where = f"step {self.step}/{self.steps} ({100 * self.step / self.steps:.0f}%)"
+        else:
+            where = f"step {self.step}"
+        text = f"epoch {self.epoch}/{self.epochs}: {where}, {into:.0f}s into the epoch"
+        if self.steps and self.step:
+            text += f", about {into / self.step * (self.steps - self.step):.0f}s left"
+        if self.inner:
+            text += f"; aggressive mode: {self.inner} encoder steps so far this epoch"
+        _progress_log.info("%s", text)
+
+    def end_epoch(self, record: EpochRecord, last: bool) -> None:
+        """After the epoch's callbacks; ``last``: no epoch follows."""
+        if self.bar is not None:
+            self.bar.update(1)
             v = record.values
-            extra = "".join(f"  {k} {v[k]:.2f}" for k in ("active_units/z", "mi/z") if k in v)
-            if v.get("aggressive"):
-                extra += f"  [aggressive: {v['inner_steps']:.0f} encoder steps per step]"
-            print(
-                f"epoch {record.epoch:>4}/{state.epochs}  ELBO {v['elbo']:.3f}  "
-                f"recon {v['reconstruction']:.3f}  KL {v['kl']:.3f}  "
-                f"beta {v['kl_weight']:.3f}{extra}  ({v['time']:.1f}s)",
-                file=self.file or sys.stdout,
-                flush=True,
-            )
+            self.bar.set_postfix({k: f"{v[k]:.2f}" for k in ("elbo", "kl") if k in v})
+        elif self.mode == "log":
+            now = time.monotonic()
+            due = record.epoch % self.every == 0 or now - self.last_line >= PROGRESS_INTERVAL
+            if last or due:
+                self.last_line = now
+                _progress_log.info("%s", _epoch_line(record, self.epochs))
+
+    def close(self) -> None:
+        for bar in (self.step_bar, self.bar):
+            if bar is not None:
+                bar.close()
+        self.step_bar = self.bar = None
 
 
 @dataclass
@@ -778,6 +924,9 @@ class _MemorySource:
     def new_epoch(self) -> None:
         pass
 
+    def steps_per_epoch(self) -> int | None:
+        return -(-self.n // self.batch_size)
+
     def epoch(self, gen: torch.Generator) -> Iterator[ProgramArgs]:
         perm = torch.randperm(self.n, generator=gen)
         for i in range(0, self.n, self.batch_size):
@@ -858,6 +1007,14 @@ class _LoaderSource:
 
     def new_epoch(self) -> None:
         self._inner = None
+
+    def steps_per_epoch(self) -> int | None:
+        """``len(loader)`` where the loader knows it (``None``: an iterable dataset)."""
+        try:
+            n = len(self.loader)  # type: ignore[arg-type]
+        except (TypeError, NotImplementedError):
+            return None
+        return n if isinstance(n, int) and n > 0 else None
 
     def epoch(self, gen: torch.Generator) -> Iterator[ProgramArgs]:
         for batch in self.loader:
@@ -973,6 +1130,7 @@ def fit(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 1,
     resume: bool = False,
+    tracker: Any = None,
 ) -> History:
     """Train ``model``/``guide`` on ``data`` by stochastic variational inference.
 
@@ -1059,7 +1217,15 @@ def fit(
         generator=torch.Generator().manual_seed(0))``). Loaders with worker processes
         are deterministic only when their datasets are.
     progress : bool
-        Show a tqdm progress bar (only on a terminal).
+        Show progress. On a terminal (as tqdm decides): a tqdm bar over the epochs and
+        one over the steps of the current epoch, whose postfix counts aggressive mode's
+        encoder-only steps. Elsewhere (output to a file or a pipe): INFO records of
+        the ``"pyrocollapse.train"`` logger (shown once logging is configured, e.g.
+        ``logging.basicConfig(level=logging.INFO)``): one at the start, one at most
+        every :data:`PROGRESS_INTERVAL` (30) seconds within an epoch saying which step
+        it is at (and how many encoder steps aggressive mode took), and a summary of
+        every tenth epoch, the last one, and any epoch ending 30 s or more after the
+        previous line. ``False``: nothing.
     callbacks : iterable of Callback or None
         Hooks run at train begin / epoch end / train end (see
         :mod:`pyrocollapse.callbacks` for collapse-aware ones); ``None`` or ``()``: none.
@@ -1130,6 +1296,17 @@ def fit(
         that already holds a checkpoint is refused, so a run never overwrites another's.
     checkpoint_every : int
         Epochs between checkpoints (>= 1).
+    tracker : pyrocollapse.tracking.Tracker or None
+        Sends the run to an experiment tracker (see :mod:`pyrocollapse.tracking`:
+        :class:`~pyrocollapse.tracking.TensorBoardTracker`,
+        :class:`~pyrocollapse.tracking.MLflowTracker`, or any object with
+        ``log_scalars(step, dict)``): ``log_hparams`` with fit's settings before the first
+        epoch, ``log_scalars(epoch, ...)`` with every value of each epoch's record (the
+        :meth:`History.to_dataframe` columns, KL per dimension as ``kl/<site>/<d>``)
+        after the epoch's callbacks, and, when ``tracker.log_steps`` is ``N >= 1``,
+        ``log_scalars(step, ...)`` every ``N`` decoder steps with the step's
+        per-data-point terms named ``step/<name>``. ``fit`` does not close it. After a
+        resume only the epochs trained in this call are sent.
     resume : bool
         Continue from the checkpoint in ``checkpoint_dir`` (required) up to ``epochs``
         epochs in all; the run then yields the same per-epoch losses, bit for bit on the
@@ -1237,6 +1414,7 @@ def fit(
     if not hasattr(loss, "differentiable_loss"):
         raise TypeError(f"loss must be a pyro.infer.ELBO, got {type(loss).__name__}")
     callbacks = _check_callbacks(callbacks)
+    tracker = check_tracker(tracker)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
     scheduler_step = check_choice("scheduler_step", scheduler_step, ("epoch", "step"))
     path, saved = _open_checkpoint(checkpoint_dir, resume)
@@ -1319,22 +1497,35 @@ def fit(
         elapsed = _restore_checkpoint(saved, state, modules, gen, source, path)
         first_epoch = saved["epoch"] + 1
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=epochs,
-        initial=first_epoch - 1,
-        desc="training",
-        unit="epoch",
-        disable=(not progress) or None,
-        leave=True,
-    )
+    log_steps = 0
+    if tracker is not None:
+        log_steps = int(getattr(tracker, "log_steps", 0) or 0)
+        log_hparams = getattr(tracker, "log_hparams", None)
+        if callable(log_hparams):
+            log_hparams(
+                _fit_hparams(
+                    state,
+                    epochs=epochs,
+                    batch_size=getattr(
+                        source, "batch_size", getattr(data, "batch_size", None)
+                    ),
+                    seed=seed,
+                    aggressive_max_inner=inner.max_inner,
+                    aggressive_window=inner.window,
+                    clip_norm=clip_norm,
+                    clip_value=clip_value,
+                    monitor_size=monitor_size,
+                    resumed_after=first_epoch - 1,
+                )
+            )
+    shown = _Progress(progress, epochs, first_epoch, source.steps_per_epoch())
     start = time.perf_counter() - elapsed
     for cb in callbacks:
         cb.on_train_begin(state)
     try:
         for epoch in range(first_epoch, epochs + 1):
             state.epoch = epoch
+            shown.begin_epoch(epoch)
             aggressive_epoch = state.aggressive
             if aggressive_epoch:
                 _check_aggressive(state)
@@ -1348,13 +1539,18 @@ def fit(
             for i, xb in enumerate(source.epoch(gen), start=1):
                 state.batch = i
                 if aggressive_epoch:
-                    inner_total += inner.run(state, source, gen, clip_norm, clip_value)
+                    inner_total += inner.run(
+                        state, source, gen, clip_norm, clip_value, on_step=shown.inner_step
+                    )
                     comps, dims = _train_step(
                         state, xb, clip_norm, state.model_params, clip_value=clip_value
                     )
                 else:
                     comps, dims = _train_step(state, xb, clip_norm, clip_value=clip_value)
                 outer += 1
+                shown.outer_step()
+                if log_steps and state.step % log_steps == 0:
+                    tracker.log_scalars(state.step, _step_scalars(comps, not_summed, state._lr))
                 seen += comps["num_data"]
                 for k, v in comps.items():
                     if k not in not_summed:
@@ -1407,11 +1603,12 @@ def fit(
                 _step_scheduler(state.scheduler, values.get("loss", -values.get("elbo", 0.0)))
             record = EpochRecord(epoch, values, kl_dims)
             history.append(record)
-            bar.update(1)
-            bar.set_postfix({k: f"{values[k]:.2f}" for k in ("elbo", "kl") if k in values})
             stop = False
             for cb in callbacks:
                 stop = bool(cb.on_epoch_end(state, record)) or stop
+            shown.end_epoch(record, last=stop or epoch == epochs)
+            if tracker is not None:
+                tracker.log_scalars(epoch, epoch_scalars(record))
             if path is not None and (stop or epoch == epochs or epoch % checkpoint_every == 0):
                 elapsed = time.perf_counter() - start
                 _write_checkpoint(
@@ -1420,10 +1617,43 @@ def fit(
             if stop:
                 break
     finally:
-        bar.close()
+        shown.close()
     for cb in callbacks:
         cb.on_train_end(state)
     return history
+
+
+def _fit_hparams(state: TrainState, **settings: Any) -> dict[str, Any]:
+    """What ``fit`` gives ``tracker.log_hparams``: its settings, the optimiser, scheduler
+    and objective (with ``loss.hyperparameters()`` where the objective has it)."""
+    loss = state.loss
+    out: dict[str, Any] = dict(settings)
+    out["optimizer"] = type(state.optimizer).__name__
+    out["lr"] = _current_lr(state.optimizer)
+    out["scheduler"] = None if state.scheduler is None else type(state.scheduler).__name__
+    out["aggressive"] = bool(state.aggressive)
+    out["device"] = None if state.device is None else str(state.device)
+    out["loss"] = type(loss).__name__
+    hyper = getattr(loss, "hyperparameters", None)
+    if callable(hyper):
+        try:
+            described = hyper()
+        except Exception:  # a description must never stop training
+            described = None
+        if isinstance(described, dict):
+            out["objective"] = described
+    return out
+
+
+def _step_scalars(comps: dict[str, float], not_summed: set[str], lr: float) -> dict[str, float]:
+    """One decoder step's terms per data point (and its weights, learning rate) as
+    ``step/<name>``, for ``tracker.log_steps``."""
+    n = max(float(comps.get("num_data", 1.0)), 1e-12)
+    out = {f"step/{k}": float(v) / n for k, v in comps.items() if k not in not_summed}
+    out.update({f"step/{k}": float(v) for k, v in comps.items() if k in not_summed})
+    out.pop("step/num_data", None)
+    out["step/lr"] = float(lr)
+    return out
 
 
 def _check_callbacks(callbacks: object) -> list[Callback]:
@@ -1728,6 +1958,7 @@ class _InnerLoop:
         gen: torch.Generator,
         clip_norm: float | None,
         clip_value: float | None = None,
+        on_step: Callable[[], None] | None = None,
     ) -> int:
         previous, current, count = math.inf, 0.0, 0.0
         steps = 0
@@ -1737,6 +1968,8 @@ class _InnerLoop:
                 state, xb, clip_norm, state.guide_params, outer=False, clip_value=clip_value
             )
             steps += 1
+            if on_step is not None:
+                on_step()
             current += comps["loss"]
             count += comps["num_data"]
             if steps % self.window == 0:

@@ -330,6 +330,30 @@ def _validate(**kw: Any) -> Callable[[], Any]:
     return lambda: _tiny_config(**kw).validate()
 
 
+def _saved(what: str = "model", *, version: int | None = None) -> Path:
+    """A file written by save() (of the tiny VAE or a prior) in the inputs folder;
+    ``version`` rewrites its format version."""
+    from pyrocollapse.models import MLPVAE
+    from pyrocollapse.priors import StandardNormalPrior
+
+    path = _inputs() / f"{what}.pt"
+    obj = MLPVAE(X_DIM, Z_DIM, hidden=(8,)) if what == "model" else StandardNormalPrior(Z_DIM)
+    obj.save(path, overwrite=True)
+    if version is not None:
+        payload = torch.load(path, weights_only=True)
+        payload["format_version"] = version
+        torch.save(payload, path)
+    return path
+
+
+def _run_folder(with_config: bool = True) -> Path:
+    """A report folder whose metrics.json has a report (and a run configuration), no model.pt."""
+    metrics = {"report": _report().to_dict()}
+    if with_config:
+        metrics["config"] = json.loads(json.dumps(_tiny_config().to_dict()))
+    return _report_folder(metrics)
+
+
 # fmt: off
 TABLE: list[Case] = [
     # ---------------------------------------------------------------- top level: data
@@ -438,6 +462,10 @@ TABLE: list[Case] = [
     Case("priors.make_prior:unknown-option", _make("pyrocollapse.priors.make_prior", "mixture", 2, components=3), TypeError, r"components"),
     Case("priors.make_prior:latent_dim-0", _make("pyrocollapse.priors.make_prior", "standard", 0), ValueError, r"^latent_dim must be >= 1, got 0"),
     Case("priors.PRIORS:unknown-name", _make("pyrocollapse.priors.PRIORS.get", "gaussian"), ValueError, r"unknown prior 'gaussian'; valid names: standard, learnable"),
+    Case("priors.Prior.load:missing-file", _make("pyrocollapse.priors.Prior.load", _Lazy(lambda: _tmp() / "nope.pt")), ValueError, r"^cannot load '.*nope\.pt': the file does not exist"),
+    Case("priors.Prior.load:a-model-file", _make("pyrocollapse.priors.Prior.load", _Lazy(_saved)), ValueError, r"^cannot load '.*model\.pt': it holds a saved model, not a prior; load it with VAE\.load"),
+    Case("priors.MixturePrior.load:another-prior", _make("pyrocollapse.priors.MixturePrior.load", _Lazy(lambda: _saved("prior"))), ValueError, r"it holds a StandardNormalPrior, not a MixturePrior"),
+    Case("priors.Prior.save:path-int", lambda: __import__("pyrocollapse.priors", fromlist=["x"]).StandardNormalPrior(2).save(3), TypeError, r"^path must be a str or os\.PathLike, got int"),
     # ---------------------------------------------------------------- objectives
     Case("elbo.BaseELBO:kl_weight-negative", _make("pyrocollapse.elbo.BaseELBO", -1.0), ValueError, r"^value must be >= 0\.0, got -1\.0|kl_weight"),
     Case("elbo.BaseELBO:num_particles-0", _make("pyrocollapse.elbo.BaseELBO", num_particles=0), ValueError, r"^num_particles must be >= 1, got 0"),
@@ -565,6 +593,19 @@ TABLE: list[Case] = [
     Case("models.SequenceVAE:word_dropout-above-1", _make("pyrocollapse.models.SequenceVAE", 10, 2, word_dropout=1.5), ValueError, r"^word_dropout must be"),
     Case("models.make_model:unknown-name", _make("pyrocollapse.models.make_model", "cnn"), ValueError, r"unknown model 'cnn'; valid names: mlp"),
     Case("models.MODELS:unknown-name", _make("pyrocollapse.models.MODELS.get", "vae"), ValueError, r"unknown model 'vae'; valid names: mlp"),
+    Case("models.VAE.load:missing-file", _make("pyrocollapse.models.VAE.load", _Lazy(lambda: _tmp() / "nope.pt")), ValueError, r"^cannot load '.*nope\.pt': the file does not exist"),
+    Case("models.VAE.load:folder", _make("pyrocollapse.models.VAE.load", _Lazy(_inputs)), ValueError, r"^cannot load '.*inputs': it is a folder, not a file written by save\(\)"),
+    Case("models.VAE.load:text-file", _make("pyrocollapse.models.VAE.load", _Lazy(lambda: _file("model.pt", "not a model"))), ValueError, r"^cannot load '.*model\.pt': it is not a file written by save\(\)"),
+    Case("models.VAE.load:bare-state-dict", _make("pyrocollapse.models.VAE.load", _Lazy(lambda: (torch.save(_vae().state_dict(), _inputs() / "sd.pt"), _inputs() / "sd.pt")[1])), ValueError, r"^cannot load '.*sd\.pt': it holds a bare state dict"),
+    Case("models.VAE.load:newer-format", _make("pyrocollapse.models.VAE.load", _Lazy(lambda: _saved(version=99))), ValueError, r"^cannot load '.*model\.pt': it was written by a newer pyrocollapse \(save format version 99"),
+    Case("models.VAE.load:a-prior-file", _make("pyrocollapse.models.VAE.load", _Lazy(lambda: _saved("prior"))), ValueError, r"^cannot load '.*prior\.pt': it holds a saved prior, not a model; load it with Prior\.load"),
+    Case("models.ConvVAE.load:another-model", _make("pyrocollapse.models.ConvVAE.load", _Lazy(_saved)), ValueError, r"^cannot load '.*model\.pt': it holds a MLPVAE, not a ConvVAE"),
+    Case("models.VAE.load:unknown-argument", _make("pyrocollapse.models.VAE.load", _Lazy(_saved), width=3), ValueError, r"MLPVAE takes no argument\(s\) width"),
+    Case("models.VAE.load:bad-device", _make("pyrocollapse.models.VAE.load", _Lazy(_saved), device="gpu"), ValueError, r"^device 'gpu' is not a torch device"),
+    Case("models.VAE.load:path-int", _make("pyrocollapse.models.VAE.load", 3), TypeError, r"^path must be a str or os\.PathLike, got int"),
+    Case("models.VAE.save:exists", lambda: _vae().save(_file("taken.pt", "x")), FileExistsError, r"^path '.*taken\.pt' exists; pass overwrite=True to replace it"),
+    Case("models.VAE.save:folder", lambda: _vae().save(_inputs()), ValueError, r"^path '.*inputs' is a folder; save\(\) writes one file"),
+    Case("models.VAE.save:overwrite-str", lambda: _vae().save(_tmp() / "m.pt", overwrite="yes"), TypeError, r"^overwrite must be a bool, got str 'yes'"),
     # ---------------------------------------------------------------- training
     Case("pyrocollapse.fit:nan-data", _make("pyrocollapse.fit", MODEL, GUIDE, NAN_X, loss=_Lazy(lambda: __import__("pyrocollapse.elbo", fromlist=["x"]).PlainELBO()), epochs=1, progress=False), ValueError, r"^data contains 1 NaN"),
     Case("pyrocollapse.fit:empty-data", _make("pyrocollapse.fit", MODEL, GUIDE, torch.zeros(0, X_DIM), loss=_Lazy(lambda: __import__("pyrocollapse.elbo", fromlist=["x"]).PlainELBO()), epochs=1, progress=False), ValueError, r"^data is empty"),
@@ -741,6 +782,9 @@ TABLE: list[Case] = [
     Case("plots.save_figure:unknown-format", lambda: __import__("pyrocollapse.plots", fromlist=["x"]).save_figure(__import__("matplotlib.figure", fromlist=["x"]).Figure(), str(_tmp() / "out.bmpx")), ValueError, r"^path '.*out\.bmpx': format 'bmpx' is not supported; use one of .*png"),
     Case("plots.save_figure:dpi-0", lambda: __import__("pyrocollapse.plots", fromlist=["x"]).save_figure(__import__("matplotlib.figure", fromlist=["x"]).Figure(), str(_tmp() / "out.png"), dpi=0), ValueError, r"^dpi must be >= 1, got 0"),
     # ---------------------------------------------------------------- report folders
+    Case("report_folder.render_comparison_html:missing", _make("pyrocollapse.report_folder.render_comparison_html", _Lazy(lambda: _tmp() / "nope")), FileNotFoundError, r"grid folder .* does not exist"),
+    Case("report_folder.write_comparison_html:not-a-grid", _make("pyrocollapse.report_folder.write_comparison_html", _Lazy(_inputs)), FileNotFoundError, r"is not a pyrocollapse compare folder"),
+    Case("report_folder.write_html:self_contained-not-bool", _make("pyrocollapse.report_folder.write_html", _Lazy(_inputs), self_contained="yes"), TypeError, r"^self_contained must be a bool"),
     Case("report_folder.read_folder:missing", _make("pyrocollapse.report_folder.read_folder", _Lazy(lambda: _tmp() / "nope")), FileNotFoundError, r"report folder '.*nope' does not exist"),
     Case("report_folder.read_folder:a-file", _make("pyrocollapse.report_folder.read_folder", _Lazy(lambda: _file("a.txt", "x"))), ValueError, r"a\.txt' is not a folder; pass a report folder"),
     Case("report_folder.read_folder:no-metrics", _make("pyrocollapse.report_folder.read_folder", _Lazy(_inputs)), FileNotFoundError, r"metrics\.json' not found: '.*inputs' is not a pyrocollapse report folder"),
@@ -786,6 +830,13 @@ TABLE: list[Case] = [
     Case("callbacks.Checkpoint:take-wrong-type", _make("pyrocollapse.callbacks.Checkpoint.take", "state"), TypeError, r"^state must be a TrainState \(the state fit hands to callbacks\), got str"),
     Case("callbacks.CollapseCallback:reasons-unmonitored-site", lambda: __import__("pyrocollapse.callbacks", fromlist=["x"]).CollapseWarning(site="w").reasons(__import__("pyrocollapse.train", fromlist=["x"]).EpochRecord(1, {"active_units/z": 1.0, "mi/z": 0.1})), ValueError, r"CollapseWarning watches 'active_units/w', but epoch 1 has no such value \(monitored sites: 'z'\)"),
     # ---------------------------------------------------------------- run engine
+    Case("pyrocollapse.load_run:missing-folder", _make("pyrocollapse.load_run", _Lazy(lambda: _tmp() / "nope")), ValueError, r"^run folder '.*nope' does not exist"),
+    Case("pyrocollapse.load_run:a-file", _make("pyrocollapse.load_run", _Lazy(lambda: _file("run.txt", "x"))), ValueError, r"run\.txt' is not a folder"),
+    Case("pyrocollapse.load_run:no-metrics", _make("pyrocollapse.load_run", _Lazy(_inputs)), ValueError, r"metrics\.json' not found"),
+    Case("pyrocollapse.load_run:bad-metrics", _make("pyrocollapse.load_run", _Lazy(lambda: _report_folder(raw="{"))), ValueError, r"metrics\.json' is not valid JSON"),
+    Case("pyrocollapse.load_run:no-config", _make("pyrocollapse.load_run", _Lazy(lambda: _run_folder(with_config=False))), ValueError, r"metrics\.json' has no run configuration"),
+    Case("pyrocollapse.load_run:no-model", _make("pyrocollapse.load_run", _Lazy(_run_folder)), ValueError, r"model\.pt' not found: the run folder holds no trained model"),
+    Case("pyrocollapse.load_run:path-int", _make("pyrocollapse.load_run", 3), TypeError, r"^path must be a str or os\.PathLike, got int"),
     Case("pyrocollapse.RunConfig:epochs-0", _validate(epochs=0), ValueError, r"^--epochs must be >= 1, got 0"),
     Case("pyrocollapse.RunConfig:lr-0", _validate(lr=0.0), ValueError, r"^--lr must be > 0\.0, got 0\.0"),
     Case("pyrocollapse.RunConfig:lr-nan", _validate(lr=math.nan), ValueError, r"^--lr must be finite, got nan"),
@@ -806,7 +857,6 @@ TABLE: list[Case] = [
     Case("pyrocollapse.RunConfig:schedule-with-plain-elbo", _validate(elbo="elbo", schedule="linear"), ValueError, r"objective 'elbo' takes no KL schedule; drop --schedule"),
     Case("pyrocollapse.RunConfig:on_collapse-unknown", _validate(on_collapse="panic"), ValueError, r"^--on-collapse must be one of 'warn', 'aggressive', 'rollback'; got 'panic'"),
     Case("pyrocollapse.RunConfig:aggressive-str", _validate(aggressive="yes"), TypeError, r"^aggressive must be a bool, got 'yes'"),
-    Case("pyrocollapse.RunConfig:freebits-per-dimension-with-flow", _validate(prior="flow", elbo="freebits", elbo_options={"per": "dimension"}), ValueError, r"--elbo freebits with per='dimension' .*--prior flow"),
     Case("pyrocollapse.RunConfig:from_dict-unknown-key", _make("pyrocollapse.RunConfig.from_dict", {"epoch": 3}), ValueError, r"unknown run option\(s\) \['epoch'\]; accepted:"),
     Case("pyrocollapse.RunConfig:from_dict-not-dict", _make("pyrocollapse.RunConfig.from_dict", [("epochs", 3)]), TypeError, r"^a run configuration must be a dict, got list"),
     Case("experiment.build:bad-config", _make("pyrocollapse.experiment.build", _Lazy(lambda: _tiny_config(epochs=0))), ValueError, r"^--epochs must be >= 1, got 0"),
@@ -858,6 +908,10 @@ if HAS_LIGHTNING:
         Case("lightning.VAELightningModule:not-a-module", _make("pyrocollapse.lightning.VAELightningModule", object()), TypeError, r"^model must be a torch\.nn\.Module"),
         Case("lightning.VAELightningModule:lr-0", _make("pyrocollapse.lightning.VAELightningModule", _Lazy(lambda: importlib.import_module("pyrocollapse.models").MLPVAE(4, 2)), lr=0.0), ValueError, r"^lr must be > 0"),
         Case("lightning.VAELightningModule:unknown-elbo", _make("pyrocollapse.lightning.VAELightningModule", _Lazy(lambda: importlib.import_module("pyrocollapse.models").MLPVAE(4, 2)), elbo="nope"), ValueError, r"unknown elbo 'nope'; valid names"),
+        Case("lightning.LightningCollapseCallback:not-a-callback", _make("pyrocollapse.lightning.LightningCollapseCallback", object()), TypeError, r"^callback must be a pyrocollapse\.callbacks\.CollapseCallback"),
+        Case("lightning.LightningCollapseWarning:monitor_size-1", _make("pyrocollapse.lightning.LightningCollapseWarning", monitor_size=1), ValueError, r"^monitor_size must be >= 2"),
+        Case("lightning.LightningAggressiveOnCollapse:monitor_size-1", _make("pyrocollapse.lightning.LightningAggressiveOnCollapse", monitor_size=1), ValueError, r"^monitor_size must be >= 2"),
+        Case("lightning.LightningRollbackOnCollapse:monitor_size-1", _make("pyrocollapse.lightning.LightningRollbackOnCollapse", monitor_size=1), ValueError, r"^monitor_size must be >= 2"),
         Case("lightning.make_dataloader:empty", _make("pyrocollapse.lightning.make_dataloader", torch.zeros(0, 3)), ValueError, r"at least one row"),
         Case("lightning.make_dataloader:batch_size-0", _make("pyrocollapse.lightning.make_dataloader", torch.zeros(4, 3), batch_size=0), ValueError, r"^batch_size must be >= 1, got 0"),
         Case("lightning.RankStateDump:dirpath-int", _make("pyrocollapse.lightning.RankStateDump", 1), TypeError, r"^dirpath must be a path, got int"),
@@ -938,6 +992,7 @@ MODULES = {
     "comparison": "pyrocollapse.comparison",
     "cli": "pyrocollapse.cli",
     "jit": "pyrocollapse.jit",
+    "persistence": "pyrocollapse.persistence",
     **({"lightning": "pyrocollapse.lightning"} if HAS_LIGHTNING else {}),
 }
 
@@ -982,6 +1037,9 @@ EXEMPT = {
     "report_folder.ReportFolder": "record returned by read_folder",
     "experiment.Built": "record returned by build",
     "experiment.RunResult": "record returned by run_experiment",
+    "persistence.LoadedRun": "record returned by load_run",
+    "persistence.Saveable": "mixin of VAE and Prior; its save and load have rows under models.VAE and priors.Prior",
+    "persistence.load_run": "same object as pyrocollapse.load_run",
     # the same objects as the top-level names that have rows
     "report.CollapseReport": "same object as pyrocollapse.CollapseReport",
     "train.History": "same object as pyrocollapse.History",

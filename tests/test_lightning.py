@@ -161,6 +161,11 @@ def test_ddp_two_cpu_processes_end_with_identical_parameters(tmp_path):
     saved = torch.load(out / "model.pt", weights_only=True)
     for key, value in saved.items():
         assert torch.equal(value, first["final"][f"vae.{key}"]), key
+    # the last checkpoint rebuilds the trained module without the model being passed
+    loaded = VAELightningModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert loaded.objective.step_count == steps
+    for key, value in saved.items():
+        assert torch.equal(value, loaded.vae.state_dict()[key]), key
     metrics = (out / "logs" / "metrics.csv").read_text()
     assert "val/elbo" in metrics.splitlines()[0] and "train/kl_weight" in metrics
     assert (out / "config.json").exists()
@@ -255,7 +260,9 @@ def test_launcher_user_errors_exit_2_before_training(tmp_path, capsys):
     assert "--data-path is for datasets read from disk" in capsys.readouterr().err
     assert main(["--model-option", "hiden=3", "--out", str(tmp_path / "e")]) == 2
     assert "hiden" in capsys.readouterr().err
-    assert not any((tmp_path / n).exists() for n in "acde")
+    assert main(["--resume", str(tmp_path / "no.ckpt"), "--out", str(tmp_path / "f")]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "acdef")
 
 
 def test_launcher_refuses_an_out_that_another_run_is_writing(tmp_path, capsys):
