@@ -126,52 +126,44 @@ def test_every_readme_command_is_run_or_excused():
 
 
 @pytest.mark.slow
-def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("name", READMES)
+def test_readme_runs_as_written(name, tmp_path, monkeypatch, capsys):
+    """The README read top to bottom: its commands (small budget) and Python blocks (one
+    namespace), in order, in one working folder."""
     from pyrocollapse.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    ran = 0
-    for where, cmd in _all_commands():
-        if _skip_reason(cmd):
+    namespace: dict = {"__name__": "__readme__"}
+    for lang, text, line in _blocks(ROOT / name):
+        where = f"{name}:{line}"
+        if lang == "python":
+            if any(key in text for key in NOT_RUN_PYTHON):
+                continue
+            try:
+                exec(compile(text, where, "exec"), namespace)
+            except Exception as e:  # the block and the error, not just the error
+                pytest.fail(f"{where}: block failed: {type(e).__name__}: {e}\n{text}")
+            capsys.readouterr()
             continue
-        argv = shlex.split(cmd)
-        if argv[0] == "pyrocollapse":
-            code = main(_budget(argv[1:]))
-            out = capsys.readouterr()
-            assert code == 0, f"{where}: {cmd!r} exited {code}\n{out.out[-2000:]}\n{out.err[-2000:]}"
-        else:  # python -m pyrocollapse.lightning ...: its own processes
-            run_argv = [sys.executable, *argv[1:]]
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.run(
-                _lightning_budget(run_argv), cwd=tmp_path, env=env, capture_output=True,
-                text=True, timeout=900,
-            )  # fmt: skip
-            assert proc.returncode == 0, f"{where}: {cmd!r}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-        ran += 1
-    assert ran >= 5
+        if lang not in ("bash", "sh", "shell"):
+            continue
+        for cmd in _commands(text):
+            if _skip_reason(cmd):
+                continue
+            argv = shlex.split(cmd)
+            if argv[0] == "pyrocollapse":
+                code = main(_budget(argv[1:]))
+                out = capsys.readouterr()
+                assert code == 0, f"{where}: {cmd!r} exited {code}\n{out.out[-2000:]}\n{out.err[-2000:]}"
+            else:  # python -m pyrocollapse.lightning ...: its own processes
+                env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+                proc = subprocess.run(
+                    _lightning_budget([sys.executable, *argv[1:]]), cwd=tmp_path, env=env,
+                    capture_output=True, text=True, timeout=900,
+                )  # fmt: skip
+                assert proc.returncode == 0, f"{where}: {cmd!r}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
 
 
 def _lightning_budget(argv: list[str]) -> list[str]:
     return _set(list(argv), "--epochs", "1") if "--epochs" in argv else argv
-
-
-def _python_blocks(name: str) -> list[tuple[str, int]]:
-    return [(text, line) for lang, text, line in _blocks(ROOT / name) if lang == "python"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", READMES)
-def test_readme_python_snippets_run_as_written(name, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    namespace: dict = {"__name__": "__readme__"}
-    for text, line in _python_blocks(name):
-        why = next((w for key, w in NOT_RUN_PYTHON.items() if key in text), None)
-        if why:
-            continue
-        try:
-            exec(compile(text, f"{name}:{line}", "exec"), namespace)
-        except Exception as e:  # the block and the error, not just the error
-            pytest.fail(f"{name}, block at line {line} failed: {type(e).__name__}: {e}\n{text}")
-    capsys.readouterr()

@@ -28,7 +28,7 @@ from pyrocollapse.diagnostics._tracing import (
     _varies_over_points,
     site_draws,
 )
-from pyrocollapse.diagnostics.densities import _diag_normal, _marginal, _PriorMarginals
+from pyrocollapse.diagnostics.densities import _diag_normal, _marginal, prior_marginals_of
 
 
 # --------------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ def _mi_from_draws(
     prior_marginals = None
     if per_dim:
         try:
-            prior_marginals = _PriorMarginals(draws, "")
+            prior_marginals = prior_marginals_of(draws, "")
         except NotImplementedError:
             prior_marginals = None
     p_per_dim = prior_marginals is not None

@@ -13,7 +13,13 @@ from pyro.distributions.kl import kl_divergence
 
 from pyrocollapse._validation import check_int
 from pyrocollapse.diagnostics._tracing import SiteDraw, _numpy, site_draws
-from pyrocollapse.diagnostics.densities import _factorised, _joint_kl, _marginal, _PriorMarginals
+from pyrocollapse.diagnostics.densities import (
+    _factorised,
+    _joint_kl,
+    _marginal,
+    _PriorMarginals,
+    prior_marginals_of,
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -33,8 +39,11 @@ class KLPerDimension:
         ``"analytic"`` (closed form per dimension), ``"monte_carlo"`` (factorised q and p,
         no closed form), or either with the suffix ``"_marginal"`` (q or p does not
         factorise: the KL between their univariate marginals q(z_d|x) and p(z_d)).
-        ``"monte_carlo_kde_marginal"``: the prior has no closed-form marginals (e.g. a
-        normalising flow), so p(z_d) is a kernel density estimate from prior draws.
+        ``"_kde"``: q has no closed-form marginals, so q(z_d|x) is a kernel density
+        estimate; ``"_estimated_prior"``: the prior has no closed-form marginals (a
+        normalising flow that mixes coordinates), so p(z_d) is estimated from its joint
+        density (:class:`~pyrocollapse.diagnostics.densities._PriorMarginals`; exact for
+        elementwise flows, which get no suffix).
     joint_per_point : numpy.ndarray or None
         Shape ``(N,)``: the joint KL(q(z|x) || p(z)) of each point. Equals
         ``per_point.sum(1)`` when q and p factorise; not otherwise.
@@ -67,7 +76,7 @@ def _kl_from_draws(draws: Sequence[SiteDraw], site: str, num_samples: int) -> KL
         qm, pm = _marginal(d.q), _marginal(d.p)
         if qm is None:
             # a flow or other transformed guide: Monte Carlo marginals of q(z_d | x)
-            prior_marginals = prior_marginals or _PriorMarginals(draws, site)
+            prior_marginals = prior_marginals or prior_marginals_of(draws, site)
             rows.append(_kde_marginal_kl(d.q, d.p, prior_marginals, max(num_samples, 64)))
             joints.append(_joint_kl(d.q, d.p, d.z, num_samples))
             kde_posterior = marginal = True
@@ -80,7 +89,7 @@ def _kl_from_draws(draws: Sequence[SiteDraw], site: str, num_samples: int) -> KL
             except NotImplementedError:
                 kl = None
         if kl is None:
-            prior_marginals = prior_marginals or _PriorMarginals(draws, site)
+            prior_marginals = prior_marginals or prior_marginals_of(draws, site)
             zs = qm.sample((num_samples,))
             kl = (qm.log_prob(zs) - prior_marginals(d.p, zs)).mean(0)
             monte_carlo = True
@@ -89,8 +98,10 @@ def _kl_from_draws(draws: Sequence[SiteDraw], site: str, num_samples: int) -> KL
         joints.append(kl.sum(-1) if factorised else _joint_kl(d.q, d.p, d.z, num_samples))
         marginal = marginal or not factorised
     estimator = "monte_carlo" if monte_carlo or kde_posterior else "analytic"
-    if kde_posterior or (prior_marginals is not None and prior_marginals.estimated):
+    if kde_posterior:
         estimator += "_kde"
+    if prior_marginals is not None and prior_marginals.estimated:
+        estimator += "_estimated_prior"
     estimator += "_marginal" if marginal else ""
     per_point = _numpy(torch.cat(rows))
     return KLPerDimension(per_point.mean(0), per_point, estimator, _numpy(torch.cat(joints)))
