@@ -81,8 +81,12 @@ def parse_options(
 ) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` strings into keyword arguments of ``target``.
 
-    Values become bool/None/int/float/tuple (comma-separated) where they parse as such.
-    Unknown keys raise ``ValueError`` listing the accepted ones.
+    Each value is converted to the type its parameter is annotated with (typed by
+    jsonargparse: ``n_components=10`` an int, ``hidden=256,128`` or ``hidden=[256, 128]``
+    a tuple, ``name=none`` the string "none" for a ``str`` and ``None`` only where the
+    annotation admits it as ``null``); unannotated parameters get the best guess
+    (bool/None/int/float/comma tuple). Unknown keys and values of the wrong type raise
+    ``ValueError`` naming the option and the accepted keys or type.
     """
     if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)):
         raise TypeError(
@@ -93,6 +97,7 @@ def parse_options(
         for p in inspect.signature(target).parameters.values()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", *skip)
     ]
+    hints = _annotations(target)
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -103,8 +108,54 @@ def parse_options(
             raise ValueError(
                 f"unknown {what} option {key!r}; accepted: {', '.join(params) or 'none'}"
             )
-        out[key] = _coerce(value)
+        out[key] = _typed_value(value, hints.get(key), f"{what} option {key}")
     return out
+
+
+def _annotations(target: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved type hints of ``target``'s parameters (``{}`` where they cannot be
+    resolved)."""
+    import typing
+
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: no hints, best guess
+        return {}
+
+
+def _is_sequence(annotation: Any) -> bool:
+    import collections.abc
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list, collections.abc.Sequence):
+        return True
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if str in members:  # "a,b" is then a string, not a list written with commas
+        return False
+    return any(_is_sequence(a) for a in members)
+
+
+def _typed_value(text: str, annotation: Any, label: str) -> Any:
+    """``text`` converted to the constructor parameter's annotated type with jsonargparse
+    (the library behind LightningCLI): JSON syntax quotes and nests (``'"none"'``,
+    ``[256, 128]``), a sequence may also be written ``256,128``, and a value that does
+    not fit the type is a ``ValueError`` naming the option and the type. Unannotated
+    parameters keep the best guess of :func:`_coerce`."""
+    if annotation is None or annotation is Any:
+        return _coerce(text)
+    from jsonargparse import ArgumentParser
+
+    value = text.strip()
+    if _is_sequence(annotation) and value and value[0] not in "[(" and value != "null":
+        value = f"[{value}]"
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--value", type=annotation)
+    try:
+        return parser.parse_args(["--value", value]).value
+    except (argparse.ArgumentError, ValueError, TypeError):
+        name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        raise ValueError(f"{label}={text!r} is not a valid {name}") from None
 
 
 #: Estimators ``run`` applies to the held-out data by default.
@@ -262,6 +313,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_data_model_training(run)
     add_objective_arguments(run)
+    run.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a JSON or YAML file of run settings (the fields of RunConfig, e.g. epochs: 30, "
+        "prior: mixture, prior_options: {n_components: 5}); flags given on the command line "
+        "override it",
+    )
     run.add_argument("--seed", type=int, default=0, help="random seed")
     g = run.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="report folder to write")
@@ -306,6 +365,14 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_data_model_training(cmp)
+    cmp.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a JSON or YAML file: priors, elbos (lists), seeds, baseline, jobs, "
+        "prior_options and elbo_options (per name) and base (the fields of RunConfig); flags "
+        "given on the command line override it",
+    )
     g = cmp.add_argument_group("grid")
     g.add_argument(
         "--priors", default="standard", help=f"comma-separated, from: {', '.join(PRIOR_NAMES)}"
@@ -471,7 +538,12 @@ def run(args: argparse.Namespace) -> int:
 
     from pyrocollapse.experiment import run_experiment
 
-    config = replace(_base_config(args), **objective_fields(args), seed=args.seed).validate()
+    config = replace(_base_config(args), **objective_fields(args), seed=args.seed)
+    if args.config is not None:
+        defaults = _defaults_of(args)
+        default = replace(_base_config(defaults), **objective_fields(defaults), seed=defaults.seed)
+        config = _merge_config(_read_config(args.config), config, default)
+    config = config.validate()
     # on a terminal fit draws bars; elsewhere it logs periodic progress lines (stderr)
     progress = not args.no_progress
     try:
@@ -539,6 +611,20 @@ def compare_command(args: argparse.Namespace) -> int:
             flush=True,
         )
     else:
+        grid = {} if args.config is None else _read_config(args.config)
+        unknown = set(grid) - set(_COMPARE_KEYS)
+        if unknown:
+            raise ValueError(
+                f"--config {args.config!r}: unknown key(s) {sorted(unknown)}; accepted: "
+                f"{', '.join(_COMPARE_KEYS)}"
+            )
+        defaults = _defaults_of(args)
+        for key in ("priors", "elbos", "seeds", "baseline", "jobs"):
+            if key in grid and getattr(args, key) == getattr(defaults, key):
+                value = grid[key]
+                if key in ("priors", "elbos") and isinstance(value, (list, tuple)):
+                    value = ",".join(map(str, value))
+                setattr(args, key, value)
         priors = [n.strip() for n in args.priors.split(",") if n.strip()]
         elbos = [n.strip() for n in args.elbos.split(",") if n.strip()]
         for n in priors:
@@ -546,10 +632,16 @@ def compare_command(args: argparse.Namespace) -> int:
         for n in elbos:
             ELBOS.get(n)
         base = _base_config(args)
-        prior_options = _per_name_options(
-            args.prior_option, priors, PRIORS, "prior", skip=("latent_dim",)
-        )
-        elbo_options = _per_name_options(args.elbo_option, elbos, ELBOS, "elbo")
+        if "base" in grid:
+            base = _merge_config(grid["base"], base, _base_config(defaults))
+        prior_options = {
+            **grid.get("prior_options", {}),
+            **_per_name_options(args.prior_option, priors, PRIORS, "prior", skip=("latent_dim",)),
+        }
+        elbo_options = {
+            **grid.get("elbo_options", {}),
+            **_per_name_options(args.elbo_option, elbos, ELBOS, "elbo"),
+        }
     summary = compare(
         priors=priors,
         elbos=elbos,
@@ -582,6 +674,73 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Keys of a ``compare --config`` file.
+_COMPARE_KEYS = (
+    "priors",
+    "elbos",
+    "seeds",
+    "baseline",
+    "jobs",
+    "prior_options",
+    "elbo_options",
+    "base",
+)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """A ``--config`` file: JSON (``.json``) or YAML (``.yaml``/``.yml``), a mapping."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--config {path!r} does not exist")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # a parse error of either format, with its position
+        raise ValueError(
+            f"--config {path!r} is not valid {file.suffix[1:] or 'JSON'}: {e}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--config {path!r} must hold a mapping of settings, got {type(data).__name__}"
+        )
+    return data
+
+
+def _defaults_of(args: argparse.Namespace) -> argparse.Namespace:
+    """The namespace the same sub-command gets with no flags (its defaults)."""
+    return _build_parser().parse_args([args.command])
+
+
+def _merge_config(file: dict[str, Any], given: Any, default: Any) -> Any:
+    """A RunConfig from ``file``'s fields, with every field the command line set (differs
+    from ``default``) taken from ``given`` instead."""
+    import dataclasses
+
+    from pyrocollapse.experiment import RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(file) - fields
+    if unknown:
+        raise ValueError(
+            f"--config: unknown run setting(s) {sorted(unknown)}; accepted: {', '.join(sorted(fields))}"
+        )
+    merged = {**default.to_dict(), **file}
+    for name in fields:
+        if getattr(given, name) != getattr(default, name):
+            merged[name] = getattr(given, name)
+    if isinstance(merged.get("estimators"), list):
+        merged["estimators"] = tuple(merged["estimators"])
+    return RunConfig.from_dict(merged)
+
+
 def _grid_from_run(folder: str) -> tuple[Any, list[str], list[str], dict, dict]:
     """The base configuration and the suggested grid of the run in ``folder``."""
     import json
@@ -591,7 +750,9 @@ def _grid_from_run(folder: str) -> tuple[Any, list[str], list[str], dict, dict]:
 
     path = Path(folder) / "metrics.json"
     if not path.is_file():
-        raise ValueError(f"--from-run: {str(path)!r} does not exist; name a folder written by 'pyrocollapse run'")
+        raise ValueError(
+            f"--from-run: {str(path)!r} does not exist; name a folder written by 'pyrocollapse run'"
+        )
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
         base = RunConfig.from_dict(metrics["config"])

@@ -204,7 +204,7 @@ def _one_error_line(err: str) -> str:
         (["run", "--dataset-option", "size=8"], "unknown dataset option 'size'; accepted:"),
         (
             ["run", "--prior", "mixture", "--prior-option", "n_components=many"],
-            "n_components must be an int, got str 'many'",
+            "prior option n_components='many' is not a valid int",
         ),
         (["run", "--elbo", "beta", "--elbo-option", "beta=-1"], "beta must be >= 0.0, got -1.0"),
         (["run", "--epochs", "0"], "--epochs must be >= 1, got 0"),
