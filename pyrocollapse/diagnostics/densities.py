@@ -340,16 +340,18 @@ class _PriorMarginals:
         grid = self._fit(p, dim, num_draws)
         g = self._GRID
         # two chains per dimension walk out from the centre, up and down the grid
-        chain = torch.arange(dim).repeat(2)  # (C,) the dimension of each chain
-        sign = torch.cat([torch.ones(dim), -torch.ones(dim)]).double()
+        chain = torch.arange(dim, device="cpu").repeat(2)  # (C,) the dimension of each chain
+        sign = torch.cat([torch.ones(dim, device="cpu"), -torch.ones(dim, device="cpu")]).double()
         start = torch.where(sign > 0, g // 2, g // 2 - 1)
         move = (sign * self.step[chain])[:, None]  # t from one grid point to the next
         mean = self._default_mean(chain, grid[chain, start])
-        scale = torch.ones(2 * dim, dtype=torch.float64)  # times the Gaussian's factor
+        scale = torch.ones(
+            2 * dim, dtype=torch.float64, device="cpu"
+        )  # times the Gaussian's factor
         slope = self.beta[chain]  # of the conditional mean in t
-        self.means = torch.empty(dim, g, dim - 1, dtype=torch.float64)
-        self.scales = torch.empty(dim, g, dtype=torch.float64)
-        walk = [torch.empty(dim, g, dtype=torch.float64) for _ in range(3)]
+        self.means = torch.empty(dim, g, dim - 1, dtype=torch.float64, device="cpu")
+        self.scales = torch.empty(dim, g, dtype=torch.float64, device="cpu")
+        walk = [torch.empty(dim, g, dtype=torch.float64, device="cpu") for _ in range(3)]
         last = None
         for s in range(g // 2):
             j = start + sign.long() * s
@@ -409,9 +411,12 @@ class _PriorMarginals:
         # the moment-matched Gaussian's conditional of u = z_{-d} given z_d = t, per d:
         # mean mu_u + beta (t - mu_d), Cholesky factor chol
         others = torch.stack(
-            [torch.cat([torch.arange(d), torch.arange(d + 1, dim)]) for d in range(dim)]
+            [
+                torch.cat([torch.arange(d, device="cpu"), torch.arange(d + 1, dim, device="cpu")])
+                for d in range(dim)
+            ]
         )  # (D, D-1)
-        s_ud = cov[others, torch.arange(dim)[:, None]]  # (D, D-1)
+        s_ud = cov[others, torch.arange(dim, device="cpu")[:, None]]  # (D, D-1)
         beta = s_ud / var[:, None]
         cond = cov[others[:, :, None], others[:, None, :]] - s_ud[:, :, None] * beta[:, None, :]
         self.others, self.beta, self.chol = others, beta, _cholesky(cond)
@@ -429,7 +434,9 @@ class _PriorMarginals:
         steps = g // 2
         self.v1 = _normal_points(steps * k1, dim - 1, 0).reshape(steps, k1, dim - 1)
         self.v2 = _normal_points(steps * k2, dim - 1, 1).reshape(steps, k2, dim - 1)
-        return self.lo[:, None] + self.step[:, None] * torch.arange(g, dtype=torch.float64)
+        return self.lo[:, None] + self.step[:, None] * torch.arange(
+            g, dtype=torch.float64, device="cpu"
+        )
 
     def _boost(
         self, grid: torch.Tensor, walk: list[torch.Tensor], lines: list[torch.Tensor] | None
@@ -508,9 +515,9 @@ class _PriorMarginals:
     def _log_joint(self, dims: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """log p(z) at z_d = t, z_{-d} = u, for ``u`` ``(C, K, D-1)`` (float64)."""
         c, k, _ = u.shape
-        z = torch.empty(c, k, u.shape[-1] + 1, dtype=torch.float64)
+        z = torch.empty(c, k, u.shape[-1] + 1, dtype=torch.float64, device="cpu")
         z.scatter_(2, self.others[dims][:, None, :].expand_as(u), u)
-        z[torch.arange(c), :, dims] = t[:, None]
+        z[torch.arange(c, device="cpu"), :, dims] = t[:, None]
         return self._joint_log_prob(z.reshape(c * k, -1)).reshape(c, k)
 
     def _joint_log_prob(self, rows: torch.Tensor) -> torch.Tensor:
@@ -545,9 +552,9 @@ class _PriorMarginals:
         pos = ((t - self.lo[d]) / self.step[d]).round().clamp(0, self._GRID - 1).long()
         per = max(1, self._ROWS // (self.v1.shape[1] + self.v2.shape[1]))
         out = []
-        for idx in torch.arange(len(t)).split(per):
+        for idx in torch.arange(len(t), device="cpu").split(per):
             j, ti = pos[idx], t[idx]
-            dims = torch.full((len(idx),), d)
+            dims = torch.full((len(idx),), d, device="cpu")
             mean = self.means[d, j] + self.beta[d] * (ti - self.lo[d] - j * self.step[d])[:, None]
             factor = self.scales[d, j][:, None, None] * self.chol[d]
             u, log_r, control = self._propose(dims, ti, mean, factor, (self.v1[0], self.v2[0]))
@@ -562,7 +569,7 @@ class _PriorMarginals:
             z[:, :, d] = t[:, None]
             lp = self._joint_log_prob(z.reshape(-1, z.shape[-1])).reshape(len(t), m)
             lines = [x[None] for x in _log_mean(lp - self.log_norm[d])]
-        return self._combine(walk, lines, torch.tensor([d]))[0][0]
+        return self._combine(walk, lines, torch.tensor([d], device="cpu"))[0][0]
 
     def _line_stats(self, grid: torch.Tensor) -> list[torch.Tensor] | None:
         """The lines' estimate of log p(z_d = t) on the grid, with its log variance and
@@ -571,11 +578,11 @@ class _PriorMarginals:
         rule, and p(t) = E_u[p(t | u)] (a Rao-Blackwellised, kernel-free estimate)."""
         dim, g = grid.shape
         m = self.lines.shape[0]
-        self.log_norm = torch.zeros(dim, m, dtype=torch.float64)
+        self.log_norm = torch.zeros(dim, m, dtype=torch.float64, device="cpu")
         if not bool(self.use_lines.any()):
             return None
-        stats = [torch.zeros(dim, g, dtype=torch.float64) for _ in range(3)]
-        ends = torch.zeros(g, dtype=torch.float64)
+        stats = [torch.zeros(dim, g, dtype=torch.float64, device="cpu") for _ in range(3)]
+        ends = torch.zeros(g, dtype=torch.float64, device="cpu")
         ends[[0, -1]] = math.log(2)
         for d in self.use_lines.nonzero().flatten().tolist():
             z = self.lines.expand(g, m, dim).clone()
@@ -617,8 +624,12 @@ class _PriorMarginals:
         ok1, ok2 = f1 >= self._MIN_ESS, f2 >= self._MIN_ESS
         # weights: inverse relative variances (so that an estimate far too small, with a
         # small variance in absolute terms, cannot take over), floored at 1e-12
-        a1 = -torch.maximum(v1 - 2 * e1, torch.tensor(-27.6)).nan_to_num(math.inf, math.inf)
-        a2 = -torch.maximum(v2 - 2 * e2, torch.tensor(-27.6)).nan_to_num(math.inf, math.inf)
+        a1 = -torch.maximum(v1 - 2 * e1, torch.tensor(-27.6, device="cpu")).nan_to_num(
+            math.inf, math.inf
+        )
+        a2 = -torch.maximum(v2 - 2 * e2, torch.tensor(-27.6, device="cpu")).nan_to_num(
+            math.inf, math.inf
+        )
         both = torch.logaddexp(e1 + a1, e2 + a2) - torch.logaddexp(a1, a2)
         first = ok1 | (~ok2 & (f1 >= f2))
         one, one_rv = torch.where(first, e1, e2), -torch.where(first, a1, a2)
@@ -637,7 +648,7 @@ class _PriorMarginals:
             pos = (flat - self.lo) / self.step  # (K, D)
             g = self._GRID
             i0 = pos.floor().clamp(0, g - 2).long()
-            at = i0 + torch.arange(flat.shape[1]) * (g + 2)  # the padded table's rows
+            at = i0 + torch.arange(flat.shape[1], device="cpu") * (g + 2)  # the padded table's rows
             table = self.padded.reshape(-1)
             out, ok = _catmull_rom(table[at], table[at + 1], table[at + 2], table[at + 3], pos - i0)
             inside = (pos >= 0) & (pos <= g - 1)
@@ -661,7 +672,10 @@ class _PriorMarginals:
         cell = pos.floor().clamp(0, g - 2).long()
         new = [i for i in cell.unique().tolist() if i not in fine]
         if new:
-            at = torch.tensor(new, dtype=torch.float64)[:, None] + torch.arange(1, r) / r
+            at = (
+                torch.tensor(new, dtype=torch.float64, device="cpu")[:, None]
+                + torch.arange(1, r, device="cpu") / r
+            )
             inner = self._estimate(d, (self.lo[d] + at * self.step[d]).reshape(-1))
             for i, row in zip(new, inner.reshape(len(new), r - 1)):
                 fine[i] = torch.cat([self.table[d, i : i + 1], row, self.table[d, i + 1 : i + 2]])
@@ -684,13 +698,15 @@ class _PriorMarginals:
             direct = self._estimate(d, self.lo[d] + pos * self.step[d])
             return direct, torch.ones_like(pos, dtype=torch.bool)
         if new:
-            at = torch.tensor(new, dtype=torch.float64)
+            at = torch.tensor(new, dtype=torch.float64, device="cpu")
             extra.update(zip(new, self._estimate(d, self.lo[d] + at * self.step[d]).tolist()))
         row = self.table[d].tolist()
 
         def value(idx: torch.Tensor) -> torch.Tensor:
             return torch.tensor(
-                [row[i] if 0 <= i < g else extra[i] for i in idx.tolist()], dtype=torch.float64
+                [row[i] if 0 <= i < g else extra[i] for i in idx.tolist()],
+                dtype=torch.float64,
+                device="cpu",
             )
 
         return _catmull_rom(value(i0 - 1), value(i0), value(i0 + 1), value(i0 + 2), pos - i0)
@@ -764,7 +780,7 @@ def _normal_points(n: int, dim: int, seed: int) -> torch.Tensor:
 def _cholesky(cov: torch.Tensor) -> torch.Tensor:
     """Cholesky factors of a batch of covariances ``(..., n, n)``, with jitter relative
     to their mean variance where needed."""
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device="cpu")
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-24)[..., None, None]
     for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
         chol, info = torch.linalg.cholesky_ex(cov + jitter * scale * eye)
