@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pyrocollapse-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint docs bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ test: setup lint
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not notebooks"
 
+# the documentation site (API reference, guides, tutorials executed in smoke mode), offline
+docs: setup
+	$(BIN)/sphinx-build -W --keep-going -b html docs/site docs/_build/html
+
 bench: setup
 	$(BIN)/python benchmarks/training.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build docs/_build *.egg-info

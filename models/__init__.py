@@ -6,15 +6,15 @@ programs, ``encode``, ``decode``, ``generate``, ``sample`` and ``reconstruct``, 
 ``pyrocollapse run --model NAME``. Ordered by the power of the decoder, from the
 analytically solvable to the notoriously collapsing:
 
-========== =================== =====================================================
-name       class               decoder
-========== =================== =====================================================
-linear     :class:`LinearVAE`  linear Gaussian (probabilistic PCA; closed forms)
-mlp        :class:`MLPVAE`     factorised MLP (Bernoulli / continuous Bernoulli / Gaussian)
-ladder     :class:`LadderVAE`  two latent layers, z2 -> z1 -> x, ladder inference
-conv       :class:`ConvVAE`    transposed convolutions, optional PixelCNN head
+========== ==================== =====================================================
+name       class                decoder
+========== ==================== =====================================================
+linear     :class:`LinearVAE`   linear Gaussian (probabilistic PCA; closed forms)
+mlp        :class:`MLPVAE`      factorised MLP (Bernoulli / continuous Bernoulli / Gaussian)
+ladder     :class:`LadderVAE`   two latent layers, z2 -> z1 -> x, ladder inference
+conv       :class:`ConvVAE`     transposed convolutions, optional PixelCNN head
 sequence   :class:`SequenceVAE` autoregressive GRU/LSTM language model conditioned on z
-========== =================== =====================================================
+========== ==================== =====================================================
 """
 
 from pyrocollapse.models.base import MODELS, VAE, make_model

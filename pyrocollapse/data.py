@@ -83,6 +83,7 @@ KINDS: tuple[str, ...] = ("binary", "unit_interval", "real", "tokens")
 
 #: Token strings of the reserved ids 0..3 at the start of every vocabulary.
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
+#: Ids of the reserved tokens: padding, begin and end of sequence, unknown word.
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 #: Short name -> loader, used by :func:`load_dataset` and ``pyrocollapse run --dataset``.

@@ -4,21 +4,21 @@ Every objective here subclasses :class:`BaseELBO`, itself a :class:`pyro.infer.E
 works as ``SVI(model, guide, optim, loss=...)``, as ``elbo(model, guide)`` (Pyro's
 ``ELBOModule``, used by Lightning and DDP) and with :func:`pyrocollapse.train.fit`.
 
-=========================  ==========  =====================================================
-class                      CLI name    objective (maximised; ``beta`` is the KL weight)
-=========================  ==========  =====================================================
-:class:`PlainELBO`         elbo        E_q[log p(x|z)] - KL
-:class:`AnnealedELBO`      annealed    E_q[log p(x|z)] - beta_t KL, beta_t from a schedule
-:class:`BetaELBO`          beta        E_q[log p(x|z)] - beta KL (Higgins et al. 2017)
-:class:`FreeBitsELBO`      freebits    KL per dimension floored at ``free_bits`` (Kingma
-                                       et al. 2016)
-:class:`MIRegularizedELBO` mi          ELBO + alpha I_q(x; z), minibatch estimate
-:class:`InfoVAEELBO`       infovae     InfoVAE with an MMD divergence (Zhao et al. 2019)
-:class:`IWAEELBO`          iwae        per-data-point importance-weighted bound (Burda
-                                       et al. 2016)
-:class:`BetaTCELBO`        betatc      KL split into index-code MI, total correlation and
-                                       dimension-wise KL (Chen et al. 2018)
-=========================  ==========  =====================================================
+==========================  ==========  =====================================================
+class                       CLI name    objective (maximised; ``beta`` is the KL weight)
+==========================  ==========  =====================================================
+:class:`PlainELBO`          elbo        E_q[log p(x|z)] - KL
+:class:`AnnealedELBO`       annealed    E_q[log p(x|z)] - beta_t KL, beta_t from a schedule
+:class:`BetaELBO`           beta        E_q[log p(x|z)] - beta KL (Higgins et al. 2017)
+:class:`FreeBitsELBO`       freebits    KL per dimension floored at ``free_bits`` (Kingma
+                                        et al. 2016)
+:class:`MIRegularizedELBO`  mi          ELBO + alpha I_q(x; z), minibatch estimate
+:class:`InfoVAEELBO`        infovae     InfoVAE with an MMD divergence (Zhao et al. 2019)
+:class:`IWAEELBO`           iwae        per-data-point importance-weighted bound (Burda
+                                        et al. 2016)
+:class:`BetaTCELBO`         betatc      KL split into index-code MI, total correlation and
+                                        dimension-wise KL (Chen et al. 2018)
+==========================  ==========  =====================================================
 
 How the base works
 ------------------

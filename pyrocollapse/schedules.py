@@ -20,6 +20,7 @@ from pyrocollapse.registry import Registry
 
 __all__ = ["SCHEDULES", "Constant", "Cyclical", "Linear", "Schedule", "Sigmoid"]
 
+#: Short name -> schedule class, used by ``pyrocollapse run --schedule NAME``.
 SCHEDULES: Registry[Any] = Registry("schedule")
 
 
