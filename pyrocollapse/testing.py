@@ -51,7 +51,7 @@ from pyro.poutine.util import site_is_subsample
 from pyrocollapse._validation import check_float, check_int
 from pyrocollapse.priors import Prior
 
-__all__ = ["check_prior"]
+__all__ = ["check_prior", "tiny_config"]
 
 
 def _fail(prior: Prior, check: str, message: str) -> None:
@@ -421,3 +421,27 @@ def check_prior(
         _check_program_and_gradients(prior, min(n, 256))
         if statistics:
             _check_statistics(prior, n, atol)
+
+
+def tiny_config(**changes: Any) -> Any:
+    """A :class:`~pyrocollapse.experiment.RunConfig` that trains and diagnoses in seconds
+    (one epoch, a 2-d latent, a 16-unit network, the cheap estimators, small samples), for
+    tests of code built on ``run``/``compare``; ``changes`` replace any of its fields.
+
+    Raises ``ValueError``/``TypeError`` as :meth:`RunConfig.validate` does.
+    """
+    from pyrocollapse.experiment import RunConfig
+
+    fields: dict[str, Any] = {
+        "epochs": 1,
+        "latent_dim": 2,
+        "batch_size": 256,
+        "model_options": {"hidden": (16,)},
+        "bootstrap": 0,
+        "importance_samples": 50,
+        "posterior_samples": 5,
+        "posterior_points": 20,
+        "estimators": ("kl", "au", "mi"),
+    }
+    fields.update(changes)
+    return RunConfig(**fields).validate()

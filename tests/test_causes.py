@@ -213,21 +213,9 @@ def test_bad_arguments():
 
 def test_compare_runs_the_grid_a_report_suggests(tmp_path, capsys):
     from pyrocollapse.cli import main
-    from pyrocollapse.experiment import RunConfig
+    from pyrocollapse.testing import tiny_config
 
-    config = RunConfig(
-        epochs=1,
-        latent_dim=2,
-        batch_size=256,
-        model_options={"hidden": (16,)},
-        bootstrap=0,
-        importance_samples=50,
-        posterior_samples=5,
-        posterior_points=20,
-        estimators=("kl", "au", "mi"),
-        prior="standard",
-        elbo="annealed",
-    )
+    config = tiny_config(prior="standard", elbo="annealed")
     analysis = CauseAnalysis(
         ["z"],
         [],

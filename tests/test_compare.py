@@ -9,18 +9,9 @@ import pytest
 from pyrocollapse.cli import main
 from pyrocollapse.comparison import compare, format_summary, run_id
 from pyrocollapse.experiment import RunConfig
+from pyrocollapse.testing import tiny_config
 
-TINY = RunConfig(
-    epochs=1,
-    latent_dim=2,
-    batch_size=256,
-    model_options={"hidden": (16,)},
-    bootstrap=0,
-    importance_samples=50,
-    posterior_samples=5,
-    posterior_points=20,
-    estimators=("kl", "au", "mi"),
-)
+TINY = tiny_config()
 
 
 def test_grid_trains_every_cell_and_resumes(tmp_path):

@@ -15,21 +15,12 @@ from dataclasses import replace
 import pytest
 
 from pyrocollapse import provenance as provenance_module
-from pyrocollapse.experiment import RunConfig, run_experiment
+from pyrocollapse.experiment import run_experiment
 from pyrocollapse.provenance import git_state, package_versions, provenance
+from pyrocollapse.testing import tiny_config
 from pyrocollapse.tracking import MemoryTracker
 
-TINY = RunConfig(
-    epochs=1,
-    latent_dim=2,
-    batch_size=256,
-    model_options={"hidden": (16,)},
-    bootstrap=0,
-    importance_samples=50,
-    posterior_samples=5,
-    posterior_points=20,
-    estimators=("kl", "au", "mi"),
-)
+TINY = tiny_config()
 
 KEYS = {
     "versions",

@@ -46,6 +46,7 @@ from pyrocollapse.priors import (
     VampPrior,
     make_prior,
 )
+from pyrocollapse.testing import tiny_config
 
 
 # --------------------------------------------------------------------------------------
@@ -611,22 +612,12 @@ def test_objects_not_built_by_their_class_cannot_be_saved(tmp_path):
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from pyrocollapse.experiment import RunConfig, run_experiment
+    from pyrocollapse.experiment import run_experiment
 
     out = tmp_path_factory.mktemp("runs") / "run"
     pyro.set_rng_seed(0)
     result = run_experiment(
-        RunConfig(
-            epochs=1,
-            latent_dim=2,
-            batch_size=256,
-            model_options={"hidden": (16,)},
-            bootstrap=0,
-            importance_samples=50,
-            posterior_samples=5,
-            posterior_points=20,
-            estimators=("kl", "au", "mi"),
-        ),
+        tiny_config(),
         out=out,
         progress=False,
     )

@@ -24,6 +24,7 @@ from pyrocollapse.report_folder import (
     write_figures,
     write_html,
 )
+from pyrocollapse.testing import tiny_config
 from pyrocollapse.train import EpochRecord, History
 
 EVIL = "<script>alert(1)</script>"
@@ -364,17 +365,7 @@ def test_comparison_page_of_a_folder_that_is_not_a_grid(tmp_path):
 def test_compare_writes_the_comparison_page(tmp_path):
     from pyrocollapse.comparison import compare
 
-    base = RunConfig(
-        epochs=1,
-        latent_dim=2,
-        batch_size=256,
-        model_options={"hidden": (16,)},
-        bootstrap=0,
-        importance_samples=50,
-        posterior_samples=5,
-        posterior_points=20,
-        estimators=("kl", "au", "mi"),
-    )
+    base = tiny_config()
     out = tmp_path / "grid"
     compare(priors=["standard"], elbos=["elbo"], seeds=1, out=out, base=base, progress=False)
     page = (out / "comparison.html").read_text()
