@@ -314,6 +314,17 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_model_training(run)
     add_objective_arguments(run)
     run.add_argument(
+        "--device",
+        default=None,
+        help="where to train and diagnose: cpu, cuda, cuda:1, ... (default: the CPU)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, all cores)",
+    )
+    run.add_argument(
         "--config",
         default=None,
         metavar="FILE",
@@ -544,6 +555,12 @@ def run(args: argparse.Namespace) -> int:
         default = replace(_base_config(defaults), **objective_fields(defaults), seed=defaults.seed)
         config = _merge_config(_read_config(args.config), config, default)
     config = config.validate()
+    if args.threads is not None:
+        import torch
+
+        from pyrocollapse._validation import check_int
+
+        torch.set_num_threads(check_int("--threads", args.threads, minimum=1))
     # on a terminal fit draws bars; elsewhere it logs periodic progress lines (stderr)
     progress = not args.no_progress
     try:
@@ -555,6 +572,7 @@ def run(args: argparse.Namespace) -> int:
             echo=True,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
+            device=args.device,
         )
     except KeyboardInterrupt:
         from pyrocollapse.experiment import work_folder

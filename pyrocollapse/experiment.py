@@ -478,6 +478,7 @@ def run_experiment(
     checkpoint_every: int | None = None,
     resume: bool = False,
     tracker: Any = None,
+    device: Any = None,
 ) -> RunResult:
     """Train, diagnose on the held-out split, and (if ``out``) write the report folder.
 
@@ -515,6 +516,10 @@ def run_experiment(
         checkpointing, every ``checkpoint_every`` epochs, 1 by default); the
         configuration must be the one the run started with. Without a checkpoint the run
         starts afresh. A resumed run ends as the uninterrupted one would have.
+    device : str, torch.device or None
+        Where to train and diagnose (``"cuda"``, ``"cuda:1"``, ...; ``None``: the CPU);
+        the model comes back to the CPU before the report folder is written. Checked
+        before any work (an unavailable device is a ``ValueError``).
     tracker : pyrocollapse.tracking.Tracker or None
         Passed to :func:`~pyrocollapse.train.fit` (per-epoch scalars, fit's settings),
         after ``tracker.log_hparams({"config": ...})`` with the configuration. Not closed.
@@ -540,6 +545,9 @@ def run_experiment(
         raise TypeError(f"resume must be a bool, got {type(resume).__name__} {resume!r}")
     if checkpoint_every is not None:
         check_int("--checkpoint-every", checkpoint_every, minimum=1)
+    from pyrocollapse._validation import check_device
+
+    device = check_device("--device", device)
     if out is None:
         if checkpoint_every is not None or resume:
             raise ValueError(
@@ -547,8 +555,9 @@ def run_experiment(
                 "<out>.partial/.checkpoint/"
             )
         return _train_and_diagnose(
-            config, progress=progress, callbacks=callbacks, echo=echo, tracker=tracker
-        )
+            config, progress=progress, callbacks=callbacks, echo=echo, tracker=tracker,
+            device=device,
+        )  # fmt: skip
     if not isinstance(out, (str, Path)):
         raise TypeError(f"out must be a str, a Path or None, got {type(out).__name__}")
     out = check_output_folder("--out", out)
@@ -571,6 +580,7 @@ def run_experiment(
                 checkpoint_every=checkpoint_every or 1,
                 resume=resume,
                 tracker=tracker,
+                device=device,
             )
             written = write_run_folder(result, out, overwrite=overwrite)
         except BaseException:
@@ -679,8 +689,9 @@ def _train_and_diagnose(
     checkpoint_every: int = 1,
     resume: bool = False,
     tracker: Any = None,
+    device: Any = None,
 ) -> RunResult:
-    """Build, fit and diagnose ``config`` (no files but the checkpoint)."""
+    """Build, fit and diagnose ``config`` (no files but the checkpoint) on ``device``."""
     import torch
 
     from pyrocollapse.diagnostics import diagnose
@@ -701,6 +712,8 @@ def _train_and_diagnose(
             flush=True,
         )
     vae = built.vae
+    if device is not None:
+        vae.to(device)
     origin = provenance(seed=config.seed, device=_model_device(vae))
     if tracker is not None and callable(getattr(tracker, "log_hparams", None)):
         tracker.log_hparams({"config": _config_record(config)})
@@ -722,6 +735,7 @@ def _train_and_diagnose(
         checkpoint_every=checkpoint_every,
         resume=resume and checkpoint_dir is not None,
         tracker=tracker,
+        device=device,
     )
     train_time = time.perf_counter() - start
     vae.eval()  # ... and off for the diagnosis, posterior.nc and figures: a deterministic decoder
@@ -735,6 +749,7 @@ def _train_and_diagnose(
         bootstrap=config.bootstrap,
         importance_samples=config.importance_samples,
         seed=config.seed,
+        device=device,
         free_bits=_free_bits_floor(built.elbo),
         history=history,
         setting={
@@ -744,6 +759,8 @@ def _train_and_diagnose(
             "aggressive": config.aggressive,
         },
     )
+    if device is not None:
+        vae.cpu()  # the report folder (posterior.nc, figures, model.pt) is made on the host
     if echo:
         print()
         print(report)

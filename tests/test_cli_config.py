@@ -107,3 +107,32 @@ def test_ready_constructors_get_typed_options():
     }  # fmt: skip
     with pytest.raises(ValueError, match="n_components='ten' is not a valid int"):
         parse_options(["n_components=ten"], MixturePrior.__init__, "prior", skip=("latent_dim",))
+
+
+def test_run_takes_device_and_threads(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "out"
+    try:
+        code = main(
+            ["run", "--config", str(_small(tmp_path)), "--device", "cpu", "--threads", "1",
+             "--out", str(out), "--no-progress"]
+        )  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["provenance"]["device"] == "cpu"
+    # a device this machine does not have: one line, exit 2, before any work
+    assert main(["run", "--device", "cuda:7", "--out", str(tmp_path / "o2")]) == 2
+    assert "--device" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert main(["run", "--threads", "0", "--out", str(tmp_path / "o3")]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def _small(tmp_path):
+    cfg = tmp_path / "small.json"
+    cfg.write_text(json.dumps({**SMALL, "epochs": 1}))
+    return cfg
