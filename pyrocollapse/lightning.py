@@ -1336,6 +1336,13 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=128, help="minibatch size per process")
     g.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     g.add_argument("--seed", type=int, default=0, help="seed of the data split and the weights")
+    g.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a JSON or YAML file of run settings (the fields of RunConfig, as for "
+        "'pyrocollapse run --config'); flags given on the command line override it",
+    )
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per process")
     g = p.add_argument_group("devices (passed to lightning's Trainer)")
     g.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, tpu or auto")
@@ -1580,14 +1587,23 @@ def _train(args: argparse.Namespace) -> int:
     check_int("--num-nodes", args.num_nodes, minimum=1)
     check_int("--num-workers", args.num_workers, minimum=0)
     _check_logger(args.logger)
-    config = RunConfig(
-        **data_model_fields(args),
-        **objective_fields(args),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-    ).validate()
+    def from_args(a: argparse.Namespace) -> RunConfig:
+        return RunConfig(
+            **data_model_fields(a),
+            **objective_fields(a),
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            seed=a.seed,
+        )
+
+    config = from_args(args)
+    if args.config is not None:
+        from pyrocollapse.cli import _merge_config, _read_config
+
+        defaults = from_args(_build_parser().parse_args([]))
+        config = _merge_config(_read_config(args.config), config, defaults)
+    config = config.validate()
     out = Path(args.out)
     staging = _staging_folder(out)
     launch = _launch_rank()

@@ -442,3 +442,14 @@ def test_aggressive_mode_needs_one_process_without_accumulation(digits):
         from pyrocollapse.lightning import LightningCollapseCallback
 
         LightningCollapseCallback(object())
+
+
+def test_launcher_reads_a_config_file(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"latent_dim": 3, "epochs": 5, "lr": 0.005}))
+    out = tmp_path / "run"
+    # the file sets lr; the flags --latent-dim 2 (in LAUNCH) and --epochs 1 override it
+    assert main([*LAUNCH, "--config", str(cfg), "--epochs", "1", "--out", str(out)]) == 0
+    record = json.dumps(json.loads((out / "config.json").read_text()))
+    assert '"lr": 0.005' in record and '"latent_dim": 2' in record and '"epochs": 1' in record
