@@ -2459,7 +2459,7 @@ def _monitor(
                         draws, _MONITOR_AU_THRESHOLD, _MONITOR_AU_SAMPLES, 0, 0.95
                     )
                     values[f"active_units/{site}"] = float(activity.active.sum())
-                mi = _mi_from_draws(draws, 1, _MONITOR_PER_DIM_DRAWS, 0, 0.95, dims=False)
+                mi = _mi_from_draws(draws, 1, _MONITOR_PER_DIM_DRAWS, 0, 0.95, prior_dims=False)
                 values[f"mi/{site}"] = float(mi.total)
             except (ValueError, NotImplementedError):
                 if strict:

@@ -387,17 +387,17 @@ def _mi_from_draws(
     bootstrap: int,
     ci_level: float,
     *,
-    dims: bool = True,
+    prior_dims: bool = True,
 ) -> MutualInformation:
-    """The estimates of :func:`mutual_information` from one sweep's draws; ``dims=False``
-    leaves out the per-dimension values (and with them the prior's marginals, which a
-    flow prior estimates at some cost), as ``fit``'s monitor, which reads the total only,
-    does."""
+    """The estimates of :func:`mutual_information` from one sweep's draws;
+    ``prior_dims=False`` leaves out the per-dimension marginal KLs and with them the
+    prior's marginals, which a flow prior estimates at some cost (``fit``'s monitor,
+    which reads the total only)."""
     agg = _AggregatePosterior([d.q for d in draws])
     zs, cond, prior, cond_d, prior_d = [], [], [], [], []
-    per_dim = dims and all(m is not None for m in agg.marginals)
+    per_dim = all(m is not None for m in agg.marginals)
     prior_marginals = None
-    if per_dim:
+    if per_dim and prior_dims:
         try:
             prior_marginals = prior_marginals_of(draws, "")
         except NotImplementedError:
