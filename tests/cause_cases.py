@@ -122,6 +122,25 @@ class CauseCase:
     extra: dict = field(default_factory=dict)
 
 
+def _case(
+    name: str, vae: Any, train: Any, test: Any, history: Any, objective: Any, *, extra: dict
+) -> CauseCase:
+    """A :class:`CauseCase` of ``name``: its cause, programs and remedy follow from it."""
+    return CauseCase(
+        name=name,
+        cause=_CAUSE_TEXT[name],
+        vae=vae,
+        model=vae.model,
+        guide=vae.guide,
+        train=train,
+        test=test,
+        history=history,
+        objective=objective,
+        remedy=dict(_REMEDY[name]),
+        extra=extra,
+    )
+
+
 def _check_name(name: str) -> str:
     if name not in CAUSES:
         raise ValueError(f"name must be one of {CAUSES}, got {name!r}")
@@ -198,17 +217,13 @@ def _decoder_capacity(seed: int, word_dropout: float) -> CauseCase:
         progress=False,
     )
     vae.eval()  # word dropout only while training
-    return CauseCase(
-        name="decoder_capacity",
-        cause=_CAUSE_TEXT["decoder_capacity"],
-        vae=vae,
-        model=vae.model,
-        guide=vae.guide,
-        train=train.data,
-        test=test.data,
-        history=history,
-        objective=loss,
-        remedy=dict(_REMEDY["decoder_capacity"]),
+    return _case(
+        "decoder_capacity",
+        vae,
+        train.data,
+        test.data,
+        history,
+        loss,
         extra={
             "settings": {**s, "word_dropout": word_dropout, "seed": seed},
             "test_factors": test.factors,
@@ -325,17 +340,13 @@ def _prior_mismatch(seed: int, mixture: bool) -> CauseCase:
         progress=False,
     )
     vae.eval()
-    return CauseCase(
-        name="prior_mismatch",
-        cause=_CAUSE_TEXT["prior_mismatch"],
-        vae=vae,
-        model=vae.model,
-        guide=vae.guide,
-        train=data["train"],
-        test=data["test"],
-        history=history,
-        objective=loss,
-        remedy=dict(_REMEDY["prior_mismatch"]),
+    return _case(
+        "prior_mismatch",
+        vae,
+        data["train"],
+        data["test"],
+        history,
+        loss,
         extra={
             "settings": {**s, "prior": "mixture" if mixture else "standard", "seed": seed},
             "test_factors": torch.as_tensor(data["labels"][: s["test_rows"]]),
@@ -412,17 +423,13 @@ def _training_dynamics(seed: int, aggressive: bool) -> CauseCase:
         aggressive=aggressive,
     )
     vae.eval()
-    return CauseCase(
-        name="training_dynamics",
-        cause=_CAUSE_TEXT["training_dynamics"],
-        vae=vae,
-        model=vae.model,
-        guide=vae.guide,
-        train=train.data,
-        test=test.data,
-        history=history,
-        objective=loss,
-        remedy=dict(_REMEDY["training_dynamics"]),
+    return _case(
+        "training_dynamics",
+        vae,
+        train.data,
+        test.data,
+        history,
+        loss,
         extra={
             "settings": {**s, "aggressive": aggressive, "seed": seed},
             "pretrain_history": pretrain,

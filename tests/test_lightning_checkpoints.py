@@ -15,14 +15,12 @@ pytest.importorskip("lightning")
 
 import lightning.pytorch as pl
 import pyro
-import pyro.distributions as dist
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
-from pyro.nn import PyroModule
-from torch import nn
+from test_lightning import GlobalMean  # x_i ~ N(mu, sigma): a global latent for an autoguide
 
 from pyrocollapse.callbacks import PosteriorCollapseWarning
 from pyrocollapse.elbo import AnnealedELBO
@@ -142,19 +140,6 @@ def test_every_ready_model_is_rebuilt_from_its_recipe_without_the_data(
         k: v.shape for k, v in module.state_dict().items()
     }
     assert rebuilt.objective.schedule == module.objective.schedule
-
-
-class GlobalMean(PyroModule):
-    """x_i ~ N(mu, sigma), mu ~ N(0, 10): a global latent for an autoguide."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log_sigma = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> None:
-        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-        with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.Normal(mu, self.log_sigma.exp()), obs=x[:, 0])
 
 
 def test_a_recipe_holds_plain_values_only():

@@ -525,7 +525,7 @@ def _remedies(cause: str, measurements: dict[str, Any], setting: dict[str, Any])
         unclear = [
             r
             for r in _remedies(DYNAMICS, {}, setting)
-            if "free bits" in r.action or "aggressive" in r.action
+            if r.grid.get("elbo") == "freebits" or r.grid.get("run_options", {}).get("aggressive")
         ] + [r for r in _remedies(DECODER, {}, setting) if r.grid.get("elbo") == "mi"]
         return [Remedy(UNCLEAR, r.action, r.cli, r.python, r.grid) for r in unclear]
     out = []
