@@ -1,5 +1,9 @@
-"""The tutorial notebooks: they run top to bottom in smoke mode, and the committed files are
-exactly what ``tutorials/build_notebooks.py`` writes (no outputs).
+"""The tutorial notebooks: their jupytext sources lint clean, the committed notebooks are
+exactly what ``tutorials/build_notebooks.py`` writes from the sources (no outputs), and
+they run top to bottom in smoke mode.
+
+Each notebook ``tutorials/NN_name.ipynb`` is generated from its jupytext percent-format
+source ``tutorials/NN_name.py``, the single source of truth.
 
 Executing a notebook starts a Jupyter kernel (the ``python3`` kernel of this environment)
 with ``PYROCOLLAPSE_SMOKE=1``, which shrinks every budget in the notebooks, and
@@ -13,6 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,9 +37,12 @@ pytestmark = [
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(p.name for p in TUTORIALS.glob("*.ipynb"))
+SOURCES = sorted(p.name for p in TUTORIALS.glob("[0-9][0-9]_*.py"))
+REBUILD = "run python tutorials/build_notebooks.py"
 
 
 def _builder():
+    pytest.importorskip("jupytext")
     spec = importlib.util.spec_from_file_location(
         "build_notebooks", TUTORIALS / "build_notebooks.py"
     )
@@ -45,27 +55,59 @@ def _read(name: str):
     return nbformat.read(TUTORIALS / name, as_version=4)
 
 
-def test_every_notebook_is_built_by_the_generator():
+def test_every_notebook_has_a_source():
     assert NOTEBOOKS, f"no notebooks in {TUTORIALS}"
-    assert NOTEBOOKS == sorted(_builder().NOTEBOOKS), (
-        "tutorials/*.ipynb and build_notebooks.NOTEBOOKS differ; add the notebook to "
-        "build_notebooks.py (or delete the stray file) and run python tutorials/build_notebooks.py"
+    assert NOTEBOOKS == [Path(s).with_suffix(".ipynb").name for s in SOURCES], (
+        "tutorials/*.ipynb and their sources tutorials/NN_*.py differ: write the source of a new "
+        "notebook with jupytext --set-formats ipynb,py:percent NOTEBOOK (or "
+        f"delete the stray file) and {REBUILD}"
     )
+    assert [p.name for p in _builder().sources()] == SOURCES
+
+
+def test_build_script_finds_nothing_out_of_date(capsys):
+    assert _builder().main(["--check"]) == 0, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebook_is_in_sync_and_has_no_outputs(name):
+def test_committed_notebook_is_in_sync_with_its_source_and_has_no_outputs(name):
+    builder = _builder()
+    source = TUTORIALS / Path(name).with_suffix(".py").name
+    built = builder.build(source)  # raises unless the header pairs it: formats ipynb,py:percent
     committed = _read(name)
-    built = _builder().build(name)
     assert [(c.cell_type, c.source) for c in committed.cells] == [
         (c.cell_type, c.source) for c in built.cells
-    ], f"{name} differs from build_notebooks.py; run python tutorials/build_notebooks.py"
+    ], f"{name} differs from its source {source.name}; {REBUILD}"
     assert committed.metadata["kernelspec"]["name"] == "python3"
     for cell in committed.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, (
-                f"{name} has outputs; run python tutorials/build_notebooks.py to strip them"
+                f"{name} has outputs; {REBUILD} to strip them"
             )
+    # ids, metadata, formatting: the file is byte for byte what the builder writes
+    assert (TUTORIALS / name).read_text(encoding="utf-8") == builder.render(built), (
+        f"{name} is not exactly what build_notebooks.py writes (cell ids or metadata); {REBUILD}"
+    )
+
+
+def _ruff() -> str | None:
+    """The ruff of this environment, else the first on PATH."""
+    here = Path(sys.executable).parent / ("ruff.exe" if sys.platform == "win32" else "ruff")
+    return str(here) if here.exists() else shutil.which("ruff")
+
+
+def test_notebook_sources_pass_ruff():
+    ruff = _ruff()
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    done = subprocess.run(
+        [ruff, "check", "--no-cache", "--output-format", "concise", str(TUTORIALS)],
+        cwd=TUTORIALS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"ruff check tutorials failed:\n{done.stdout}{done.stderr}"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
