@@ -22,6 +22,7 @@ __all__ = [
     "LIKELIHOODS",
     "MaskedConv2d",
     "PixelCNNHead",
+    "SkipMLP",
     "check_dropout",
     "check_likelihood_support",
     "conv_decoder",
@@ -68,6 +69,48 @@ def mlp(
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+class SkipMLP(nn.Module):
+    """A ReLU MLP that feeds its input z to every layer (skip-VAE, Dieng et al. 2019).
+
+    Layer ``i`` maps ``[h_{i-1}, z]`` to ``h_i`` (``h_0 = z``), so no layer can wash z
+    out: the decoder's output stays a function of z at every depth, which makes ignoring
+    z costlier than in a plain MLP of the same widths.
+
+    Parameters
+    ----------
+    sizes : tuple of int
+        ``(latent_dim, hidden..., out)``, as for :func:`mlp`.
+    dropout : float
+        Dropout probability after each hidden activation (not applied to the skipped z).
+
+    References
+    ----------
+    Dieng, Kim, Rush, Blei (2019). Avoiding Latent Variable Collapse with Generative Skip
+    Models. AISTATS.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], *, dropout: float = 0.0) -> None:
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"SkipMLP needs at least (in, out) sizes, got {sizes}")
+        latent = sizes[0]
+        widths = list(itertools.pairwise(sizes))
+        self.layers = nn.ModuleList(
+            nn.Linear(a + (latent if i > 0 else 0), b) for i, (a, b) in enumerate(widths)
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Output of shape ``z.shape[:-1] + (out,)`` for z of shape ``(..., latent_dim)``."""
+        h = z
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h if i == 0 else torch.cat([h, z], dim=-1))
+            if i < last:
+                h = self.dropout(F.relu(h))
+        return h
 
 
 def diagonal_normal(out: torch.Tensor, min_scale: float) -> dist.TorchDistribution:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pyro
@@ -10,13 +11,14 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
 
-from pyrocollapse._validation import check_data, check_int
-from pyrocollapse.persistence import Saveable
+from pyrocollapse._saveable import Saveable
+from pyrocollapse._validation import check_data, check_float, check_int
 from pyrocollapse.priors import Prior, StandardNormalPrior
 from pyrocollapse.registry import Registry, unique_name
 
 if TYPE_CHECKING:
     from pyrocollapse.data import Dataset
+    from pyrocollapse.models.posteriors import PosteriorFamily
 
 __all__ = ["MODELS", "VAE", "make_model"]
 
@@ -99,6 +101,9 @@ class VAE(PyroModule, Saveable):
     event_shape: tuple[int, ...] = ()
     autoregressive: bool = False
     persistence_kind = "model"
+    persistence_registry = MODELS
+    #: Semi-amortised refinement steps per batch (0: plain amortised inference).
+    refine_steps: int = 0
 
     def __init__(
         self, latent_dim: int, prior: Prior | None = None, *, name: str | None = None
@@ -145,6 +150,56 @@ class VAE(PyroModule, Saveable):
             )
         return arguments
 
+    def _setup_inference(
+        self,
+        *,
+        posterior: str | PosteriorFamily,
+        posterior_options: dict[str, Any] | None,
+        min_scale: float,
+        refine_steps: int,
+        refine_lr: float,
+        refine_max_grad_norm: float,
+    ) -> None:
+        """Build the posterior family and the refinement settings (see :meth:`encoder_output`).
+
+        Sets ``posterior_family`` (a :class:`~pyrocollapse.models.posteriors.PosteriorFamily`
+        submodule: how the encoder output becomes q(z|x)). Models whose encoder outputs
+        ``[loc, raw]`` call this in ``__init__`` and implement
+        :meth:`encoder_output`; they then take the constructor options ``posterior``,
+        ``posterior_options``, ``refine_steps``, ``refine_lr`` and
+        ``refine_max_grad_norm`` documented on :class:`~pyrocollapse.models.MLPVAE`.
+        """
+        from pyrocollapse.models.posteriors import make_posterior
+
+        self.posterior_family = make_posterior(
+            posterior, self.latent_dim, options=posterior_options, min_scale=min_scale
+        )
+        self.refine_steps = check_int("refine_steps", refine_steps, minimum=0)
+        self.refine_lr = check_float("refine_lr", refine_lr, minimum=0.0, strict_minimum=True)
+        self.refine_max_grad_norm = check_float(
+            "refine_max_grad_norm", refine_max_grad_norm, minimum=0.0, strict_minimum=True
+        )
+        floor = self.posterior_family.kl_floor
+        if floor > 0 and not isinstance(self.prior, StandardNormalPrior):
+            warnings.warn(
+                f"the {self.posterior_family.name!r} posterior guarantees a KL of at least "
+                f"{floor:.3g} nats per dimension against a standard Normal prior only; with "
+                f"{type(self.prior).__name__} it restricts q(z|x) but the floor does not hold",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def encoder_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw output ``[loc, raw]`` of shape ``(N, 2 * latent_dim)``.
+
+        :attr:`posterior_family` turns it into q(z|x). Implemented by the models that
+        call :meth:`_setup_inference`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not expose its encoder output, so it takes no "
+            "posterior family or refinement options"
+        )
+
     def _attach_prior(self) -> None:
         """Call after the encoder exists: lets the prior bind to the model (VampPrior)."""
         self.prior.attach(self)
@@ -187,8 +242,34 @@ class VAE(PyroModule, Saveable):
 
     # -- to implement ------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q(z|x): batch shape ``(N,)``, event shape ``(latent_dim,)``."""
-        raise NotImplementedError
+        """q(z|x): batch shape ``(N,)``, event shape ``(latent_dim,)``.
+
+        The default applies :attr:`posterior_family` to :meth:`encoder_output` (the
+        amortised q, before any refinement: see :meth:`guide_posterior`).
+        """
+        if getattr(self, "posterior_family", None) is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+        return self.posterior_family(self.encoder_output(x))
+
+    def guide_posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """The q(z|x) the guide samples from: :meth:`encode`, refined when
+        ``refine_steps > 0`` (semi-amortised inference, :mod:`pyrocollapse.models.refinement`).
+
+        Batch shape ``(N,)``, event shape ``(latent_dim,)``.
+        """
+        if not self.refine_steps:
+            return self.encode(x)
+        from pyrocollapse.models.refinement import refine
+
+        out = refine(
+            self,
+            self.encoder_output(x),
+            x,
+            steps=self.refine_steps,
+            lr=self.refine_lr,
+            max_grad_norm=self.refine_max_grad_norm,
+        )
+        return self.posterior_family(out)
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x|z): batch shape ``z.shape[:-1]``, event shape ``event_shape``."""
@@ -307,7 +388,7 @@ class VAE(PyroModule, Saveable):
         x = self.check_input(x)
         with pyro.plate("data", x.shape[0]):
             name = self.latent_sites[0]
-            z = pyro.sample(name, self.encode(x))
+            z = pyro.sample(name, self.guide_posterior(x))
             self.prior.guide(name, z)
             return z
 

@@ -18,7 +18,6 @@ from pyrocollapse.models._layers import (
     conv_decoder,
     conv_encoder,
     conv_sizes,
-    diagonal_normal,
     factorised_likelihood,
     likelihood_point,
 )
@@ -29,6 +28,7 @@ from pyrocollapse.models.base import (
     default_likelihood,
     reject_dataset_options,
 )
+from pyrocollapse.models.posteriors import PosteriorFamily
 from pyrocollapse.priors import Prior
 
 if TYPE_CHECKING:
@@ -75,6 +75,9 @@ class ConvVAE(VAE):
         ``ar_kernel // 2 + ar_layers`` pixels up and to each side.
     ar_kernel : int
         Odd side of the head's first (type-A) kernel.
+    posterior, posterior_options, refine_steps, refine_lr, refine_max_grad_norm :
+        The posterior family (BN-VAE, δ-VAE) and semi-amortised refinement (SA-VAE), as
+        for :class:`~pyrocollapse.models.MLPVAE`.
     min_scale : float
         Floor of the posterior scale.
     name : str or None
@@ -115,6 +118,11 @@ class ConvVAE(VAE):
         ar_hidden: int = 32,
         ar_layers: int = 2,
         ar_kernel: int = 5,
+        posterior: str | PosteriorFamily = "gaussian",
+        posterior_options: dict[str, Any] | None = None,
+        refine_steps: int = 0,
+        refine_lr: float = 1.0,
+        refine_max_grad_norm: float = 5.0,
         min_scale: float = 1e-4,
         name: str | None = None,
     ) -> None:
@@ -176,6 +184,14 @@ class ConvVAE(VAE):
             self.decoder = conv_decoder(self.channels, c, heights, widths)
         if self.likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(c * h * w))
+        self._setup_inference(
+            posterior=posterior,
+            posterior_options=posterior_options,
+            min_scale=self.min_scale,
+            refine_steps=refine_steps,
+            refine_lr=refine_lr,
+            refine_max_grad_norm=refine_max_grad_norm,
+        )
         self._attach_prior()
 
     @classmethod
@@ -221,9 +237,14 @@ class ConvVAE(VAE):
         return check_likelihood_support(name, self._images(x, name).flatten(1), self.likelihood)
 
     # -- encoder / decoder -----------------------------------------------------------------
+    def encoder_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw output ``[loc, raw]`` ``(N, 2 * latent_dim)`` for images
+        ``(N, C*H*W)`` or ``(N, C, H, W)``."""
+        return self.encoder(self._images(x))
+
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z|x) for images ``(N, C*H*W)`` or ``(N, C, H, W)``: batch ``(N,)``, event ``(latent_dim,)``."""
-        return diagonal_normal(self.encoder(self._images(x)), self.min_scale)
+        return super().encode(x)
 
     def _features(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output from z ``(n, latent_dim)``: ``(n, C or F, H, W)``."""

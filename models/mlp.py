@@ -8,15 +8,23 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrocollapse._validation import check_choice, check_float, check_hidden, check_int
+from pyrocollapse._validation import (
+    check_choice,
+    check_float,
+    check_hidden,
+    check_int,
+    check_type,
+)
 from pyrocollapse.models._layers import (
     LIKELIHOODS,
+    SkipMLP,
     check_dropout,
     check_likelihood_support,
     factorised_likelihood,
     mlp,
 )
 from pyrocollapse.models.base import MODELS, VAE, default_likelihood, vector_input_dim
+from pyrocollapse.models.posteriors import PosteriorFamily
 from pyrocollapse.priors import Prior
 
 if TYPE_CHECKING:
@@ -53,7 +61,26 @@ class MLPVAE(VAE):
         decoder, a decoder-weakening knob.
     decoder_dropout : float
         Dropout in the decoder's hidden layers (another weakening knob), in [0, 1).
-
+    skip : bool
+        Feed z to every decoder layer (skip-VAE, Dieng et al. 2019): no layer can wash z
+        out, a remedy against collapse that keeps the decoder's capacity.
+    posterior : {"gaussian", "batchnorm", "delta"} or PosteriorFamily
+        How the encoder's output becomes q(z|x) (:mod:`pyrocollapse.models.posteriors`):
+        any diagonal Normal (default); BN-VAE's batch-normalised means with a fixed scale
+        (Zhu et al. 2020; batch-averaged KL >= gamma^2/2 per dimension); or a
+        committed-rate δ-VAE posterior (Razavi et al. 2019; KL >= delta per point and
+        dimension). The floors hold against the standard Normal prior.
+    posterior_options : dict or None
+        Arguments of the named family, e.g. ``{"gamma": 0.7}`` or ``{"delta": 0.2}``.
+    refine_steps : int
+        Semi-amortised inference (SA-VAE, Kim et al. 2018): gradient steps on each
+        point's ELBO that refine the encoder's output in the guide, every batch (0: off).
+        See :mod:`pyrocollapse.models.refinement`; each step costs about one more
+        forward and backward pass of the decoder.
+    refine_lr : float
+        Step size of the refinement, on the raw encoder output.
+    refine_max_grad_norm : float
+        Per-point cap on the norm of each refinement step's gradient.
     min_scale : float
         Floor of the posterior scale.
     name : str or None
@@ -91,6 +118,12 @@ class MLPVAE(VAE):
         hidden: tuple[int, ...] = (256, 128),
         decoder_hidden: tuple[int, ...] | None = None,
         decoder_dropout: float = 0.0,
+        skip: bool = False,
+        posterior: str | PosteriorFamily = "gaussian",
+        posterior_options: dict[str, Any] | None = None,
+        refine_steps: int = 0,
+        refine_lr: float = 1.0,
+        refine_max_grad_norm: float = 5.0,
         min_scale: float = 1e-4,
         name: str | None = None,
     ) -> None:
@@ -104,12 +137,23 @@ class MLPVAE(VAE):
         decoder_hidden = check_hidden("decoder_hidden", decoder_hidden)
         self.decoder_dropout = check_dropout("decoder_dropout", decoder_dropout)
         self.min_scale = check_float("min_scale", min_scale, minimum=0.0)
+        self.skip = bool(check_type("skip", skip, bool, "True or False"))
         self.encoder = mlp((self.input_dim, *hidden, 2 * self.latent_dim))
-        self.decoder = mlp(
-            (self.latent_dim, *decoder_hidden, self.input_dim), dropout=self.decoder_dropout
-        )
+        decoder_sizes = (self.latent_dim, *decoder_hidden, self.input_dim)
+        if self.skip:
+            self.decoder = SkipMLP(decoder_sizes, dropout=self.decoder_dropout)
+        else:
+            self.decoder = mlp(decoder_sizes, dropout=self.decoder_dropout)
         if self.likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(self.input_dim))
+        self._setup_inference(
+            posterior=posterior,
+            posterior_options=posterior_options,
+            min_scale=self.min_scale,
+            refine_steps=refine_steps,
+            refine_lr=refine_lr,
+            refine_max_grad_norm=refine_max_grad_norm,
+        )
         self._attach_prior()
 
     @classmethod
@@ -125,15 +169,19 @@ class MLPVAE(VAE):
         options.setdefault("likelihood", default_likelihood(dataset))
         return cls(input_dim, latent_dim, prior, **options)
 
+    def encoder_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw output ``[loc, raw]``, shape ``(N, 2 * latent_dim)``."""
+        return self.encoder(x)
+
     def encoder_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Location and scale of q(z|x), each ``(N, latent_dim)``."""
-        loc, raw = self.encoder(x).chunk(2, dim=-1)
-        return loc, nn.functional.softplus(raw) + self.min_scale
+        """Location and scale of the amortised q(z|x), each ``(N, latent_dim)``."""
+        q = self.encode(x).base_dist
+        return q.loc, q.scale
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q(z|x) = Normal(mu(x), sigma(x)) with event shape ``(latent_dim,)``."""
-        loc, scale = self.encoder_params(x)
-        return dist.Normal(loc, scale).to_event(1)
+        """q(z|x) = Normal(mu(x), sigma(x)) with event shape ``(latent_dim,)``, as the
+        posterior family makes it from :meth:`encoder_output` (before any refinement)."""
+        return super().encode(x)
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x|z) with batch shape ``z.shape[:-1]`` and event shape ``(input_dim,)``."""
