@@ -3,14 +3,17 @@
 Measures, in one run and on the same network, batch and data, the median wall time of
 one optimisation step of
 
-* a hand-written PyTorch VAE (the floor): the same MLP, BCE reconstruction, analytic KL,
-  one fused Adam;
+* a hand-written PyTorch VAE (the reference): the same MLP, BCE reconstruction,
+  analytic KL, one fused Adam; and the same step with its loss compiled by
+  ``torch.compile`` (inductor; forward and backward), the second reference;
 * Pyro's stock ``Trace_ELBO`` and ``TraceMeanField_ELBO`` through ``pyro.infer.SVI``
   (``pyro.optim.Adam``);
 * every pyrocollapse objective (the ``ELBOS`` registry) with the standard Normal prior,
   three ways: through the step ``pyrocollapse.train.fit`` runs (``differentiable_loss``
-  under one fused ``torch.optim.Adam``, finiteness check, reading the step's breakdown),
-  through the same step with ``jit=True``, and through plain ``pyro.infer.SVI``;
+  under one fused ``torch.optim.Adam``, finiteness check, reading the step's breakdown)
+  with ``jit=False``, through the same step compiled (``jit=True``: ``torch.compile``
+  of the recorded evaluation, forward and backward; ``pyrocollapse/jit.py``), and
+  through plain ``pyro.infer.SVI``;
 * the default objective with the mixture and VampPrior priors (fit's step, eager and
   compiled);
 
@@ -23,9 +26,12 @@ it).
 
 Every entry is warmed up (compilation included), then the entries are timed in
 interleaved rounds, so that load from other processes falls on all of them alike; the
-table shows the median over all timed steps. Validation is off (as in ``fit`` after its
-first step). Targets (issue #9): a Normal-prior objective at most 1.2x the hand-written
-step and never slower than stock ``Trace_ELBO``; mixture and VampPrior at most 1.5x.
+table shows the median and the fastest of all timed steps. Validation is off (as in
+``fit`` after its first step). Targets (issue #19), for the compiled fit steps, checked
+on the medians and on the best-of: a Normal-prior objective at most 1.05x the
+hand-written eager step on the large network (784-512-512-32) and 1.3x on digits, at
+most 1.2x the compiled hand-written step, and never slower than stock ``Trace_ELBO``;
+the mixture and VampPrior priors and ``betatc`` at most 1.5x the hand-written step.
 
 Usage::
 
@@ -53,6 +59,7 @@ from torch import nn
 from pyrocollapse.elbo import ELBOS, BaseELBO
 from pyrocollapse.models import MLPVAE
 from pyrocollapse.priors import PRIORS, StandardNormalPrior
+from pyrocollapse.program_data import ProgramArgs
 from pyrocollapse.train import History, TrainState, _train_step, collect_params, make_optimizer
 
 #: Constructor arguments for objectives that need some (others take none).
@@ -66,18 +73,24 @@ ELBO_ARGS: dict[str, dict[str, Any]] = {
     "betatc": {"alpha": 1.0, "beta": 6.0, "gamma": 1.0},
 }
 
-#: Ratio targets to the hand-written step.
-NORMAL_TARGET, PRIOR_TARGET = 1.2, 1.5
+#: Ratio targets of the compiled Normal-prior fit steps to the hand-written eager step,
+#: per problem (issue #19).
+NORMAL_TARGET = {"digits": 1.3, "large": 1.05}
+#: ... to the compiled hand-written step.
+COMPILED_TARGET = 1.2
+#: Mixture and VampPrior priors, and betatc, to the hand-written eager step.
+PRIOR_TARGET = 1.5
 
 
 @dataclass
 class Entry:
-    """One timed row: its label, its step function and the target it is held to."""
+    """One timed row: its label, its step function and the targets it is held to."""
 
     label: str
     step: Callable[[], Any]
-    target: float | None = None  # ratio to the hand-written step; None: no target
-    beat_stock: bool = False  # must also be no slower than stock Trace_ELBO
+    #: (reference, ratio): "hand" (eager hand-written step), "hand-c" (compiled), "stock"
+    #: (pyro Trace_ELBO through SVI)
+    targets: list[tuple[str, float]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
 
     @property
@@ -121,6 +134,21 @@ def torch_step(vae: MLPVAE, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def torch_step_compiled(vae: MLPVAE, x: torch.Tensor) -> Callable[[], None]:
+    """The hand-written step with its loss compiled by ``torch.compile`` (inductor):
+    forward and backward in generated kernels, one fused Adam."""
+    ref = TorchVAE(vae)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-3, fused=True)
+    loss = torch.compile(ref.loss, fullgraph=True, dynamic=False)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss(x).backward()
+        opt.step()
+
+    return step
+
+
 def svi_step(vae: MLPVAE, x: torch.Tensor, elbo: Any) -> Callable[[], None]:
     """Plain ``pyro.infer.SVI`` with Pyro's Adam (one optimiser per parameter)."""
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), loss=elbo)
@@ -145,7 +173,8 @@ def fit_step(vae: MLPVAE, x: torch.Tensor, elbo: BaseELBO) -> Callable[[], None]
         model_params=model_params,
     )
     state.epoch = 1
-    return lambda: _train_step(state, x, None)
+    batch = ProgramArgs((x,), rows=x.shape[0])
+    return lambda: _train_step(state, batch, None)
 
 
 def matmul_gflops(n: int = 1024) -> float:
@@ -203,6 +232,7 @@ def bench(
     steps: int,
     *,
     svi_variants: bool = True,
+    size: str = "digits",
 ) -> list[Entry]:
     """Time every entry on the batch ``x``; print and return the table."""
     d = x.shape[1]
@@ -223,8 +253,10 @@ def bench(
 
     pyro.clear_param_store()
     reference = vae_with()
+    normal = [("hand", NORMAL_TARGET[size]), ("hand-c", COMPILED_TARGET), ("stock", 1.0)]
     entries = [
         Entry("hand-written PyTorch step", torch_step(reference, x)),
+        Entry("hand-written step, torch.compile", torch_step_compiled(reference, x)),
         Entry("pyro Trace_ELBO (SVI)", svi_step(vae_with(), x, pyro.infer.Trace_ELBO())),
         Entry(
             "pyro TraceMeanField_ELBO (SVI)",
@@ -235,17 +267,20 @@ def bench(
         options = ELBO_ARGS.get(elbo_name, {})
         for jit in (False, True):
             elbo = ELBOS.get(elbo_name)(**options, jit=jit)
-            label = f"{elbo_name}, fit step" + (", jit" if jit else "")
-            entries.append(Entry(label, fit_step(vae_with(), x, elbo), NORMAL_TARGET, True))
+            label = f"{elbo_name}, fit step" + (", compiled" if jit else ", eager")
+            targets = ([("hand", PRIOR_TARGET)] if elbo_name == "betatc" else normal) if jit else []
+            entries.append(Entry(label, fit_step(vae_with(), x, elbo), targets))
         if svi_variants:
             elbo = ELBOS.get(elbo_name)(**options)
             entries.append(Entry(f"{elbo_name}, plain SVI", svi_step(vae_with(), x, elbo)))
     for prior_name in ("mixture", "vamp"):
         if prior_name in PRIORS:
             for jit in (False, True):
-                label = f"elbo + {prior_name} prior, fit step" + (", jit" if jit else "")
+                label = f"elbo + {prior_name} prior, fit step" + (
+                    ", compiled" if jit else ", eager"
+                )
                 step = fit_step(vae_with(prior_name), x, ELBOS.get("elbo")(jit=jit))
-                entries.append(Entry(label, step, PRIOR_TARGET))
+                entries.append(Entry(label, step, [("hand", PRIOR_TARGET)] if jit else []))
 
     for e in entries:  # warm-up, compilation included
         for _ in range(10):
@@ -258,24 +293,26 @@ def bench(
                 e.times.append(time.perf_counter() - t0)
 
     floor, gflops, gbytes = physical_floor(reference, x.shape[0])
-    hand, hand_best = entries[0].median, entries[0].best
-    stock = entries[1].median
+    refs = {"hand": entries[0], "hand-c": entries[1], "stock": entries[2]}
     print(
-        f"{'step':40s} {'median':>7s} {'x hand':>7s} {'best':>7s} {'x hand':>7s} "
-        f"{'floor/step':>10s}  target (on the medians)"
+        f"{'step':42s} {'median':>7s} {'x hand':>7s} {'x hc':>6s} {'best':>7s} {'x hand':>7s} "
+        f"{'x hc':>6s} {'floor':>6s}  targets: median / best-of"
     )
-    print(f"{'':40s} {'ms':>7s} {'':>7s} {'ms':>7s}")
+    print(f"{'':42s} {'ms':>7s} {'':>7s} {'':>6s} {'ms':>7s} {'':>7s} {'':>6s} {'/step':>6s}")
     for e in entries:
-        ratio = e.median / hand
-        verdict = ""
-        if e.target is not None:
-            ok = ratio <= e.target and (not e.beat_stock or e.median <= stock)
-            verdict = f"<= {e.target}x{' & stock' if e.beat_stock else ''}: " + (
-                "met" if ok else "MISSED"
+        verdicts = []
+        for ref, limit in e.targets:
+            ok_median = e.median <= limit * refs[ref].median
+            ok_best = e.best <= limit * refs[ref].best
+            name = "stock" if ref == "stock" else f"{limit}x {ref}"
+            verdicts.append(
+                f"{name} {'met' if ok_median else 'MISSED'}/{'met' if ok_best else 'MISSED'}"
             )
         print(
-            f"{e.label:40s} {1e3 * e.median:7.2f} {ratio:7.2f} {1e3 * e.best:7.2f} "
-            f"{e.best / hand_best:7.2f} {floor / e.median:10.2f}  {verdict}"
+            f"{e.label:42s} {1e3 * e.median:7.2f} {e.median / refs['hand'].median:7.2f} "
+            f"{e.median / refs['hand-c'].median:6.2f} {1e3 * e.best:7.2f} "
+            f"{e.best / refs['hand'].best:7.2f} {e.best / refs['hand-c'].best:6.2f} "
+            f"{floor / e.median:6.2f}  {'; '.join(verdicts)}"
         )
     print(
         f"(physical floor {1e3 * floor:.2f} ms/step: matmul at {gflops:.0f} GFLOP/s, Adam "
@@ -297,8 +334,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from sklearn.datasets import load_digits
 
-    rounds = args.rounds or (3 if args.quick else 5)
-    steps = args.steps or (8 if args.quick else 20)
+    # many short rounds: load from other processes spreads evenly over the entries
+    rounds = args.rounds or (6 if args.quick else 20)
+    steps = args.steps or (4 if args.quick else 5)
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}; torch.set_num_threads("
         f"{args.threads}) on {os.cpu_count()} CPUs; load average at start "
@@ -309,7 +347,15 @@ def main() -> None:
     if not args.quick:
         g = torch.Generator().manual_seed(0)
         data = (torch.rand(10_000, 784, generator=g) < 0.3).float()
-        bench("synthetic binary 10,000 x 784", data[:128], (512, 512), 32, rounds, steps)
+        bench(
+            "synthetic binary 10,000 x 784",
+            data[:128],
+            (512, 512),
+            32,
+            rounds,
+            steps,
+            size="large",
+        )
     print("load average at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 

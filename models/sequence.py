@@ -12,8 +12,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from pyrocollapse._validation import check_choice, check_float, check_int
 from pyrocollapse.data import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, Dataset
-from pyrocollapse.models._layers import diagonal_normal
 from pyrocollapse.models.base import MODELS, VAE, check_dataset, reject_dataset_options
+from pyrocollapse.models.posteriors import PosteriorFamily
 from pyrocollapse.priors import Prior
 
 __all__ = ["SequenceVAE"]
@@ -23,6 +23,14 @@ N_SPECIAL = len(SPECIAL_TOKENS)
 _NEVER_NEXT = (PAD_ID, BOS_ID)
 
 _RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+_NEVER_INDEX: dict[torch.device, torch.Tensor] = {}
+
+
+def _never_next(device: torch.device) -> torch.Tensor:
+    """The ids of :data:`_NEVER_NEXT` as an index tensor on ``device`` (made once)."""
+    if device not in _NEVER_INDEX:
+        _NEVER_INDEX[device] = torch.tensor(_NEVER_NEXT, device=device)
+    return _NEVER_INDEX[device]
 
 
 @MODELS.register("sequence")
@@ -67,6 +75,13 @@ class SequenceVAE(VAE):
         must rely on z. Draws use torch's global RNG, so ``pyro.set_rng_seed`` fixes them.
     latent_every_step : bool
         Also feed z to the decoder at every step (not only through h_0).
+    skip : bool
+        Also feed z to the output layer at every step, ``p(x_t | ...) =
+        softmax(O [h_t, z])`` (skip-VAE, Dieng et al. 2019): with ``latent_every_step``
+        z reaches every layer of the decoder, so the RNN cannot wash it out.
+    posterior, posterior_options, refine_steps, refine_lr, refine_max_grad_norm :
+        The posterior family (``"batchnorm"``: BN-VAE; ``"delta"``: δ-VAE) and
+        semi-amortised refinement (SA-VAE), as for :class:`~pyrocollapse.models.MLPVAE`.
     max_len : int
         Default length of :meth:`generate` / :meth:`sample` output, ``<bos>`` included.
     min_scale : float
@@ -122,6 +137,12 @@ class SequenceVAE(VAE):
         cell: str = "lstm",
         word_dropout: float = 0.0,
         latent_every_step: bool = True,
+        skip: bool = False,
+        posterior: str | PosteriorFamily = "gaussian",
+        posterior_options: dict[str, Any] | None = None,
+        refine_steps: int = 0,
+        refine_lr: float = 1.0,
+        refine_max_grad_norm: float = 5.0,
         max_len: int = 32,
         min_scale: float = 1e-4,
         name: str | None = None,
@@ -137,6 +158,9 @@ class SequenceVAE(VAE):
                 f"latent_every_step must be a bool, got {type(latent_every_step).__name__}"
             )
         self.latent_every_step = latent_every_step
+        if not isinstance(skip, bool):
+            raise TypeError(f"skip must be True or False, got {type(skip).__name__}")
+        self.skip = skip
         self.max_len = check_int("max_len", max_len, minimum=2)
         self.event_shape = (self.max_len,)
         self.min_scale = check_float("min_scale", min_scale, minimum=0.0)
@@ -148,7 +172,15 @@ class SequenceVAE(VAE):
         step_input = self.embed + (self.latent_dim if latent_every_step else 0)
         self.decoder_rnn = rnn(step_input, self.hidden, batch_first=True)
         self.latent_to_hidden = nn.Linear(self.latent_dim, self.hidden)
-        self.output = nn.Linear(self.hidden, self.vocab_size)
+        self.output = nn.Linear(self.hidden + (self.latent_dim if skip else 0), self.vocab_size)
+        self._setup_inference(
+            posterior=posterior,
+            posterior_options=posterior_options,
+            min_scale=self.min_scale,
+            refine_steps=refine_steps,
+            refine_lr=refine_lr,
+            refine_max_grad_norm=refine_max_grad_norm,
+        )
         self._attach_prior()
 
     @classmethod
@@ -172,9 +204,8 @@ class SequenceVAE(VAE):
     @staticmethod
     def valid_positions(x: torch.Tensor) -> torch.Tensor:
         """Boolean ``(N, T)``: True up to and including each row's first ``<eos>``."""
-        is_eos = x == EOS_ID
-        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-        return ~after_eos
+        is_eos = (x == EOS_ID).long()
+        return (is_eos.cumsum(1) - is_eos) == 0
 
     def check_input(self, x: object, name: str = "x") -> torch.Tensor:
         """Validate padded token ids ``(N, T)``: int64, ids in ``[0, vocab_size)``, every
@@ -194,6 +225,19 @@ class SequenceVAE(VAE):
         if x.shape[0] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one row")
         self.check_on_device(name, x)
+        # one pass and one synchronisation for the common case of valid ids; the checks
+        # below, one at a time, find the first problem and say what it is
+        inside = self.valid_positions(x)
+        misplaced = inside & ((x == PAD_ID) | (x == BOS_ID))
+        misplaced[:, 0] = x[:, 0] != BOS_ID
+        if not bool(((x < 0) | (x >= self.vocab_size) | misplaced).any()):
+            return x
+        self._raise_input_error(x, name)
+        return x
+
+    def _raise_input_error(self, x: torch.Tensor, name: str) -> None:
+        """Raise the error for the first problem with the token ids of ``x`` that
+        :meth:`check_input` found."""
         outside = (x < 0) | (x >= self.vocab_size)
         if bool(outside.any()):
             r, t = (int(i) for i in torch.nonzero(outside)[0])
@@ -219,7 +263,6 @@ class SequenceVAE(VAE):
                     f"{name}[{r}, {t}] is {what} (id {token}) before the row's <eos>; a row is "
                     "<bos> w_1 ... w_k <eos> followed by padding"
                 )
-        return x
 
     # -- encoder ----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
@@ -228,6 +271,11 @@ class SequenceVAE(VAE):
         The encoder reads each row up to its length (``pack_padded_sequence``), so
         padding never changes q(z|x).
         """
+        return super().encode(x)
+
+    def encoder_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw output ``[loc, raw]`` ``(N, 2 * latent_dim)`` for a padded
+        batch ``(N, T)``."""
         x = self.check_input(x)
         lengths = self.valid_positions(x).sum(1)
         packed = pack_padded_sequence(
@@ -235,7 +283,7 @@ class SequenceVAE(VAE):
         )
         _, state = self.encoder_rnn(packed)
         h = state[0] if self.cell == "lstm" else state
-        return diagonal_normal(self.encoder_head(h[-1]), self.min_scale)
+        return self.encoder_head(h[-1])
 
     # -- decoder ----------------------------------------------------------------------------
     def _initial_state(self, z: torch.Tensor) -> Any:
@@ -248,9 +296,10 @@ class SequenceVAE(VAE):
         if self.latent_every_step:
             emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
         out, state = self.decoder_rnn(emb, state)
+        if self.skip:
+            out = torch.cat([out, z.unsqueeze(1).expand(-1, out.shape[1], -1)], dim=-1)
         logits = self.output(out)
-        never = torch.tensor(_NEVER_NEXT, device=logits.device)
-        return logits.index_fill(-1, never, float("-inf")), state
+        return logits.index_fill(-1, _never_next(logits.device), float("-inf")), state
 
     def _teacher_forced(
         self, z: torch.Tensor, x: torch.Tensor, word_dropout: float

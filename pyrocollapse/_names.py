@@ -16,13 +16,25 @@ __all__ = [
     "ESTIMATOR_NAMES",
     "MODEL_NAMES",
     "PRIOR_NAMES",
+    "RUN_ESTIMATOR_NAMES",
     "SCHEDULE_NAMES",
 ]
 
 #: :data:`pyrocollapse.priors.PRIORS`
 PRIOR_NAMES = ("standard", "learnable", "mixture", "vamp", "hierarchical", "ard", "flow")
-#: :data:`pyrocollapse.elbo.ELBOS`
-ELBO_NAMES = ("elbo", "annealed", "beta", "freebits", "mi", "infovae", "iwae", "betatc")
+#: :data:`pyrocollapse.elbo.ELBOS` once :mod:`pyrocollapse.factorvae` is imported (as
+#: :func:`pyrocollapse.experiment.objectives` does)
+ELBO_NAMES = (
+    "elbo",
+    "annealed",
+    "beta",
+    "freebits",
+    "mi",
+    "infovae",
+    "iwae",
+    "betatc",
+    "factorvae",
+)
 #: :data:`pyrocollapse.data.DATASETS`
 DATASET_NAMES = (
     "digits",
@@ -40,3 +52,6 @@ MODEL_NAMES = ("mlp", "linear", "ladder", "conv", "sequence")
 SCHEDULE_NAMES = ("constant", "linear", "sigmoid", "cyclical")
 #: :data:`pyrocollapse.diagnostics.ESTIMATORS`
 ESTIMATOR_NAMES = ("kl", "au", "mi", "rhat", "sensitivity", "psis", "iw", "causes")
+#: :data:`ESTIMATOR_NAMES` and :data:`pyrocollapse.experiment.RUN_ONLY_ESTIMATORS`: what
+#: ``run --estimators`` and ``compare --estimators`` accept
+RUN_ESTIMATOR_NAMES = (*ESTIMATOR_NAMES, "disentanglement")

@@ -28,9 +28,9 @@ from typing import Any, NoReturn
 from pyrocollapse._names import (
     DATASET_NAMES,
     ELBO_NAMES,
-    ESTIMATOR_NAMES,
     MODEL_NAMES,
     PRIOR_NAMES,
+    RUN_ESTIMATOR_NAMES,
     SCHEDULE_NAMES,
 )
 
@@ -159,7 +159,9 @@ def _typed_value(text: str, annotation: Any, label: str) -> Any:
 
 
 #: Estimators ``run`` applies to the held-out data by default.
-RUN_ESTIMATORS = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis", "causes")
+RUN_ESTIMATORS = (
+    "kl", "au", "mi", "rhat", "sensitivity", "iw", "psis", "causes", "disentanglement",
+)  # fmt: skip
 
 
 def add_data_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -259,7 +261,18 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--estimators",
         default=",".join(RUN_ESTIMATORS),
-        help=f"comma-separated estimators to run, from: {', '.join(ESTIMATOR_NAMES)}",
+        help=f"comma-separated estimators to run, from: {', '.join(RUN_ESTIMATOR_NAMES)} "
+        "(disentanglement: MIG, SAP, DCI and FactorVAE scores of each site's posterior means "
+        "against the data set's known factors, e.g. --dataset shapes)",
+    )
+    g.add_argument(
+        "--disentanglement-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the disentanglement estimator: max_points (held-out points scored, "
+        "2000), regressor (DCI's predictor: gbt or lasso), bins (20), factorvae (true), "
+        "n_estimators (DCI's boosting stages, 100) (repeatable)",
     )
     g.add_argument(
         "--num-samples",
@@ -360,8 +373,10 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser(
         "compare",
         help="train every prior x objective x seed and compare the remedies",
-        description="Train every combination of --priors, --elbos and --seeds (each into "
-        "OUT/runs/<prior>__<elbo>__seed<k>/, a full report folder) and write OUT/runs.csv, "
+        description="Train every combination of --priors, --elbos, --variants (model "
+        "variants, optional) and --seeds (each into OUT/runs/<prior>__<elbo>__seed<k>/, or "
+        "<prior>__<elbo>__<variant>__seed<k>/ with --variants, a full report folder) and "
+        "write OUT/runs.csv, "
         "OUT/comparison.csv (mean and spread over seeds, and each cell's paired per-seed "
         "differences against --baseline with 95% t-intervals) and OUT/figures/au_vs_nll.png "
         "(active units and MI against held-out NLL). Runs with the same seed share their "
@@ -380,9 +395,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--config",
         default=None,
         metavar="FILE",
-        help="a JSON or YAML file: priors, elbos (lists), seeds, baseline, jobs, "
-        "prior_options and elbo_options (per name) and base (the fields of RunConfig); flags "
-        "given on the command line override it",
+        help="a JSON or YAML file: priors, elbos, variants (lists), seeds, baseline, jobs, "
+        "prior_options, elbo_options and variant_options (per name) and base (the fields of "
+        "RunConfig); flags given on the command line override it",
     )
     g = cmp.add_argument_group("grid")
     g.add_argument(
@@ -408,6 +423,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="option for one objective, e.g. freebits.free_bits=0.5 (repeatable)",
     )
     g.add_argument(
+        "--variants",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="model variants, a third axis of the grid (comma-separated or repeatable), each "
+        "configured by --variant-option; runs go into OUT/runs/<prior>__<elbo>__<variant>__"
+        "seed<k>/ (default: no variant axis)",
+    )
+    g.add_argument(
+        "--variant-option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="model option of one variant, applied on top of --model-option, e.g. "
+        "skip.skip=true or bn.posterior=batchnorm or refine.refine_steps=5 (repeatable)",
+    )
+    g.add_argument(
         "--seeds",
         type=int,
         default=3,
@@ -425,9 +457,10 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--baseline",
         default=None,
-        metavar="PRIOR:OBJECTIVE",
-        help="the cell every other cell is compared with, paired by seed; None: the first "
-        "of --priors with the first of --elbos",
+        metavar="PRIOR:OBJECTIVE[:VARIANT]",
+        help="the cell every other cell is compared with, paired by seed (PRIOR:OBJECTIVE:"
+        "VARIANT with --variants); None: the first of --priors with the first of --elbos "
+        "(and the first of --variants)",
     )
     g.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes")
     g.add_argument("--out", default="runs/compare", help="grid folder (reused to resume)")
@@ -503,10 +536,11 @@ def objective_fields(args: argparse.Namespace) -> dict[str, Any]:
     ``linear``'s when ``--schedule`` is not given); used by ``run`` and the Lightning
     launcher.
     """
-    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.experiment import objectives
     from pyrocollapse.priors import PRIORS
     from pyrocollapse.schedules import SCHEDULES
 
+    elbos = objectives()
     schedule_target = SCHEDULES.get(args.schedule or "linear").__init__
     return {
         "prior": args.prior,
@@ -514,7 +548,7 @@ def objective_fields(args: argparse.Namespace) -> dict[str, Any]:
             args.prior_option, PRIORS.get(args.prior).__init__, "prior", skip=("latent_dim",)
         ),
         "elbo": args.elbo,
-        "elbo_options": parse_options(args.elbo_option, ELBOS.get(args.elbo).__init__, "elbo"),
+        "elbo_options": parse_options(args.elbo_option, elbos.get(args.elbo).__init__, "elbo"),
         "schedule": args.schedule,
         "schedule_options": parse_options(args.schedule_option, schedule_target, "schedule"),
     }
@@ -531,6 +565,7 @@ def _base_config(args: argparse.Namespace) -> Any:
         lr=args.lr,
         num_samples=args.num_samples,
         estimators=_estimators(args.estimators),
+        disentanglement_options=_disentanglement_options(args.disentanglement_option),
         bootstrap=args.bootstrap,
         importance_samples=args.importance_samples,
         posterior_samples=args.posterior_samples,
@@ -539,6 +574,20 @@ def _base_config(args: argparse.Namespace) -> Any:
         on_collapse=args.on_collapse,
         min_active_units=args.min_active_units,
         min_mi=args.min_mi,
+    )
+
+
+def _disentanglement_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--disentanglement-option KEY=VALUE`` pairs as ``RunConfig.disentanglement_options``."""
+    if not pairs:
+        return {}
+    from pyrocollapse.diagnostics._disentanglement_report import (
+        check_disentanglement_options,
+        disentanglement_options,
+    )
+
+    return check_disentanglement_options(
+        parse_options(pairs, disentanglement_options, "disentanglement")
     )
 
 
@@ -618,10 +667,17 @@ def compare_command(args: argparse.Namespace) -> int:
         _estimators(args.estimators)
     from pyrocollapse._validation import check_int
     from pyrocollapse.comparison import compare
-    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.experiment import objectives
     from pyrocollapse.priors import PRIORS
 
+    ELBOS = objectives()  # the registry, with "factorvae"
+    variants: list[str] | None = None
+    variant_options: dict[str, dict[str, Any]] = {}
     if args.from_run is not None:
+        if args.variants or args.variant_option:
+            raise ValueError(
+                "--from-run takes the run's own grid; drop --variants and --variant-option"
+            )
         base, priors, elbos, prior_options, elbo_options = _grid_from_run(args.from_run)
         print(
             f"grid suggested by {args.from_run}: --priors {','.join(priors)} --elbos "
@@ -637,11 +693,13 @@ def compare_command(args: argparse.Namespace) -> int:
                 f"{', '.join(_COMPARE_KEYS)}"
             )
         defaults = _defaults_of(args)
-        for key in ("priors", "elbos", "seeds", "baseline", "jobs"):
+        for key in ("priors", "elbos", "seeds", "baseline", "jobs", "variants"):
             if key in grid and getattr(args, key) == getattr(defaults, key):
                 value = grid[key]
                 if key in ("priors", "elbos") and isinstance(value, (list, tuple)):
                     value = ",".join(map(str, value))
+                if key == "variants":
+                    value = _config_variants(args.config, value)
                 setattr(args, key, value)
         priors = [n.strip() for n in args.priors.split(",") if n.strip()]
         elbos = [n.strip() for n in args.elbos.split(",") if n.strip()]
@@ -660,6 +718,7 @@ def compare_command(args: argparse.Namespace) -> int:
             **grid.get("elbo_options", {}),
             **_per_name_options(args.elbo_option, elbos, ELBOS, "elbo"),
         }
+        variants, variant_options = _variant_grid(args, grid, base)
     summary = compare(
         priors=priors,
         elbos=elbos,
@@ -673,6 +732,8 @@ def compare_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         echo=True,
         baseline=args.baseline,
+        variants=variants,
+        variant_options=variant_options,
     )
     n_ok, n_failed = int(summary["n_ok"].sum()), int(summary["n_failed"].sum())
     print(
@@ -702,7 +763,70 @@ _COMPARE_KEYS = (
     "prior_options",
     "elbo_options",
     "base",
+    "variants",
+    "variant_options",
 )
+
+
+def _config_variants(path: str, value: Any) -> list[str]:
+    """The ``variants`` of a ``compare --config`` file (a list or a comma-separated string)
+    as ``--variants`` values."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(
+            f"--config {path!r}: variants must be a list of names such as [plain, skip], "
+            f"got {value!r}"
+        )
+    return [",".join(value)] if value else []
+
+
+def _variant_grid(
+    args: argparse.Namespace, grid: dict[str, Any], base: Any
+) -> tuple[list[str] | None, dict[str, dict[str, Any]]]:
+    """``(variants or None, per-variant model options)`` from ``--variants``,
+    ``--variant-option`` and the ``--config`` file's ``variants``/``variant_options``;
+    every option is checked against the model's constructor (``ValueError`` naming the
+    variant and the accepted keys)."""
+    from pyrocollapse.models import MODELS
+
+    names = [n.strip() for text in args.variants for n in str(text).split(",") if n.strip()]
+    if not names:
+        if args.variant_option or grid.get("variant_options"):
+            raise ValueError("--variant-option needs --variants (the names of the model variants)")
+        return None, {}
+    target = MODELS.get(base.model).__init__
+    from_file = grid.get("variant_options") or {}
+    if not isinstance(from_file, dict) or not all(isinstance(v, dict) for v in from_file.values()):
+        raise ValueError(
+            f"--config: variant_options must map each variant to its model options, got {from_file!r}"
+        )
+    options: dict[str, dict[str, Any]] = {}
+    for name, opts in from_file.items():
+        if name not in names:
+            raise ValueError(
+                f"--config: variant_options names {name!r}, which is not in the grid "
+                f"({', '.join(names)})"
+            )
+        options[name] = dict(opts)  # checked with each run's configuration
+    grouped: dict[str, list[str]] = {}
+    for pair in args.variant_option:
+        name, dot, rest = pair.partition(".")
+        if not dot or "=" not in rest:
+            raise ValueError(
+                f"variant option {pair!r} must look like NAME.KEY=VALUE, e.g. skip.skip=true"
+            )
+        if name not in names:
+            raise ValueError(
+                f"variant option {pair!r} names {name!r}, which is not in the grid ({', '.join(names)})"
+            )
+        grouped.setdefault(name, []).append(rest)
+    for name, pairs in grouped.items():
+        parsed = parse_options(
+            pairs, target, f"variant {name!r} model", skip=("latent_dim", "prior")
+        )
+        options[name] = {**options.get(name, {}), **parsed}
+    return names, options
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -797,10 +921,11 @@ def _estimators(text: str) -> tuple[str, ...]:
     """The names of ``--estimators``, checked against the plain list of estimators (no torch
     import: ``run`` and ``compare`` check them before anything heavy is loaded)."""
     names = tuple(t.strip() for t in str(text).split(",") if t.strip())
-    unknown = [n for n in names if n not in ESTIMATOR_NAMES]
+    unknown = [n for n in names if n not in RUN_ESTIMATOR_NAMES]
     if unknown or not names:
         raise ValueError(
-            f"--estimators {text!r} names unknown estimators {unknown}; valid names: {', '.join(ESTIMATOR_NAMES)}"
+            f"--estimators {text!r} names unknown estimators {unknown}; valid names: "
+            f"{', '.join(RUN_ESTIMATOR_NAMES)}"
         )
     return names
 

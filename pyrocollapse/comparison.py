@@ -25,6 +25,18 @@ spread over seeds holds. Each difference comes with a 95 % Student-t interval ov
 seeds both cells finished. The ranking uses the same paired differences between every two
 cells (:data:`RANKING`): cells that no other cell beats significantly share rank 1, so a
 difference smaller than its interval is printed as a tie (``=1``), not as a ranking.
+
+A grid may also cross *model variants* (remedies that change the model, not the prior or
+the objective: a skip-connected decoder, a batch-normalised or delta posterior, iterative
+refinement of the encoder): ``variants=["plain", "skip"]`` with
+``variant_options={"skip": {"skip": True}}``, each variant's options applied as model
+options on top of ``base.model_options``. Cells are then ``(prior, objective, variant)``,
+run folders ``<prior>__<elbo>__<variant>__seed<k>`` and the tables get a ``variant``
+column; without variants every name is as before.
+
+Runs with known data factors (``--dataset shapes``) carry disentanglement scores
+(:data:`DISENTANGLEMENT_METRICS`: MIG, SAP, DCI, FactorVAE) into the table, with the same
+paired differences across seeds as the other metrics.
 """
 
 from __future__ import annotations
@@ -43,11 +55,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pyrocollapse import _run_summary
+from pyrocollapse._run_summary import (
+    DISENTANGLEMENT_METRICS,
+    VARIANT,
+    _baseline_cell,
+    format_summary,
+    summarize_runs,
+)
 from pyrocollapse._validation import check_int
 from pyrocollapse.experiment import RunConfig
 
 __all__ = [
     "CONFIDENCE",
+    "DISENTANGLEMENT_METRICS",
     "METRICS",
     "PAIRED_METRICS",
     "RANKING",
@@ -58,29 +79,29 @@ __all__ = [
 ]
 
 #: Per-run metrics in the comparison table (all per held-out data point, nats where applicable).
-METRICS = ("active_units", "mi", "kl", "elbo", "iw_log_likelihood", "wall_time")
+METRICS = _run_summary.METRICS
 
 #: Metrics with a paired difference against the baseline cell in the summary
 #: (``<metric>_diff``, ``<metric>_diff_lo``, ``<metric>_diff_hi``).
-PAIRED_METRICS = ("iw_log_likelihood", "mi", "active_units", "elbo", "kl")
+PAIRED_METRICS = _run_summary.PAIRED_METRICS
 
 #: Coverage of the Student-t intervals of the paired differences (and of the ranking's test).
-CONFIDENCE = 0.95
+CONFIDENCE = _run_summary.CONFIDENCE
 
 #: How the table is ranked. A cell *beats* another when their paired per-seed difference
 #: of held-out IW log-likelihood (over the seeds both finished) has a 95 % Student-t
 #: interval above 0; the rows are ordered by rank, then by mean IW log-likelihood, then
 #: by mean active units. With one seed there is no interval and every cell is tied.
-RANKING = (
-    "held-out importance-weighted log-likelihood (higher is better); a cell's rank is 1 + "
-    "the number of cells that beat it on paired per-seed differences (95% t-interval of "
-    "the difference above 0), so cells that cannot be told apart share a rank, marked =k"
-)
+RANKING = _run_summary.RANKING
 
 
-def run_id(prior: str, elbo: str, seed: int) -> str:
-    """Folder name of one grid cell, e.g. ``"mixture__freebits__seed1"``."""
-    for what, name in (("prior", prior), ("elbo", elbo)):
+def run_id(prior: str, elbo: str, seed: int, variant: str | None = None) -> str:
+    """Folder name of one grid cell, e.g. ``"mixture__freebits__seed1"``, or
+    ``"mixture__freebits__skip__seed1"`` for the model variant ``"skip"``."""
+    named = [("prior", prior), ("elbo", elbo)]
+    if variant is not None:
+        named.append(("variant", variant))
+    for what, name in named:
         if not isinstance(name, str):
             raise TypeError(f"{what} must be a registry name (str), got {type(name).__name__}")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or "__" in name:
@@ -89,6 +110,10 @@ def run_id(prior: str, elbo: str, seed: int) -> str:
                 f"got {name!r}"
             )
     seed = check_int("seed", seed, minimum=0)
+    if variant is not None:
+        if re.fullmatch(r"seed\d+", variant):
+            raise ValueError(f"variant must not look like a seed folder (seed<k>), got {variant!r}")
+        return f"{prior}__{elbo}__{variant}__seed{seed}"
     return f"{prior}__{elbo}__seed{seed}"
 
 
@@ -103,13 +128,20 @@ def _canonical(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=json_default))
 
 
+#: RunConfig fields added after fingerprints were first written, with the default value
+#: that a configuration written before them means.
+_LATER_FIELDS: dict[str, Any] = {"disentanglement_options": {}}
+
+
 def _fingerprint(config: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a run's configuration (a ``RunConfig.to_dict()``)."""
     from pyrocollapse._io import json_default
 
-    text = json.dumps(
-        _canonical(config), sort_keys=True, separators=(",", ":"), default=json_default
-    )
+    canonical = _canonical(config)
+    for key, default in _LATER_FIELDS.items():  # fields added later, at their default,
+        if canonical.get(key, default) == default:  # leave earlier fingerprints unchanged
+            canonical.pop(key, None)
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=json_default)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -212,7 +244,7 @@ def _one_run(
     return {**_row_from_metrics(result.metrics), "wall_time": time.perf_counter() - start}
 
 
-def _check_buildable(cells: list[tuple[str, RunConfig]]) -> None:
+def _check_buildable(cells: list[tuple[str, RunConfig]] | list[tuple[str, RunConfig, Any]]) -> None:
     """Build every distinct prior x objective of the grid once (data, prior, model,
     objective; no training), so that a value that only its constructor refuses
     (``mixture.n_components=0``) stops the grid before any work."""
@@ -223,7 +255,8 @@ def _check_buildable(cells: list[tuple[str, RunConfig]]) -> None:
     seen = set()
     state = pyro.util.get_rng_state()
     try:
-        for rid, cfg in cells:
+        for rid, cfg, *rest in cells:
+            variant = rest[0] if rest else None
             key = _fingerprint({**cfg.to_dict(), "seed": 0})
             if key in seen:
                 continue
@@ -236,7 +269,9 @@ def _check_buildable(cells: list[tuple[str, RunConfig]]) -> None:
                     for what, name, options in (
                         ("prior", cfg.prior, cfg.prior_options),
                         ("objective", cfg.elbo, cfg.elbo_options),
+                        (f"variant {variant!r}: model", cfg.model, cfg.model_options),
                     )
+                    if not what.startswith("variant") or variant is not None
                 )
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise type(e)(f"run {rid} ({where}): {first}") from e
@@ -252,9 +287,28 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _disentanglement_row(report: dict[str, Any]) -> dict[str, float]:
+    """The :data:`DISENTANGLEMENT_METRICS` of a report dict's first scored site (NaN when
+    it has none; DCI disentanglement and the FactorVAE score NaN with a single factor,
+    where they are 1 by construction)."""
+    row = dict.fromkeys(DISENTANGLEMENT_METRICS, math.nan)
+    sites = report.get("disentanglement") or {}
+    records = [v for k, v in sites.items() if k != "unavailable" and isinstance(v, dict)]
+    if not records:
+        return row
+    first = records[0]
+    scores = first.get("scores") or {}
+    for m in DISENTANGLEMENT_METRICS:
+        row[m] = _number(scores.get(m))
+    if len(first.get("factor_names") or ()) == 1:
+        row["dci_disentanglement"] = row["factorvae_score"] = math.nan
+    return row
+
+
 def _row_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     rep = metrics["report"]
     return {
+        **_disentanglement_row(rep),
         "active_units": rep["active_units"],
         # estimators left out of a run (and non-finite values) are None in metrics.json
         "mi": sum(_number(s.get("mi")) for s in rep["sites"].values()),
@@ -279,9 +333,11 @@ def compare(
     iw_samples: int = 50,
     progress: bool = True,
     echo: bool = False,
-    baseline: str | tuple[str, str] | None = None,
+    baseline: str | tuple[str, ...] | None = None,
+    variants: Sequence[str] | None = None,
+    variant_options: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """Train every prior x objective x seed combination and compare them.
+    """Train every prior x objective (x model variant) x seed combination and compare them.
 
     Parameters
     ----------
@@ -312,14 +368,27 @@ def compare(
         Print the ranked table. With ``echo`` or ``progress``, every existing run folder
         that is trained again is named with the reason (other settings, with the fields
         that differ; an incomplete or unreadable folder).
-    baseline : str, (str, str) or None
+    baseline : str, tuple of str or None
         The cell every other cell is compared with, ``"PRIOR:OBJECTIVE"`` or
-        ``(prior, objective)``; ``None``: the first prior with the first objective.
+        ``(prior, objective)`` (with variants ``"PRIOR:OBJECTIVE:VARIANT"`` or
+        ``(prior, objective, variant)``); ``None``: the first prior with the first
+        objective (and the first variant).
+    variants : sequence of str or None
+        Model variants, a third axis of the grid: names of letters, digits, ``-`` and
+        single ``_`` (e.g. ``["plain", "skip", "bn"]``). ``None`` (the default): no
+        variant axis, and every folder and column is named as without this option.
+    variant_options : dict or None
+        Per-variant model options applied on top of ``base.model_options``, e.g.
+        ``{"skip": {"skip": True}, "bn": {"posterior": "batchnorm"}}`` (keyword
+        arguments of the model class, such as :class:`pyrocollapse.models.MLPVAE`'s
+        ``skip``, ``posterior``, ``posterior_options`` and ``refine_steps``); a variant
+        without an entry uses ``base.model_options`` unchanged. Every key must be one of
+        ``variants``; needs ``variants``.
 
     Returns
     -------
     pandas.DataFrame
-        :func:`summarize_runs`'s table: one row per (prior, elbo) with ``<metric>_mean``
+        :func:`summarize_runs`'s table: one row per (prior, elbo[, variant]) with ``<metric>_mean``
         and ``<metric>_std`` over the seeds that finished for every metric in
         :data:`METRICS`, ``n_ok``, ``n_failed``, the first ``error``, the paired
         differences against the baseline (``<metric>_diff``, ``_diff_lo``, ``_diff_hi``,
@@ -358,37 +427,47 @@ def compare(
         raise ValueError("seeds must name at least one seed, got an empty sequence")
     jobs = check_int("jobs", jobs, minimum=1)
     iw_samples = check_int("iw_samples", iw_samples, minimum=1)
-    from pyrocollapse.elbo import ELBOS
+    from pyrocollapse.experiment import objectives
     from pyrocollapse.priors import PRIORS
 
     prior_options = _grid_options("prior_options", prior_options, PRIORS)
-    elbo_options = _grid_options("elbo_options", elbo_options, ELBOS)
+    elbo_options = _grid_options("elbo_options", elbo_options, objectives())
+    variant_list, variant_options = _check_variants(variants, variant_options)
     for p in priors:
         run_id(p, "elbo", 0)  # names usable as folder names
     for e in elbos:
         run_id("standard", e, 0)
-    baseline_cell = _baseline_cell(baseline, [(p, e) for p in priors for e in elbos])
+    axis: list[str | None] = variant_list if variant_list is not None else [None]
+    grid_cells = [(p, e) if v is None else (p, e, v) for p in priors for e in elbos for v in axis]
+    baseline_cell = _baseline_cell(baseline, grid_cells)
     from pyrocollapse.experiment import check_output_folder
 
     if not isinstance(out, (str, Path)):
         raise TypeError(f"out must be a str or a Path, got {type(out).__name__}")
     out = check_output_folder("out", out)
     cells = []
-    for p in priors:
-        for e in elbos:
-            for s in seed_list:
-                cfg = replace(
-                    base,
-                    prior=p,
-                    elbo=e,
-                    seed=s,
-                    importance_samples=iw_samples,
-                    estimators=tuple(dict.fromkeys((*base.estimators, "iw"))),
-                    prior_options={**base.prior_options, **prior_options.get(p, {})},
-                    elbo_options={**base.elbo_options, **elbo_options.get(e, {})},
-                )
+    for cell in grid_cells:
+        p, e = cell[0], cell[1]
+        v = cell[2] if len(cell) == 3 else None
+        for s in seed_list:
+            cfg = replace(
+                base,
+                prior=p,
+                elbo=e,
+                seed=s,
+                importance_samples=iw_samples,
+                estimators=tuple(dict.fromkeys((*base.estimators, "iw"))),
+                prior_options={**base.prior_options, **prior_options.get(p, {})},
+                elbo_options={**base.elbo_options, **elbo_options.get(e, {})},
+                model_options={**base.model_options, **variant_options.get(v, {})},
+            )
+            try:
                 cfg.validate()  # every name and option checked before any training
-                cells.append((run_id(p, e, s), cfg))
+            except (ValueError, TypeError) as err:
+                if v is None or not variant_options.get(v):
+                    raise
+                raise type(err)(f"variant {v!r}: {err}") from err
+            cells.append((run_id(p, e, s, v), cfg, v))
     _check_buildable(cells)  # ... and every value its constructor checks
     from pyrocollapse._io import lock_directory
 
@@ -405,11 +484,51 @@ def compare(
             progress=progress,
             echo=echo,
             baseline=baseline_cell,
+            variants=variant_list,
+            variant_options=variant_options,
         )
 
 
+def _check_variants(
+    variants: Any, options: Any
+) -> tuple[list[str] | None, dict[str, dict[str, Any]]]:
+    """``(variant names or None, per-variant model options)``, checked: names usable in
+    folder names, no repeats, option keys among the names (values are checked as model
+    options with each run's configuration)."""
+    if variants is None:
+        if options:
+            raise ValueError("variant_options need variants (the names of the model variants)")
+        return None, {}
+    if isinstance(variants, str) or not isinstance(variants, Sequence):
+        raise TypeError(
+            f"variants must be a sequence of names, e.g. ['plain', 'skip'], got "
+            f"{type(variants).__name__} {variants!r}"
+        )
+    names = list(variants)
+    if not names:
+        raise ValueError("variants must name at least one variant (or be None)")
+    for v in names:
+        run_id("standard", "elbo", 0, v)  # a name usable in a folder name
+    repeated = sorted({v for v in names if names.count(v) > 1})
+    if repeated:
+        raise ValueError(f"variants repeats {repeated}; name each variant once")
+    options = {} if options is None else options
+    if not isinstance(options, dict) or not all(isinstance(o, dict) for o in options.values()):
+        raise TypeError(
+            "variant_options must be a dict of variant -> model options dict, e.g. "
+            f"{{'skip': {{'skip': True}}}}, got {options!r}"
+        )
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        raise ValueError(
+            f"variant_options names {unknown}, which are not variants of this grid "
+            f"({', '.join(names)})"
+        )
+    return names, {k: dict(v) for k, v in options.items()}
+
+
 def _run_grid(
-    cells: list[tuple[str, RunConfig]],
+    cells: list[tuple[str, RunConfig, str | None]],
     out: Path,
     base: RunConfig,
     priors: list[str],
@@ -419,7 +538,9 @@ def _run_grid(
     *,
     progress: bool,
     echo: bool,
-    baseline: tuple[str, str] | None = None,
+    baseline: tuple[str, ...] | None = None,
+    variants: list[str] | None = None,
+    variant_options: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
     """Train the runs of a checked grid into ``out`` (locked) and summarise them
     (``runs.csv``, ``comparison.csv``, ``figures/au_vs_nll.png`` and ``comparison.html``)."""
@@ -430,24 +551,22 @@ def _run_grid(
 
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        out / "grid.json",
-        json.dumps(
-            {
-                "base": base.to_dict(),
-                "priors": list(priors),
-                "elbos": list(elbos),
-                "seeds": seed_list,
-                "baseline": None if baseline is None else ":".join(baseline),
-            },
-            indent=2,
-        ),
-    )
+    grid = {
+        "base": base.to_dict(),
+        "priors": list(priors),
+        "elbos": list(elbos),
+        "seeds": seed_list,
+        "baseline": None if baseline is None else ":".join(baseline),
+    }
+    if variants is not None:
+        grid["variants"] = list(variants)
+        grid["variant_options"] = variant_options or {}
+    atomic_write_text(out / "grid.json", json.dumps(grid, indent=2, default=_json_default))
 
     rows: dict[str, dict[str, Any]] = {}
     redone: dict[str, str] = {}
     todo = []
-    for rid, cfg in cells:
+    for rid, cfg, _ in cells:
         row, why = _finished_run(runs_dir / rid, cfg)
         if row is not None:
             rows[rid] = {**row, "status": "ok", "resumed": True, "redone": ""}
@@ -499,8 +618,15 @@ def _run_grid(
 
     table = pd.DataFrame(
         [
-            {"run": rid, "prior": cfg.prior, "objective": cfg.elbo, "seed": cfg.seed, **rows[rid]}
-            for rid, cfg in cells
+            {
+                "run": rid,
+                "prior": cfg.prior,
+                "objective": cfg.elbo,
+                **({} if variants is None else {VARIANT: variant}),
+                "seed": cfg.seed,
+                **rows[rid],
+            }
+            for rid, cfg, variant in cells
         ]
     )
     atomic_write_text(out / "runs.csv", table.to_csv(index=False))
@@ -518,6 +644,12 @@ def _run_grid(
     return summary
 
 
+def _json_default(value: Any) -> Any:
+    from pyrocollapse._io import json_default
+
+    return json_default(value)
+
+
 def _grid_options(name: str, options: Any, registry: Any) -> dict[str, dict[str, Any]]:
     """``{name: {option: value}}``, every key a name registered in ``registry``."""
     if options is None:
@@ -533,282 +665,3 @@ def _grid_options(name: str, options: Any, registry: Any) -> dict[str, dict[str,
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
     return options
-
-
-def _baseline_cell(baseline: Any, cells: Sequence[tuple[str, str]]) -> tuple[str, str]:
-    """The ``(prior, objective)`` that ``baseline`` names among ``cells`` (the first when
-    ``None``); a ``ValueError`` naming the accepted cells when it is none of them."""
-    cells = list(cells)
-    accepted = ", ".join(f"{p}:{o}" for p, o in cells)
-    if baseline is None:
-        if not cells:
-            raise ValueError("there is no cell to take as the baseline (an empty table)")
-        return cells[0]
-    if isinstance(baseline, str):
-        prior, sep, objective = baseline.partition(":")
-        key = (prior.strip(), objective.strip()) if sep else None
-    elif (
-        isinstance(baseline, (tuple, list))
-        and len(baseline) == 2
-        and all(isinstance(x, str) for x in baseline)
-    ):
-        key = (baseline[0], baseline[1])
-    else:
-        raise TypeError(
-            f"baseline must be 'PRIOR:OBJECTIVE', a (prior, objective) pair or None, got "
-            f"{type(baseline).__name__} {baseline!r}"
-        )
-    if key not in cells:
-        raise ValueError(
-            f"baseline {baseline!r} is not a cell of this grid; accepted (PRIOR:OBJECTIVE): "
-            f"{accepted}"
-        )
-    return key
-
-
-def _per_seed(ok: Any, metric: str) -> Any:
-    """One cell's finished runs as a Series seed -> ``metric`` (finite values only)."""
-    import numpy as np
-    import pandas as pd
-
-    if metric not in ok:
-        return pd.Series(dtype=float)
-    values = pd.to_numeric(ok[metric], errors="coerce").groupby(ok["seed"].to_numpy()).mean()
-    return values[np.isfinite(values.to_numpy(dtype=float))].astype(float)
-
-
-def _paired(a: Any, b: Any) -> tuple[float, float, float, int]:
-    """``(mean, lo, hi, n)`` of the per-seed differences ``a - b`` over the seeds both hold:
-    the mean and its Student-t interval at :data:`CONFIDENCE` with ``n - 1`` degrees of
-    freedom (``lo``, ``hi`` NaN with fewer than 2 seeds; all NaN with none)."""
-    d = (a - b).dropna()
-    n = len(d)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(d.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
-    from scipy.stats import t
-
-    half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half, n
-
-
-def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) -> Any:
-    """Summarise a grid's runs per (prior, objective), with paired differences against a
-    baseline cell, ranked by :data:`RANKING`.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        One row per run (``runs.csv``): ``prior``, ``objective``, ``seed``, ``status``
-        (``"ok"`` for a finished run), the metrics of :data:`METRICS` and ``error``.
-    baseline : str, (str, str) or None
-        The cell the others are compared with, ``"PRIOR:OBJECTIVE"`` or
-        ``(prior, objective)``; ``None``: the table's first cell (a grid's first prior with
-        its first objective).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per cell:
-
-        * ``<metric>_mean``, ``<metric>_std``: mean and standard deviation (``ddof=1``; 0
-          for one run) over the cell's finished runs, for every metric in :data:`METRICS`;
-          ``n_ok``, ``n_failed`` and the first ``error`` (empty if none);
-        * ``n_paired``: the seeds that both this cell and the baseline finished;
-        * ``<metric>_diff``: the mean over those seeds of ``cell - baseline`` (same seed,
-          so the same train/held-out split), for every metric in :data:`PAIRED_METRICS`,
-          and ``<metric>_diff_lo``, ``<metric>_diff_hi``: its Student-t interval at
-          :data:`CONFIDENCE` (``n_paired - 1`` degrees of freedom; NaN with fewer than 2
-          paired seeds). Seeds where either value is not finite are left out;
-        * ``baseline``: True on the baseline's row;
-        * ``rank`` (nullable int): 1 + the number of cells that beat this one, where a
-          cell beats another when the interval of their paired difference of held-out IW
-          log-likelihood lies above 0; ``<NA>`` for a cell with no finite IW
-          log-likelihood (no finished run), which is listed last;
-        * ``tied``: another cell has the same rank.
-
-        Rows are ordered by rank, then mean IW log-likelihood, then mean active units.
-
-    Raises
-    ------
-    ValueError
-        If a column is missing, or ``baseline`` is not a cell of the table (naming the
-        accepted cells).
-    """
-    import numpy as np
-    import pandas as pd
-
-    from pyrocollapse._validation import check_columns
-
-    check_columns("table", table, ["prior", "objective", "seed", "status"])
-
-    groups = list(table.groupby(["prior", "objective"], sort=False))
-    base_key = _baseline_cell(baseline, [key for key, _ in groups])
-    finished = {key: g[g["status"] == "ok"] for key, g in groups}
-    base_ok = finished[base_key]
-    base_values = {m: _per_seed(base_ok, m) for m in PAIRED_METRICS}
-    base_seeds = set(base_ok["seed"])
-
-    out = []
-    for (prior, elbo), g in groups:
-        ok = finished[(prior, elbo)]
-        row: dict[str, Any] = {
-            "prior": prior,
-            "objective": elbo,
-            "n_ok": len(ok),
-            "n_failed": int((g["status"] != "ok").sum()),
-        }
-        for m in METRICS:
-            vals = pd.to_numeric(ok[m], errors="coerce") if m in ok else pd.Series(dtype=float)
-            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
-            row[f"{m}_std"] = (
-                float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
-            )
-        errors = g["error"].dropna() if "error" in g else []
-        errors = [e for e in errors if isinstance(e, str) and e]
-        row["error"] = errors[0] if errors else ""
-        row["baseline"] = (prior, elbo) == base_key
-        row["n_paired"] = len(base_seeds & set(ok["seed"]))
-        for m in PAIRED_METRICS:
-            diff, lo, hi, _ = _paired(_per_seed(ok, m), base_values[m])
-            row[f"{m}_diff"], row[f"{m}_diff_lo"], row[f"{m}_diff_hi"] = diff, lo, hi
-        out.append(row)
-    summary = pd.DataFrame(out)
-
-    # rank: 1 + the number of cells that beat a cell on paired per-seed differences
-    ll = {key: _per_seed(finished[key], "iw_log_likelihood") for key, _ in groups}
-    ranked = [key for key in ll if len(ll[key])]
-    beaten = {key: 0 for key in ranked}
-    for key in ranked:
-        for other in ranked:
-            if other != key and _paired(ll[other], ll[key])[1] > 0:
-                beaten[key] += 1
-    ranks = [beaten.get((p, o)) for p, o in zip(summary["prior"], summary["objective"])]
-    summary["rank"] = pd.array([None if r is None else r + 1 for r in ranks], dtype="Int64")
-    counts = summary["rank"].value_counts()
-    summary["tied"] = [bool(pd.notna(r) and counts.get(r, 0) > 1) for r in summary["rank"]]
-    order = np.lexsort(
-        (
-            -summary["active_units_mean"].fillna(-np.inf).to_numpy(dtype=float),
-            -summary["iw_log_likelihood_mean"].fillna(-np.inf).to_numpy(dtype=float),
-            summary["rank"].fillna(len(summary) + 1).to_numpy(dtype=float),
-        )
-    )
-    return summary.iloc[order].reset_index(drop=True)
-
-
-def _signed(value: float) -> str:
-    return f"{value:+.2f}"
-
-
-def _diff_text(row: Any, metric: str) -> str:
-    """``+0.41 [+0.12, +0.70]``: a paired difference against the baseline and its interval."""
-    if bool(row["baseline"]):
-        return "baseline"
-    diff, lo, hi = row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"]
-    if not _finite(diff):
-        return "n/a"
-    if not (_finite(lo) and _finite(hi)):
-        return f"{_signed(diff)} (1 seed)"
-    return f"{_signed(diff)} [{_signed(lo)}, {_signed(hi)}]"
-
-
-def _finite(value: Any) -> bool:
-    """``value`` is a finite number (False for None, NaN, ``pd.NA``)."""
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _rank_text(row: Any) -> str:
-    rank = row["rank"]
-    if not _finite(rank):
-        return "-"
-    return f"={int(rank)}" if bool(row["tied"]) else str(int(rank))
-
-
-def format_summary(summary: Any) -> str:
-    """The ranked comparison (:func:`summarize_runs`'s table) as a fixed-width text table.
-
-    Above the table: the ranking rule (:data:`RANKING`) and the baseline cell. Per cell:
-    the rank (``=k`` for a tie), mean ± standard deviation over seeds of active units, MI,
-    KL, ELBO and held-out IW log-likelihood, the paired differences of IW log-likelihood
-    and MI against the baseline with their 95 % intervals (``+0.41 [+0.12, +0.70]``;
-    ``(1 seed)`` without an interval), the mean wall time and the finished/failed runs.
-    With one seed per cell, a note below the table says that no cell can be told apart.
-    """
-    from pyrocollapse._validation import check_columns
-
-    check_columns(
-        "summary",
-        summary,
-        ["prior", "objective", "n_ok", "n_failed", "error", "baseline", "rank", "tied"]
-        + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-        + [f"{m}_{s}" for m in ("iw_log_likelihood", "mi") for s in ("diff", "diff_lo", "diff_hi")],
-    )
-    base = summary[summary["baseline"].astype(bool)]
-    base_name = f"{base['prior'].iloc[0]} + {base['objective'].iloc[0]}" if len(base) else "(none)"
-    import textwrap
-
-    pct = f"{CONFIDENCE:.0%}"
-    lines = [
-        *textwrap.wrap(f"ranked by {RANKING}", width=100, subsequent_indent="  "),
-        *textwrap.wrap(
-            f"baseline: {base_name}; Δ = cell - baseline, the mean of the per-seed differences "
-            f"(same seed, same train/held-out split) [{pct} t-interval]",
-            width=100,
-            subsequent_indent="  ",
-        ),
-    ]
-
-    def ms(r: Any, m: str, p: int = 2) -> str:
-        if not _finite(r[m + "_mean"]):
-            return "-"
-        return f"{r[m + '_mean']:.{p}f}±{r[m + '_std']:.{p}f}"
-
-    header = ["rank", "prior", "objective", "AU", "MI", "KL", "ELBO", "IW log p(x)",
-              "Δ IW log p(x)", "Δ MI", "time s", "ok/fail"]  # fmt: skip
-    left = {"prior", "objective"}
-    rows, errors = [], []
-    for _, r in summary.iterrows():
-        rows.append(
-            [
-                _rank_text(r),
-                str(r["prior"]),
-                str(r["objective"]),
-                ms(r, "active_units", 1),
-                ms(r, "mi"),
-                ms(r, "kl"),
-                ms(r, "elbo"),
-                ms(r, "iw_log_likelihood"),
-                _diff_text(r, "iw_log_likelihood"),
-                _diff_text(r, "mi"),
-                f"{r['wall_time_mean']:.1f}" if _finite(r["wall_time_mean"]) else "-",
-                f"{r['n_ok']}/{r['n_failed']}",
-            ]
-        )
-        errors.append(r["error"] if isinstance(r["error"], str) else "")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-
-    def line(cells: list[str]) -> str:
-        return " ".join(
-            c.ljust(w) if h in left else c.rjust(w) for c, w, h in zip(cells, widths, header)
-        ).rstrip()
-
-    lines.append(line(header))
-    for cells, error in zip(rows, errors):
-        lines.append(line(cells))
-        if error:
-            lines.append(f"     first error: {error}")
-    n_ranked = int(summary["rank"].notna().sum())
-    if n_ranked >= 2 and int(summary["n_ok"].max()) < 2:
-        lines += textwrap.wrap(
-            "note: one seed gives no interval, so no cell can be told apart from another and "
-            "all are shown tied; run --seeds 3 or more (seeds=3) to rank them",
-            width=100,
-            subsequent_indent="  ",
-        )
-    return "\n".join(lines)

@@ -57,9 +57,13 @@ Without validation (as in ``fit`` after its first step) the traces compute only 
 log-probabilities the terms read (:func:`importance_traces`): no log q(z) and log p(z)
 beside an analytic KL. Each term is computed once and shared by ``combine`` and the
 breakdown, and the breakdown stays on the device as one tensor until
-:attr:`Evaluation.components` is read. ``jit=True`` (every variant takes it) compiles
-the whole evaluation with :func:`torch.jit.trace`, once per input signature, with the
-KL weight as a tensor input so that schedules never recompile; see
+:attr:`Evaluation.components` is read. Every variant takes ``jit``: the whole
+evaluation (model, guide, terms, ``combine``) is recorded as one graph per input
+signature and compiled with :func:`torch.compile` (inductor; forward and backward),
+with the KL weight as a tensor input so that schedules never recompile. The default,
+``jit="auto"``, compiles only once a run is long enough to pay for the compilation and
+falls back to eager mode (saying why, once) where the program cannot be compiled;
+``jit=True`` compiles from the second call, ``jit=False`` never; see
 :mod:`pyrocollapse.jit`. ``benchmarks/training.py`` times both against a hand-written
 PyTorch step.
 
@@ -114,6 +118,7 @@ from torch.distributions import Normal, TransformedDistribution
 from pyrocollapse._dice import TraceStructure
 from pyrocollapse._distributions import as_vector, particle_slice, strip_mask, unwrap
 from pyrocollapse._validation import check_choice, check_float, check_int
+from pyrocollapse.jit import CompiledEvaluation, JitMode, check_jit
 from pyrocollapse.registry import Registry
 from pyrocollapse.schedules import Schedule, make_schedule
 
@@ -1375,7 +1380,7 @@ class Evaluation:
     kl_per_dim : dict[str, torch.Tensor]
         Per latent site, the batch-summed KL per dimension (detached), where available.
     terms : list[ELBOTerms]
-        The terms of every particle (empty for a compiled evaluation, ``jit=True``).
+        The terms of every particle (empty for a compiled evaluation, see ``jit``).
     weights : dict[str, float]
         The objective's weights and thresholds at this step (``kl_weight``, ...); they
         are also in ``components`` and are not summed over the batch.
@@ -1447,13 +1452,19 @@ class BaseELBO(ELBO):
         As for :class:`pyro.infer.ELBO`; every variant takes ``vectorize_particles=True``
         (the particles are drawn in one extra plate and the variant's minibatch
         estimators are computed per particle and averaged).
-    jit : bool
-        Compile the evaluation with :func:`torch.jit.trace`, once per input signature
-        (shapes, dtypes and devices of the tensor arguments, values of the others), with
-        the KL weight fed in as a tensor so that a schedule never recompiles; see
-        :mod:`pyrocollapse.jit` for what the program must satisfy. The first call of each
-        signature runs eagerly (with validation if enabled) and returns the eager result.
-        Default ``False``.
+    jit : {"auto", True, False}
+        Compile the evaluation (model, guide, terms and ``combine``, forward and
+        backward) with :func:`torch.compile`, once per input signature (shapes, dtypes
+        and devices of the tensor arguments, values of the others), with the KL weight
+        fed in as a tensor so that a schedule never recompiles; see
+        :mod:`pyrocollapse.jit` for what the program must satisfy. Compiling takes
+        seconds per signature. ``"auto"`` (default) compiles once the objective has
+        spent :data:`pyrocollapse.jit.AUTO_AFTER_SECONDS` in eager evaluations (short
+        runs never compile) and falls back to eager mode, saying why once on the
+        ``"pyrocollapse"`` logger, where the program cannot be compiled; ``True``
+        compiles from the second call of each signature and raises ``RuntimeError``
+        where it cannot; ``False`` never compiles. The call that compiles runs eagerly
+        (with validation if enabled) and returns the eager result.
     analytic_kl : bool
         Take KL(q || p) in closed form where it is known and valid (default), which
         lowers the variance; ``False`` takes the Monte Carlo estimate log q(z) - log p(z)
@@ -1471,7 +1482,7 @@ class BaseELBO(ELBO):
     last : Evaluation or None
         The most recent evaluation (its ``components`` feed ``fit``'s History).
     compiled : pyrocollapse.jit.CompiledEvaluation or None
-        The cache of compiled evaluations when ``jit=True``.
+        The cache of compiled evaluations (``None`` with ``jit=False``).
 
     Notes
     -----
@@ -1485,6 +1496,10 @@ class BaseELBO(ELBO):
 
     #: Kept for compatibility: every variant supports vectorised particles.
     supports_vectorized_particles: ClassVar[bool] = True
+    #: Whether the evaluation can be compiled (``jit``). A variant with side effects in
+    #: its evaluation (FactorVAE steps its discriminator) sets it to ``False``: then
+    #: ``jit="auto"`` means eager and ``jit=True`` is refused.
+    compilable: ClassVar[bool] = True
     #: Constructor arguments reported by :meth:`hyperparameters` (besides ``kl_weight``
     #: and ``num_particles``), read from attributes of the same name.
     _hyperparameters: ClassVar[tuple[str, ...]] = ()
@@ -1497,7 +1512,7 @@ class BaseELBO(ELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         num_particles = check_int("num_particles", num_particles, minimum=1)
@@ -1512,8 +1527,14 @@ class BaseELBO(ELBO):
                 "vectorize_particles must be True or False, got "
                 f"{type(vectorize_particles).__name__} {vectorize_particles!r}"
             )
-        if not isinstance(jit, bool):
-            raise TypeError(f"jit must be True or False, got {type(jit).__name__} {jit!r}")
+        jit = check_jit(jit)
+        if not self.compilable:
+            if jit is True:
+                raise ValueError(
+                    f"{type(self).__name__} cannot be compiled (jit=True): its evaluation has "
+                    "side effects; use jit='auto' (eager for this objective) or jit=False"
+                )
+            jit = False
         if not isinstance(analytic_kl, bool):
             raise TypeError(
                 f"analytic_kl must be True or False, got {type(analytic_kl).__name__} "
@@ -1530,16 +1551,14 @@ class BaseELBO(ELBO):
         self.step_count = 0
         self.last: Evaluation | None = None
         self._beta_override: torch.Tensor | None = None
-        self.compiled: Any = None
+        self.compiled: CompiledEvaluation | None = None
         if jit:
-            from pyrocollapse.jit import CompiledEvaluation
-
-            self.compiled = CompiledEvaluation(self)
+            self.compiled = CompiledEvaluation(jit)
 
     @property
-    def jit(self) -> bool:
-        """Whether evaluations are compiled (the constructor's ``jit``)."""
-        return self.compiled is not None
+    def jit(self) -> JitMode:
+        """The constructor's ``jit``: ``"auto"``, ``True`` or ``False``."""
+        return False if self.compiled is None else self.compiled.mode
 
     # -- the hook ----------------------------------------------------------------------
     def combine(self, terms: ELBOTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -1623,11 +1642,12 @@ class BaseELBO(ELBO):
     def evaluate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Evaluation:
         """Compute the loss and its breakdown; the single path behind every loss method.
 
-        With ``jit=True`` the compiled evaluation of :attr:`compiled` (same value for
-        the same random draws); else the eager :meth:`evaluate_eager`.
+        Through :attr:`compiled` unless ``jit=False``: its compiled evaluation where the
+        signature has been compiled (same value for the same random draws), else the
+        eager :meth:`evaluate_eager`.
         """
         if self.compiled is not None:
-            evaluation = self.compiled.evaluate(model, guide, args, kwargs)
+            evaluation = self.compiled.evaluate(self, model, guide, args, kwargs)
         else:
             evaluation = self.evaluate_eager(model, guide, *args, **kwargs)
         if is_validation_enabled():
@@ -1791,10 +1811,10 @@ class PlainELBO(BaseELBO):
     >>> from pyrocollapse.models import MLPVAE
     >>> vae = MLPVAE(8, 2, hidden=(16,))
     >>> x = torch.rand(32, 8)
-    >>> elbo = PlainELBO(jit=True)  # compiled after the first call of each batch shape
+    >>> elbo = PlainELBO()  # jit="auto": compiled once a run is long enough
     >>> losses = [elbo.loss(vae.model, vae.guide, x) for _ in range(3)]
-    >>> elbo.compiled.compilations
-    1
+    >>> elbo.compiled.compilations  # three calls are not
+    0
 
     References
     ----------
@@ -1808,7 +1828,7 @@ class PlainELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         super().__init__(
@@ -1850,7 +1870,7 @@ class AnnealedELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         super().__init__(
@@ -1898,7 +1918,7 @@ class BetaELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         super().__init__(
@@ -1960,7 +1980,7 @@ class FreeBitsELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         self.free_bits = check_float("free_bits", free_bits, minimum=0.0)
@@ -2063,7 +2083,7 @@ class MIRegularizedELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         self.alpha = check_float("alpha", alpha, minimum=0.0)
@@ -2152,7 +2172,7 @@ class InfoVAEELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         self.alpha = check_float("alpha", alpha, maximum=1.0)
@@ -2252,7 +2272,7 @@ class IWAEELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         if vectorize_particles is not True:
@@ -2332,7 +2352,7 @@ class BetaTCELBO(BaseELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         retain_graph: bool | None = None,
-        jit: bool = False,
+        jit: JitMode = "auto",
         analytic_kl: bool = True,
     ) -> None:
         self.alpha = check_float("alpha", alpha, minimum=0.0)

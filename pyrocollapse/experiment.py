@@ -42,6 +42,14 @@ class RunConfig:
     ``on_collapse`` (``"warn"``, ``"aggressive"``, ``"rollback"`` or ``None``) adds the
     matching :mod:`pyrocollapse.callbacks` callback with thresholds ``min_active_units``
     and ``min_mi``.
+
+    ``estimators`` are the names of :data:`RUN_ESTIMATORS`: those of
+    :func:`pyrocollapse.diagnose` and ``"disentanglement"``, which scores the posterior
+    means of each continuous local site on the held-out points against the data set's
+    known generative factors (MIG, SAP, DCI, FactorVAE; see
+    :func:`pyrocollapse.diagnostics._disentanglement_report.disentanglement_by_site`),
+    with ``disentanglement_options`` (``max_points``, ``regressor``, ``bins``,
+    ``factorvae``, ``n_estimators``).
     """
 
     dataset: str = "digits"
@@ -61,7 +69,9 @@ class RunConfig:
     lr: float = 2e-3
     seed: int = 0
     num_samples: int = 8
-    estimators: tuple[str, ...] = ("kl", "au", "mi", "rhat", "sensitivity", "iw", "psis", "causes")
+    estimators: tuple[str, ...] = (
+        "kl", "au", "mi", "rhat", "sensitivity", "iw", "psis", "causes", "disentanglement",
+    )  # fmt: skip
     bootstrap: int = 200
     importance_samples: int = 100
     posterior_samples: int = 100
@@ -70,6 +80,7 @@ class RunConfig:
     on_collapse: str | None = None
     min_active_units: int | None = 1
     min_mi: float | None = None
+    disentanglement_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
         """Check every value and name before any work; returns ``self``.
@@ -77,11 +88,11 @@ class RunConfig:
         Raises ``ValueError``/``TypeError`` naming the option (as on the command line).
         """
         from pyrocollapse.data import DATASETS
-        from pyrocollapse.elbo import ELBOS
         from pyrocollapse.models import MODELS
         from pyrocollapse.priors import PRIORS
         from pyrocollapse.schedules import SCHEDULES
 
+        registry = objectives()
         check_int("--epochs", self.epochs, minimum=1)
         check_int("--batch-size", self.batch_size, minimum=1)
         check_int("--latent-dim", self.latent_dim, minimum=1)
@@ -93,19 +104,24 @@ class RunConfig:
         check_int("--importance-samples", self.importance_samples, minimum=1)
         check_int("--posterior-samples", self.posterior_samples, minimum=0)
         check_int("--posterior-points", self.posterior_points, minimum=1)
-        from pyrocollapse.diagnostics import ESTIMATORS
-
+        valid_estimators = _run_estimators()
         if isinstance(self.estimators, str) or not isinstance(self.estimators, (tuple, list)):
             raise TypeError(
                 "--estimators must be a sequence of names such as ('kl', 'au'), got "
                 f"{type(self.estimators).__name__} {self.estimators!r}"
             )
         self.estimators = tuple(self.estimators)
-        unknown = [e for e in self.estimators if e not in ESTIMATORS]
+        unknown = [e for e in self.estimators if e not in valid_estimators]
         if unknown or not self.estimators:
             raise ValueError(
-                f"--estimators names unknown estimators {unknown}; valid names: {', '.join(ESTIMATORS)}"
+                f"--estimators names unknown estimators {unknown}; valid names: "
+                f"{', '.join(valid_estimators)}"
             )
+        from pyrocollapse.diagnostics._disentanglement_report import (
+            check_disentanglement_options,
+        )
+
+        self.disentanglement_options = check_disentanglement_options(self.disentanglement_options)
         if "psis" in self.estimators and self.importance_samples < 50:
             raise ValueError(
                 f"--importance-samples must be >= 50 with the 'psis' estimator, got {self.importance_samples}"
@@ -124,7 +140,7 @@ class RunConfig:
         _check_options(
             "prior", PRIORS.get(self.prior).__init__, self.prior_options, skip=("latent_dim",)
         )
-        elbo_cls = ELBOS.get(self.elbo)
+        elbo_cls = registry.get(self.elbo)
         _check_options("elbo", elbo_cls.__init__, self.elbo_options)
         schedule = self.schedule_name
         if schedule is not None:
@@ -149,11 +165,11 @@ class RunConfig:
         """What this configuration does that a reader might not expect (printed at the
         start of a run): free bits per dimension with a prior that does not factorise
         over dimensions are applied per site instead."""
-        from pyrocollapse.elbo import ELBOS
         from pyrocollapse.priors import PRIORS
 
+        registry = objectives()
         out = []
-        elbo_cls, prior_cls = ELBOS.get(self.elbo), PRIORS.get(self.prior)
+        elbo_cls, prior_cls = registry.get(self.elbo), PRIORS.get(self.prior)
         per = self.elbo_options.get("per", _default(elbo_cls, "per"))
         if per == "dimension" and not getattr(prior_cls, "factorized", True):
             out.append(
@@ -187,6 +203,29 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown run option(s) {sorted(unknown)}; accepted: {sorted(names)}")
         return cls(**d)
+
+
+#: Estimators of ``pyrocollapse run`` that :func:`pyrocollapse.diagnose` does not run
+#: itself: computed by :func:`run_experiment` after the diagnosis.
+RUN_ONLY_ESTIMATORS = ("disentanglement",)
+
+
+def _run_estimators() -> tuple[str, ...]:
+    """Every estimator name ``RunConfig.estimators`` accepts: :data:`pyrocollapse.diagnostics.ESTIMATORS`
+    and :data:`RUN_ONLY_ESTIMATORS`."""
+    from pyrocollapse.diagnostics import ESTIMATORS
+
+    return (*ESTIMATORS, *(e for e in RUN_ONLY_ESTIMATORS if e not in ESTIMATORS))
+
+
+def objectives() -> Any:
+    """The objective registry :data:`pyrocollapse.elbo.ELBOS`, with every objective the
+    command line offers registered (``"factorvae"`` lives in :mod:`pyrocollapse.factorvae`,
+    which registers it when imported)."""
+    import pyrocollapse.factorvae  # noqa: F401  (registers "factorvae")
+    from pyrocollapse.elbo import ELBOS
+
+    return ELBOS
 
 
 def _check_options(
@@ -414,12 +453,12 @@ def build(config: RunConfig) -> Built:
     import pyro
 
     from pyrocollapse.data import load_dataset
-    from pyrocollapse.elbo import ELBOS
     from pyrocollapse.models import MODELS
     from pyrocollapse.priors import PRIORS
     from pyrocollapse.schedules import SCHEDULES
 
     _check_config(config)
+    registry = objectives()
     pyro.set_rng_seed(config.seed)
     dataset = load_dataset(config.dataset, **config.dataset_options)
     train, valid = dataset.split(config.valid_fraction, seed=config.seed)
@@ -430,7 +469,7 @@ def build(config: RunConfig) -> Built:
     vae = MODELS.get(config.model).from_dataset(
         dataset, latent_dim=config.latent_dim, prior=prior, **config.model_options
     )
-    elbo_cls = ELBOS.get(config.elbo)
+    elbo_cls = registry.get(config.elbo)
     options = dict(config.elbo_options)
     schedule = config.schedule_name
     if schedule is not None:
@@ -744,7 +783,7 @@ def _train_and_diagnose(
         vae.guide,
         built.valid.data,
         vae.latent_sites,
-        estimators=config.estimators,
+        estimators=tuple(e for e in config.estimators if e not in RUN_ONLY_ESTIMATORS),
         num_samples=config.num_samples,
         bootstrap=config.bootstrap,
         importance_samples=config.importance_samples,
@@ -759,6 +798,8 @@ def _train_and_diagnose(
             "aggressive": config.aggressive,
         },
     )
+    if "disentanglement" in config.estimators:
+        _add_disentanglement(report, vae, built.valid, config, device)
     if device is not None:
         vae.cpu()  # the report folder (posterior.nc, figures, model.pt) is made on the host
     if echo:
@@ -776,6 +817,44 @@ def _train_and_diagnose(
         "provenance": origin,
     }
     return RunResult(built, history, report, metrics)
+
+
+def _add_disentanglement(
+    report: Any, vae: Any, held_out: Any, config: RunConfig, device: Any
+) -> None:
+    """Score each continuous local site of ``report`` on ``held_out`` (a Dataset) against
+    its known factors, into ``report.disentanglement``; the reason why not into
+    ``report.unavailable["disentanglement"]``."""
+    from pyrocollapse.diagnostics._disentanglement_report import (
+        NO_FACTORS,
+        disentanglement_by_site,
+    )
+    from pyrocollapse.report import DISENTANGLEMENT
+
+    if held_out.factors is None:
+        report.unavailable[DISENTANGLEMENT] = NO_FACTORS
+        return
+    sites = [name for name, s in report.sites.items() if s.kind != "discrete"]
+    if not sites:
+        report.unavailable[DISENTANGLEMENT] = "the model has no continuous local latent site"
+        return
+    results, failed = disentanglement_by_site(
+        vae.model,
+        vae.guide,
+        held_out.data,
+        held_out.factors,
+        sites,
+        factor_names=held_out.factor_names,
+        seed=config.seed,
+        num_samples=config.num_samples,
+        device=device,
+        **config.disentanglement_options,
+    )
+    report.disentanglement.update(results)
+    for site, reason in failed.items():
+        report.unavailable[f"disentanglement of {site!r}"] = reason
+    if not results:
+        report.unavailable[DISENTANGLEMENT] = "no site could be scored"
 
 
 def _model_device(model: Any) -> str | None:

@@ -118,6 +118,7 @@ class FactorVAEELBO(BaseELBO):
     """
 
     _hyperparameters = ("gamma", "hidden", "discriminator_lr")
+    compilable = False
 
     def __init__(
         self,
@@ -138,18 +139,13 @@ class FactorVAEELBO(BaseELBO):
         self.discriminator_lr = check_float(
             "discriminator_lr", discriminator_lr, minimum=0.0, strict_minimum=True
         )
-        if jit is True:
-            raise ValueError(
-                "FactorVAEELBO cannot be compiled (jit=True): it steps its discriminators "
-                "as a side effect of each gradient evaluation; use jit='auto' or False"
-            )
         super().__init__(
             kl_weight,
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
-            jit=False,
+            jit=jit,
             analytic_kl=analytic_kl,
         )
         self.discriminators = nn.ModuleDict()
@@ -199,8 +195,9 @@ class FactorVAEELBO(BaseELBO):
             )
         net = self.discriminator(s.name, s.z.shape[-1], s.z)
         key = s.name.replace(".", "_")
-        # the VAE's loss sees the discriminator with its parameters held fixed
-        frozen = {k: v.detach() for k, v in net.named_parameters()}
+        # the VAE's loss sees the discriminator with its parameters held fixed: copies,
+        # since the discriminator's own step below updates the parameters in place
+        frozen = {k: v.detach().clone() for k, v in net.named_parameters()}
         logits = functional_call(net, frozen, (s.z,))
         if torch.is_grad_enabled():
             ce = self._train_discriminator(key, net, z)

@@ -3,6 +3,11 @@
 Plots only draw: they take a :class:`~pyrocollapse.report.CollapseReport`, a
 :class:`~pyrocollapse.train.History` or a schedule and never estimate anything. Each
 returns the :class:`matplotlib.figure.Figure` and none calls ``show``.
+
+Reports, histories, schedules and traversals are read as data, by the attributes the
+figures use (duck typing): this module imports none of the modules that compute them,
+so drawing sits above computing and never the other way round (``report.plot()`` and
+``schedule.plot()`` import this module when called).
 """
 
 from __future__ import annotations
@@ -49,16 +54,31 @@ def _figure(ax: Any = None, figsize: tuple[float, float] = (6.0, 3.5)) -> tuple[
     return fig, fig.add_subplot()
 
 
-def _check_report(report: Any) -> Any:
-    from pyrocollapse.report import CollapseReport
+#: What the figures read from each kind of input: the attributes that make an object a
+#: report, a history, a schedule or a traversal here.
+_REPORT_ATTRIBUTES = ("sites", "verdict", "guide_quality")
+_HISTORY_ATTRIBUTES = ("column", "kl_matrix", "__len__", "__iter__")
+_SCHEDULE_ATTRIBUTES = ("values",)
+_TRAVERSAL_ATTRIBUTES = ("site", "dims", "values", "means")
 
-    return check_type("report", report, CollapseReport, "a CollapseReport (from diagnose)")
+
+def _check_like(name: str, value: Any, attributes: tuple[str, ...], expected: str) -> Any:
+    """Return ``value`` if it has every one of ``attributes``; ``TypeError`` otherwise.
+
+    Duck typing, so that this module never imports the classes it draws (reports,
+    histories, schedules); ``expected`` names the class the message asks for.
+    """
+    if not all(hasattr(value, a) for a in attributes):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _check_report(report: Any) -> Any:
+    return _check_like("report", report, _REPORT_ATTRIBUTES, "a CollapseReport (from diagnose)")
 
 
 def _check_history(history: Any) -> Any:
-    from pyrocollapse.train import History
-
-    check_type("history", history, History, "a History (from fit)")
+    _check_like("history", history, _HISTORY_ATTRIBUTES, "a History (from fit)")
     if len(history) == 0:
         raise ValueError("history is empty (no epoch recorded); train for at least one epoch")
     return history
@@ -439,9 +459,9 @@ def plot_traversals(traversal: Any, image_shape: Any) -> Any:
     matplotlib.figure.Figure
         A (dimensions x values) grid of images.
     """
-    from pyrocollapse.diagnostics import LatentTraversal
-
-    check_type("traversal", traversal, LatentTraversal, "a LatentTraversal (from latent_traversal)")
+    _check_like(
+        "traversal", traversal, _TRAVERSAL_ATTRIBUTES, "a LatentTraversal (from latent_traversal)"
+    )
     means = np.asarray(traversal.means, dtype=float)
     k, t = means.shape[:2]
     shape = _check_image_shape(image_shape, int(np.prod(means.shape[2:])))
@@ -609,9 +629,9 @@ def plot_elbo_decomposition(history: Any, ax: Any = None) -> Any:
 
 def plot_schedule(schedule: Any, steps: int, ax: Any = None) -> Any:
     """The KL weight of ``schedule`` over ``range(steps)``."""
-    from pyrocollapse.schedules import Schedule
-
-    check_type("schedule", schedule, Schedule, "a Schedule (see pyrocollapse.schedules)")
+    _check_like(
+        "schedule", schedule, _SCHEDULE_ATTRIBUTES, "a Schedule (see pyrocollapse.schedules)"
+    )
     steps = check_int("steps", steps, minimum=1)
     fig, ax = _figure(ax, (5.0, 2.5))
     ax.plot(np.arange(steps), schedule.values(steps))
@@ -643,7 +663,7 @@ def save_figure(fig: Any, path: str, dpi: int = 110) -> None:
 
 def plot_comparison(summary: Any, ax: Any = None) -> Any:
     """Active units and MI against held-out negative log-likelihood, one point per
-    prior x objective, in two panels.
+    prior x objective (x model variant), in two panels.
 
     Parameters
     ----------
@@ -652,7 +672,8 @@ def plot_comparison(summary: Any, ax: Any = None) -> Any:
         and the ``<metric>_mean`` / ``<metric>_std`` columns over seeds. Error bars are one
         standard deviation over seeds; the negative log-likelihood is the IW estimate where
         it was computed, else the negative ELBO. A ``baseline`` column (as the summary has)
-        marks the baseline cell in the legend.
+        marks the baseline cell in the legend; a ``variant`` column (a grid of model
+        variants) adds the variant to each legend label (``prior + objective + variant``).
     ax : sequence of two matplotlib Axes, or None
         Where to draw the two panels (active units, MI); ``None``: a new figure.
 
@@ -698,6 +719,8 @@ def plot_comparison(summary: Any, ax: Any = None) -> Any:
         if not np.isfinite(x):
             continue
         label = f"{row['prior']} + {row['objective']}"
+        if "variant" in summary:
+            label += f" + {row['variant']}"
         if "baseline" in summary and bool(row["baseline"]):
             label += " (baseline)"
         for a, name, _ in panels:

@@ -40,6 +40,9 @@ class Schedule:
 
     def plot(self, steps: int, ax: Any = None) -> Any:
         """Plot the schedule over ``range(steps)``; returns the matplotlib Figure."""
+        # One-way edge to the drawing code, taken only here: plots reads schedules as data
+        # and never imports this module, so ``import pyrocollapse.schedules`` loads no
+        # matplotlib.
         from pyrocollapse.plots import plot_schedule
 
         return plot_schedule(self, steps, ax=ax)

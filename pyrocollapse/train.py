@@ -2424,11 +2424,23 @@ def _monitor(
     those; one that cannot be monitored raises the reason). A continuous site gets
     ``active_units/<site>`` (unless ``au=False``) and ``mi/<site>`` (one draw of z per
     point, total over dimensions); a discrete site ``mi/<site>`` only (exact). The
-    draws come from torch's global RNG, in site order.
+    draws come from torch's global RNG, in site order, as in :func:`~pyrocollapse.
+    diagnostics.active_units` and :func:`~pyrocollapse.diagnostics.mutual_information`;
+    the MI is their ``total`` and nothing else (no prior densities, per-dimension
+    values or bounds), and for diagonal-Normal sites it is computed in one batched
+    float64 pass over all sites of one dimension (the steps of a sequence model), which
+    agrees with the estimator's float32 pass to about 1e-6 nats.
     """
     from pyrocollapse.diagnostics import _sweep
-    from pyrocollapse.diagnostics.activity import _au_from_draws
-    from pyrocollapse.diagnostics.aggregate import _mi_from_draws
+    from pyrocollapse.diagnostics.activity import _active_count, _au_from_draws
+    from pyrocollapse.diagnostics.aggregate import (
+        _batchable,
+        _mi_total,
+        _mi_total_draws,
+        _mi_totals,
+        _normal_chunks,
+        _TotalDraws,
+    )
     from pyrocollapse.diagnostics.sites import discrete_summary
 
     strict = monitor is not None and monitor != "default"
@@ -2443,6 +2455,9 @@ def _monitor(
         else:
             sites = found
     out: dict[str, float] = {}
+    # per site in order, the draws of torch's RNG (AU's Monte Carlo means, then MI's z);
+    # the MI totals of the diagonal-Normal sites afterwards, batched over sites
+    pending: dict[str, _TotalDraws] = {}
     with torch.no_grad():
         for site in sites:
             try:
@@ -2454,16 +2469,29 @@ def _monitor(
                 if not draws:
                     continue
                 values = {}
-                if au:
+                params = _normal_chunks(draws)  # diagonal Normals: exact means, no draws
+                if au and params is None:
                     activity = _au_from_draws(
                         draws, _MONITOR_AU_THRESHOLD, _MONITOR_AU_SAMPLES, 0, 0.95
                     )
                     values[f"active_units/{site}"] = float(activity.active.sum())
-                mi = _mi_from_draws(draws, 1, _MONITOR_PER_DIM_DRAWS, 0, 0.95, prior_dims=False)
-                values[f"mi/{site}"] = float(mi.total)
+                elif au:
+                    means = torch.cat([loc for loc, _ in params])
+                    count = _active_count(means, _MONITOR_AU_THRESHOLD)
+                    values[f"active_units/{site}"] = float(count)
+                t = _mi_total_draws(draws, 1, _MONITOR_PER_DIM_DRAWS, params)
+                if _batchable(t):
+                    pending[site] = t
+                else:
+                    values[f"mi/{site}"] = _mi_total(t)
             except (ValueError, NotImplementedError):
                 if strict:
                     raise
                 continue  # a site the estimators do not apply to
             out.update(values)
-    return out
+        totals = dict(zip(pending, _mi_totals(list(pending.values()))))
+        for site, t in pending.items():
+            total = totals[site]
+            out[f"mi/{site}"] = _mi_total(t) if total is None else total
+    order = {s: i for i, s in enumerate(sites)}
+    return dict(sorted(out.items(), key=lambda kv: order[kv[0].split("/", 1)[1]]))

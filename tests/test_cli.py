@@ -59,6 +59,12 @@ def test_end_to_end_run_writes_report_folder(tmp_path, capsys):
     assert len(rep["guide_quality"]["khat"]) == rep["num_points"] == 180
     site = rep["sites"]["z"]
     assert len(site["rhat"]) == len(site["sensitivity"]) == 3 and site["mi_ci"] is not None
+    # disentanglement is on by default where the data have factors (digits: the label)
+    assert metrics["config"]["estimators"][-1] == "disentanglement"
+    dis = rep["disentanglement"]["z"]
+    assert dis["factor_names"] == ["label"] and dis["num_points"] == 180
+    assert "disentanglement (site 'z', factors label; 180 points): MIG " in printed
+    assert "1 by construction" in printed
     for fig in (
         "dimensions",
         "posterior_densities",
@@ -116,7 +122,12 @@ def test_help_lists_every_option():
         "--importance-samples",
         "--posterior-samples",
         "--posterior-points",
+        "--disentanglement-option",
     ):
+        assert opt in res.stdout, opt
+    res = run_cli("compare", "--help")
+    assert res.returncode == 0
+    for opt in ("--variants", "--variant-option", "PRIOR:OBJECTIVE[:VARIANT]", "factorvae"):
         assert opt in res.stdout, opt
     res = run_cli("report", "--help")
     assert res.returncode == 0 and "--no-figures" in res.stdout and "folder" in res.stdout
@@ -329,9 +340,14 @@ def test_entry_point_user_error_and_verbose(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_jit_objective_from_the_command_line_trains_like_eager(tmp_path, capsys):
+def test_jit_objective_from_the_command_line_trains_like_eager(tmp_path, capsys, monkeypatch):
     # --elbo-option jit=true compiles the objective; with the same seed the compiled
-    # steps draw the same noise, so the history matches the eager run's
+    # steps draw the same noise, so the history matches the eager run's. The recorded
+    # graph is compiled with the quick "aot_eager" backend here (inductor's C++ build
+    # takes tens of seconds; tests/test_compile.py checks it in its slow tests).
+    import pyrocollapse.jit
+
+    monkeypatch.setattr(pyrocollapse.jit, "BACKEND", "aot_eager")
     def run(name: str, *extra: str) -> pd.DataFrame:
         args = ["run", "--epochs", "2", "--latent-dim", "3", "--batch-size", "256"]
         args += ["--model-option", "hidden=32", "--elbo", "annealed", "--estimators", "kl"]

@@ -4,7 +4,10 @@
   Pyro's stock ``Trace_ELBO`` / ``TraceMeanField_ELBO`` on the same random draws;
 * the analytic KL against the Monte Carlo estimate it replaces;
 * the compiled path (``jit=True``) against eager mode, for every registered variant, and
-  its cache: one compilation per input signature, none when the KL weight changes.
+  its cache: one compilation per input signature, none when the KL weight changes. These
+  compile with the ``aot_eager`` backend (the same recorded graph and AOTAutograd
+  backward, without inductor's seconds of C++ compilation per graph);
+  ``tests/test_compile.py`` checks inductor itself and ``jit="auto"``.
 
 No timing here: performance targets live in ``benchmarks/training.py``.
 """
@@ -20,6 +23,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
+import pyrocollapse.jit
 from pyrocollapse.elbo import (
     ELBOS,
     LocalSite,
@@ -201,6 +205,11 @@ def test_components_are_floats_read_from_the_breakdown_tensors():
 # --------------------------------------------------------------------------------------
 # Compiled path
 # --------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _fast_backend(monkeypatch):
+    monkeypatch.setattr(pyrocollapse.jit, "BACKEND", "aot_eager")
+
+
 def run_steps(name: str, jit: bool, steps: int = 4, x: torch.Tensor | None = None):
     """Losses, gradients and components of ``steps`` seeded steps of a fresh model."""
     vae = make_vae()

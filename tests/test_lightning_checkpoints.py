@@ -299,7 +299,7 @@ def test_launcher_checkpoints_and_resume(tmp_path, capsys):
 
 
 def test_launcher_tensorboard_logger_names_the_package_to_install(tmp_path, capsys, monkeypatch):
-    import pyrocollapse.lightning as launcher
+    import pyrocollapse.lightning.launcher as launcher
 
     monkeypatch.setattr(launcher, "_tensorboard_installed", lambda: False)
     assert main([*LAUNCH, "--logger", "tensorboard", "--out", str(tmp_path / "tb")]) == 2

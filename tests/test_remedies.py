@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from pyrocollapse.models import MLPVAE, ConvVAE, VAE
+from pyrocollapse.models import MLPVAE, VAE, ConvVAE
 from pyrocollapse.models._layers import SkipMLP, mlp
 from pyrocollapse.models.posteriors import (
     POSTERIORS,
@@ -246,3 +246,26 @@ def test_convvae_takes_a_posterior_family() -> None:
     vae = ConvVAE((1, 8, 8), 3, channels=(4,), posterior="delta")
     q = vae.encode(torch.rand(4, 64).round())
     assert (_kl_to_standard(q) >= 0.1 - 1e-6).all()
+
+
+def test_sequencevae_takes_every_remedy() -> None:
+    from pyrocollapse.models import SequenceVAE
+
+    torch.manual_seed(7)
+    x = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 8, 9, 10, 2]])
+    skip = SequenceVAE(20, 3, embed=8, hidden=16, skip=True)
+    assert skip.output.in_features == 16 + 3
+    # the output layer reads z directly: with the RNN's output path zeroed, z still moves it
+    with torch.no_grad():
+        skip.output.weight[:, :16].zero_()
+    z = torch.randn(3, 3)
+    d1, d2 = skip.decode(z, x), skip.decode(z + 1.0, x)
+    assert not torch.allclose(d1.log_prob(x[:, 1:]), d2.log_prob(x[:, 1:]))
+    delta = SequenceVAE(20, 3, embed=8, hidden=16, posterior="delta", posterior_options={"delta": 0.3})
+    assert (_kl_to_standard(delta.encode(x)) >= 0.3 - 1e-6).all()
+    refined = SequenceVAE(20, 3, embed=8, hidden=16, refine_steps=2, word_dropout=0.3)
+    trace = poutine.trace(refined.guide).get_trace(x)
+    assert [n for n, s in trace.nodes.items() if s["type"] == "sample"] in (["z"], ["data", "z"])
+    loss = pyro.infer.Trace_ELBO().differentiable_loss(refined.model, refined.guide, x)
+    loss.backward()
+    assert refined.encoder_head.weight.grad.abs().sum() > 0

@@ -248,3 +248,33 @@ def test_write_report_folder_writes_whole_folders_only(tmp_path, lg, report, cap
     with pytest.raises(ValueError, match="metrics must be a dict with a 'report' entry"):
         write_report_folder(tmp_path / "c", metrics={}, report=report)
     assert not (tmp_path / "c").exists()
+
+
+def test_report_command_keeps_disentanglement_and_renders_old_folders(tmp_path, report, capsys):
+    from dataclasses import replace
+
+    from pyrocollapse.diagnostics.disentanglement import disentanglement
+
+    rng = np.random.default_rng(2)
+    factors = rng.uniform(0, 1, (200, 2))
+    codes = np.stack([factors[:, 1], factors[:, 0], rng.normal(size=200)], 1)
+    result = disentanglement(codes, factors, factor_names=["a", "b"], regressor="lasso")
+    folder = write_folder(tmp_path / "run", replace(report, disentanglement={"z": result}))
+    assert main(["report", str(folder), "--no-figures"]) == 0
+    capsys.readouterr()
+    page = (folder / "report.html").read_text()
+    # read back from metrics.json: the scores and MIG's best dimension per factor
+    mig = result.to_dict()["scores"]["mig"]
+    assert "<h2>Disentanglement</h2>" in page and f"<td>{mig:.3f}</td>" in page
+    assert '<td class="text">a</td><td class="text">continuous</td><td class="text">z[1]</td>' in (
+        page
+    )
+    # a folder written before disentanglement existed: no such key, no such section
+    old = tmp_path / "old"
+    old.mkdir()
+    d = report.to_dict()
+    del d["disentanglement"]
+    (old / "metrics.json").write_text(json.dumps({"report": d, "config": {"epochs": 3}}))
+    assert main(["report", str(old)]) == 0
+    page = (old / "report.html").read_text()
+    assert "isentanglement" not in page and "<h2>Latent sites</h2>" in page

@@ -375,3 +375,245 @@ def test_compare_writes_the_comparison_page(tmp_path):
     assert "Priors: standard. Objectives: elbo. Seeds: 0." in page
     assert '<td class="text">learning rate</td><td class="text">0.002</td>' in page
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------------------
+# Disentanglement on the run page, model variants on the comparison page
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def disentangled():
+    """A real disentanglement result of a 3-d code against two factors (one named
+    ``EVIL``): z[2] follows the discrete factor, z[0] the continuous one, z[1] is noise."""
+    import numpy as np
+
+    from pyrocollapse.diagnostics.disentanglement import disentanglement
+
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(0, 4, 300), rng.uniform(0, 1, 300)], 1).astype(float)
+    noise = 0.01 * rng.normal(size=(300, 2))
+    codes = np.stack(
+        [factors[:, 1] + noise[:, 0], rng.normal(size=300), factors[:, 0] + noise[:, 1]], 1
+    )
+    return disentanglement(
+        codes, factors, discrete_factors=[True, False], factor_names=["shape", EVIL],
+        regressor="lasso",
+    )  # fmt: skip
+
+
+def _section(page, heading):
+    """The HTML between ``<h2>heading</h2>`` and the next ``<h2>``."""
+    return page.split(f"<h2>{heading}</h2>")[1].split("<h2>")[0]
+
+
+def _body_rows(html):
+    """The cells of every ``<tbody>`` row of ``html``, one list per table."""
+    return [
+        [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
+        for body in re.findall(r"<tbody>(.*?)</tbody>", html, flags=re.S)
+    ]
+
+
+def test_run_page_shows_disentanglement_scores_per_factor_and_heat_maps(
+    tmp_path, report, disentangled
+):
+    config = {**CONFIG, "disentanglement_options": {"regressor": "lasso", "max_points": 300}}
+    folder = make_folder(
+        tmp_path / "run",
+        replace(report, disentanglement={"z": disentangled}),
+        metrics={"config": config},
+        figures=False,
+    )
+    page = render_html(folder)
+    assert "<script" not in page.lower() and EVIL_ESCAPED in page
+    row = '<tr><td class="text">disentanglement options</td><td class="text">'
+    assert row + "regressor=lasso, max_points=300</td>" in page
+    d = disentangled.to_dict()
+    section = _section(page, "Disentanglement")
+    assert "<h3>site <code>z</code></h3>" in section
+    assert f"factors shape, {EVIL_ESCAPED}; 300 points scored; 3 code dimensions" in section
+    scores, per_factor, importance, mig_matrix = _body_rows(section)
+    s = d["scores"]
+    keys = ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness")
+    assert scores == [[*(f"{s[k]:.3f}" for k in keys), f"{s['factorvae_score']:.3f}", "300"]]
+    headers = re.findall(r"<th[^>]*>([^<]+)</th>", section.split("</table>")[0])
+    assert headers == ["MIG", "SAP", "DCI D", "DCI C", "DCI I", "FactorVAE", "points"]
+    # one row per factor: kind, MIG's best dimension, and each metric's part for it
+    assert [r[:3] for r in per_factor] == [
+        ["shape", "discrete", "z[2]"],
+        [EVIL_ESCAPED, "continuous", "z[0]"],
+    ]
+    for r, name in zip(per_factor, ["shape", EVIL]):
+        assert r[3:] == [
+            f"{d['mig']['per_factor'][name]:.3f}",
+            f"{d['sap']['per_factor'][name]:.3f}",
+            f"{d['dci']['per_factor_completeness'][name]:.3f}",
+            f"{d['dci']['per_factor_informativeness'][name]:.3f}",
+        ]
+    # heat maps: a row per code dimension, the largest entry fully shaded
+    for table, matrix in ((importance, d["dci"]["importance"]), (mig_matrix, d["mig"]["matrix"])):
+        assert [r[0] for r in table] == ["z[0]", "z[1]", "z[2]"]
+        assert [r[1:] for r in table] == [[f"{v:.3g}" for v in row] for row in matrix]
+    top = max(max(row) for row in d["dci"]["importance"])
+    assert f'style="background:rgba(33, 102, 172, 1.00)">{top:.3g}</td>' in section
+    assert "1 by construction" not in section
+
+
+def test_run_page_with_a_single_factor_hides_dci_d_and_factorvae(tmp_path, report):
+    import numpy as np
+
+    from pyrocollapse.diagnostics.disentanglement import disentanglement
+
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 3, 200).astype(float)
+    codes = np.stack([label + 0.1 * rng.normal(size=200), rng.normal(size=200)], 1)
+    result = disentanglement(codes, label[:, None], discrete_factors=[True], factor_names=["label"],
+                             regressor="lasso")  # fmt: skip
+    folder = make_folder(
+        tmp_path / "run", replace(report, disentanglement={"z": result}), figures=False
+    )
+    section = _section(render_html(folder), "Disentanglement")
+    headers = re.findall(r"<th[^>]*>([^<]+)</th>", section.split("</table>")[0])
+    assert headers == ["MIG", "SAP", "DCI C", "DCI I", "points"]
+    assert "not shown: 1 by construction with a single factor" in section
+
+
+def test_run_page_says_why_disentanglement_was_not_computed(tmp_path, report, disentangled):
+    reason = "the data set has no known factors"
+    rep = replace(report, unavailable={**report.unavailable, "disentanglement": reason})
+    assert rep.to_dict()["disentanglement"] == {"unavailable": reason}
+    page = render_html(make_folder(tmp_path / "run", rep, figures=False))
+    section = _section(page, "Disentanglement")
+    assert f"<p>disentanglement not computed: {reason}</p>" in section
+    assert "<table>" not in section
+    # one site scored, another left out: its scores and why the other is missing
+    why = f"site {EVIL!r} has 10 posterior means for 20 points"
+    rep = replace(
+        report,
+        disentanglement={"z": disentangled},
+        unavailable={**report.unavailable, f"disentanglement of {EVIL!r}": why},
+    )
+    section = _section(
+        render_html(make_folder(tmp_path / "two", rep, figures=False)), "Disentanglement"
+    )
+    assert "<h3>site <code>z</code></h3>" in section and "<script" not in section.lower()
+    assert (
+        f"<p>disentanglement of &#39;{EVIL_ESCAPED}&#39; not computed: site &#39;{EVIL_ESCAPED}"
+        "&#39; has 10 posterior means for 20 points</p>" in section
+    )
+    assert "disentanglement not computed" not in section
+
+
+def test_old_run_folders_without_disentanglement_render_as_before(tmp_path, report):
+    d = report.to_dict()
+    del d["disentanglement"]
+    config = {k: v for k, v in CONFIG.items() if k != "disentanglement_options"}
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"report": d, "config": config}))
+    page = render_html(folder)
+    assert "Disentanglement" not in page and "disentanglement" not in page
+    assert "<h2>Latent sites</h2>" in page and "<h2>Run configuration</h2>" in page
+    # a report whose ``disentanglement`` is null (not asked for) renders the same way
+    d["disentanglement"] = None
+    (folder / "metrics.json").write_text(json.dumps({"report": d, "config": config}))
+    assert render_html(folder) == page
+
+
+def variant_grid_folder(path, *, variant_b="skip"):
+    """A grid by hand with one prior and objective and two model variants over three
+    seeds, with disentanglement scores (no FactorVAE score): the second variant's MIG is
+    higher by 0.2 + 0.02 * (seed - 1) on seed ``seed``."""
+    rows = []
+    for variant, shift in (("plain", 0.0), (variant_b, 0.2)):
+        for seed in range(3):
+            run = f"standard__elbo__{variant}__seed{seed}"
+            rows.append(
+                {
+                    "run": run, "prior": "standard", "objective": "elbo", "variant": variant,
+                    "seed": seed, "status": "ok", "active_units": 2, "mi": 1.0 + 0.1 * seed,
+                    "kl": 3.0, "elbo": -51.0 + seed, "iw_log_likelihood": -50.0 + seed,
+                    "wall_time": 2.0, "verdict": "partial collapse", "error": None,
+                    "resumed": False, "redone": "", "mig": 0.3 + shift + 0.01 * (seed - 1) * (1 + 10 * shift),
+                    "sap": 0.2, "dci_disentanglement": 0.5, "dci_completeness": 0.4,
+                    "dci_informativeness": 0.9, "factorvae_score": float("nan"),
+                }
+            )  # fmt: skip
+    runs = pd.DataFrame(rows)
+    summary = summarize_runs(runs)
+    path.mkdir()
+    runs.to_csv(path / "runs.csv", index=False)
+    summary.to_csv(path / "comparison.csv", index=False)
+    for r in rows:
+        if "<" not in r["run"]:
+            (path / "runs" / r["run"]).mkdir(parents=True)
+            (path / "runs" / r["run"] / "report.html").write_text("<!DOCTYPE html>")
+    grid = {"priors": ["standard"], "elbos": ["elbo"], "seeds": [0, 1, 2],
+            "variants": ["plain", variant_b], "variant_options": {variant_b: {"skip": True}}}  # fmt: skip
+    (path / "grid.json").write_text(json.dumps(grid))
+    return path, summary
+
+
+def test_comparison_page_keeps_model_variants_apart(tmp_path):
+    folder, summary = variant_grid_folder(tmp_path / "grid")
+    page = render_comparison_html(folder)
+    ranked, run_rows = _body_rows(page)
+    headers = re.findall(r"<th[^>]*>([^<]+)</th>", page.split("</table>")[0])
+    assert headers[:4] == ["rank", "prior", "objective", "variant"]
+    assert headers[12:19] == ["MIG", "SAP", "DCI D", "DCI C", "DCI I", "Δ MIG", "paired"]
+    assert "FactorVAE" not in headers  # no cell has it
+    assert "Not shown, as no cell has them: FactorVAE" in page
+    # two cells, one per variant, each linking its own three runs (not six merged)
+    assert len(ranked) == 2 and sorted(r[3] for r in ranked) == ["plain", "skip"]
+    for r in ranked:
+        links = re.findall(r'href="runs/([^/"]+)/report.html"', r[-1])
+        assert links == [f"standard__elbo__{r[3]}__seed{k}" for k in range(3)]
+        assert r[-2] == "3/0"
+    assert "Baseline: <b>standard + elbo + plain</b>" in page
+    skip = summary[summary["variant"] == "skip"].iloc[0]
+    row = next(r for r in ranked if r[3] == "skip")
+    assert row[12] == f"{skip['mig_mean']:.2f} ± {skip['mig_std']:.2f}"
+    diff = f"{skip['mig_diff']:+.2f} [{skip['mig_diff_lo']:+.2f}, {skip['mig_diff_hi']:+.2f}]"
+    assert skip["mig_diff_lo"] > 0 and row[17] == diff and '<td class="sig">' + diff in page
+    assert next(r for r in ranked if r[3] == "plain")[17] == "baseline"
+    # the runs table: a variant column and each run's MIG
+    assert len(run_rows) == 6 and [r[3] for r in run_rows] == ["plain"] * 3 + ["skip"] * 3
+    assert "Model variants: plain, skip (skip=yes)." in page
+
+
+def test_comparison_page_escapes_variant_names(tmp_path):
+    folder, _ = variant_grid_folder(tmp_path / "grid", variant_b=EVIL)
+    page = render_comparison_html(folder)
+    assert "<script" not in page.lower() and EVIL_ESCAPED in page
+
+
+def test_old_comparison_folders_have_no_variant_or_disentanglement_columns(tmp_path):
+    folder, _ = grid_folder(tmp_path / "grid")
+    page = render_comparison_html(folder)
+    headers = re.findall(r"<th[^>]*>([^<]+)</th>", page.split("</table>")[0])
+    assert "variant" not in headers and "MIG" not in headers and "Δ MIG" not in headers
+    assert "Model variants" not in page and "Not shown" not in page
+
+
+def test_plot_comparison_labels_each_variant():
+    import numpy as np
+
+    from pyrocollapse.plots import plot_comparison
+
+    rows = []
+    for variant in ("plain", "skip"):
+        for seed in range(2):
+            rows.append({"run": f"r{variant}{seed}", "prior": "standard", "objective": "elbo",
+                         "variant": variant, "seed": seed, "status": "ok", "active_units": 2,
+                         "mi": 1.0, "kl": 3.0, "elbo": -51.0 + seed,
+                         "iw_log_likelihood": -50.0 + seed + (variant == "skip"),
+                         "wall_time": 1.0})  # fmt: skip
+    summary = summarize_runs(pd.DataFrame(rows))
+    fig = plot_comparison(summary)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert sorted(labels) == ["standard + elbo + plain (baseline)", "standard + elbo + skip"]
+    assert np.isfinite(summary["iw_log_likelihood_mean"]).all()
+    # without variants the labels are as before
+    plain = summarize_runs(pd.DataFrame(rows).drop(columns="variant").iloc[:2])
+    assert plot_comparison(plain).axes[0].get_legend_handles_labels()[1] == [
+        "standard + elbo (baseline)"
+    ]

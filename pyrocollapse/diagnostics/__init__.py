@@ -242,8 +242,11 @@ def _sweep(
 ) -> _Sweep:
     """Trace every chunk once. ``sites=None``: every latent site met (discovery), those
     the estimators do not apply to listed with the reason; else exactly ``sites``, and
-    one that cannot be diagnosed raises its reason. ``elbo_terms=False`` skips the sums
-    of the ELBO's terms (``fit``'s monitor does not need them)."""
+    one that cannot be diagnosed raises its reason. ``elbo_terms=False`` skips what
+    ``fit``'s monitor does not need: the sums of the ELBO's terms, and the
+    ``conditional`` flag of sites whose prior is not a diagonal Normal (``_site_draw``'s
+    ``flags``)."""
+    from pyrocollapse.diagnostics.sites import data_plate_name
     from pyrocollapse.elbo import PlainELBO, data_plate_frame, latent_term
 
     draws: dict[str, list[SiteDraw]] = {}
@@ -265,6 +268,7 @@ def _sweep(
             rows = frame[1] if frame is not None else _rows(xb)
             points += rows
             chunk_kinds = site_kinds(model_tr, guide_tr)
+            plate = data_plate_name(model_tr, guide_tr)
             for s, kind in chunk_kinds.items():
                 kinds.setdefault(s, kind)
             wanted = list(chunk_kinds) if sites is None else list(sites)
@@ -278,7 +282,9 @@ def _sweep(
                         dd = discrete_draw(model_tr, guide_tr, s, rows)
                         discrete.setdefault(s, []).append(dd)
                         continue
-                    d = _site_draw(model_tr, guide_tr, s, rows)
+                    d = _site_draw(
+                        model_tr, guide_tr, s, rows, flags=elbo_terms, plate=plate
+                    )
                 except (SiteSkipped, ValueError) as e:
                     if sites is not None:
                         raise

@@ -27,6 +27,7 @@ from pyrocollapse._validation import (
     program_dtype,
     program_modules,
 )
+from pyrocollapse.diagnostics._plates import data_plate_name
 from pyrocollapse.program_data import ProgramArgs, ProgramData, as_program_data
 
 _PARTICLES = "_pyrocollapse_particles"
@@ -482,7 +483,6 @@ def _layout(
             for frame in site["cond_indep_stack"]:
                 if frame.vectorized and frame.dim is not None:
                     nesting = max(nesting, -frame.dim)
-    from pyrocollapse.diagnostics.sites import data_plate_name
 
     return _Layout(nesting, data_plate_name(model_tr, guide_tr))
 
@@ -595,6 +595,10 @@ class SiteDraw:
     innovation: bool = False
 
 
+#: ``_site_draw(plate=...)``'s default: find the data plate from the traces.
+_FIND = object()
+
+
 class SiteSkipped(ValueError):
     """A latent site the per-data-point collapse diagnostics do not apply to; the
     message says why (raised by :func:`_site_draw`, listed by :func:`diagnose`)."""
@@ -640,7 +644,23 @@ def _innovation(q: Any, p: Any, z: torch.Tensor) -> tuple[Any, Any, torch.Tensor
     return qu, pu, u
 
 
-def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
+def _site_draw(
+    model_tr: Any,
+    guide_tr: Any,
+    site: str,
+    batch: int,
+    *,
+    flags: bool = True,
+    plate: Any = _FIND,
+) -> SiteDraw:
+    """The :class:`SiteDraw` of ``site`` on one traced chunk of ``batch`` points (the
+    reason raised where the diagnostics do not apply). ``plate``: the chunk's data plate
+    (:func:`~pyrocollapse.diagnostics.sites.data_plate_name`, which a caller drawing
+    several sites from one chunk finds once), found here by default. ``flags=False`` leaves
+    :attr:`SiteDraw.conditional` ``False`` where p is not a diagonal Normal instead of
+    scoring a draw under p at every point to find it (a flow prior's two passes of its
+    transforms): only a diagonal-Normal conditional prior changes q, p and z (to
+    innovation coordinates), so the estimates are the same either way."""
     if site not in guide_tr.nodes or site not in model_tr.nodes:
         names = _latent_names(model_tr, guide_tr)
         raise ValueError(
@@ -669,9 +689,9 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
             "estimators apply to continuous latents. diagnose() reports a discrete site with "
             "its exact KL and mutual information"
         )
-    from pyrocollapse.diagnostics.sites import data_plate_name
+    if plate is _FIND:
 
-    plate = data_plate_name(model_tr, guide_tr)
+        plate = data_plate_name(model_tr, guide_tr)
     if plate is not None and not any(f.name == plate for f in g["cond_indep_stack"]):
         raise SiteSkipped(
             f"latent site {site!r} lies outside the data plate {plate!r} (a global latent): "
@@ -704,7 +724,12 @@ def _site_draw(model_tr: Any, guide_tr: Any, site: str, batch: int) -> SiteDraw:
                 f"latent site {site!r} is masked, but the masked rows of its "
                 f"{type(q).__name__} guide cannot be left out: {e}"
             ) from None
-    conditional = _varies_over_points(p, z)
+    normal_prior = (
+        isinstance(p, dist.Independent)
+        and isinstance(p.base_dist, dist.Normal)
+        and p.reinterpreted_batch_ndims == 1
+    )  # the priors _innovation moves to
+    conditional = _varies_over_points(p, z) if flags or normal_prior else False
     innovation = False
     if conditional:
         moved = _innovation(q, p, z)
@@ -752,9 +777,29 @@ def _chunk_rows(model_tr: Any, xb: ProgramArgs) -> int:
     return frame[1] if frame is not None else _rows(xb)
 
 
+def _shared_over_points(p: dist.Distribution, batch: int) -> bool:
+    """Whether ``p``, batch ``(B,)`` and event ``(D,)``, is a diagonal Normal whose
+    parameters are one row broadcast over the ``batch`` points (a prior expanded into the
+    data plate, e.g. N(0, I)), so that it cannot differ between points; found from the
+    parameters' layout (no batch dimension, or a stride of 0 along it), which
+    :func:`_varies_over_points` otherwise finds by scoring a draw at every point.
+    ``False`` where the layout does not tell."""
+    if not isinstance(p, dist.Independent) or p.reinterpreted_batch_ndims != 1:
+        return False
+    base = p.base_dist
+    if type(base) is not dist.Normal or base.loc.dim() > 2 or base.scale.dim() > 2:
+        return False
+    for t in (base.loc, base.scale):
+        if t.dim() == 2 and t.shape[0] == batch and batch > 1 and t.stride(0) != 0:
+            return False
+    return True
+
+
 def _varies_over_points(p: dist.Distribution, z: torch.Tensor) -> bool:
     """Whether p(z) differs between the points of a chunk (a conditional prior)."""
     if z.shape[0] < 2:
+        return False
+    if _shared_over_points(p, z.shape[0]):
         return False
     lp = p.log_prob(z[:1].expand_as(z))
     if lp.dim() == 0:

@@ -105,6 +105,16 @@ def _au_from_draws(
     )
 
 
+def _active_count(means: torch.Tensor, threshold: float) -> int:
+    """Active units from exact posterior means ``(N, D)`` (diagonal Normals: their
+    locations), computed as :func:`_au_from_draws` computes them without a bootstrap."""
+    means = means.double()
+    if means.shape[0] < 2:
+        return 0
+    var = (means - means.mean(0)).pow(2).mean(0).clamp_min(0.0)
+    return int((var > threshold).sum())
+
+
 def active_units(
     model: Callable,
     guide: Callable,

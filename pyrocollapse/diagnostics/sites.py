@@ -33,28 +33,12 @@ import torch
 from pyro import poutine
 
 from pyrocollapse._distributions import strip_mask
+from pyrocollapse._records import CONTRACTION_THRESHOLD as CONTRACTION_THRESHOLD
+from pyrocollapse._records import GlobalSite
+from pyrocollapse.diagnostics._plates import data_plate_name
 from pyrocollapse.diagnostics._tracing import _numpy, _row_mask, _run, eval_mode
 
 __all__ = ["DiscreteSite", "GlobalSite", "data_plate_name", "site_kinds"]
-
-#: Contraction below which a global parameter counts as not informed by the data.
-CONTRACTION_THRESHOLD = 0.1
-
-
-def data_plate_name(model_tr: Any, guide_tr: Any) -> str | None:
-    """The data plate: the outermost vectorised plate enclosing every observed site; where
-    there is none, the plate at dim -1 of the first latent site; else ``None``."""
-    from pyrocollapse.elbo import data_plate_frame
-
-    frame = data_plate_frame(model_tr)
-    if frame is not None:
-        return frame[0]
-    for name, site in guide_tr.nodes.items():
-        if site["type"] == "sample" and name in model_tr.nodes:
-            for f in site["cond_indep_stack"]:
-                if f.vectorized and f.dim == -1:
-                    return f.name
-    return None
 
 
 def site_kinds(model_tr: Any, guide_tr: Any) -> dict[str, str]:
@@ -166,87 +150,8 @@ def discrete_summary(draws: Sequence[DiscreteDraw]) -> DiscreteSite:
 
 
 # --------------------------------------------------------------------------------------
-# Global sites
+# Global sites (the record, GlobalSite, lives in pyrocollapse._records)
 # --------------------------------------------------------------------------------------
-@dataclass
-class GlobalSite:
-    """What the data tell about a global latent (one outside the data plate).
-
-    Attributes
-    ----------
-    site : str
-        Site name.
-    shape : tuple[int, ...]
-        Shape of one draw of the site.
-    kl : float
-        KL(q || p) in nats for the whole site (Monte Carlo over ``num_draws`` draws;
-        for a prior that depends on other latents, at the guide's draws of them).
-    kl_stderr : float
-        Its Monte Carlo standard error.
-    contraction : numpy.ndarray
-        Per element (flattened), ``1 - Var_q / Var_p``: 0 when the posterior is as wide as
-        the prior (the data do not inform the parameter), 1 when it is a point. Var_p is
-        the marginal prior variance (ancestral draws of the model). Both are taken in
-        the unconstrained coordinates of the site's support (log of a scale, logit of a
-        probability), where heavy-tailed priors have finite variances.
-    posterior_sd, prior_sd : numpy.ndarray
-        The standard deviations behind it, in those coordinates.
-    num_draws : int
-        Draws from the guide and from the prior.
-    threshold : float
-        Contraction below which an element reads "not informed".
-    """
-
-    site: str
-    shape: tuple[int, ...]
-    kl: float
-    kl_stderr: float
-    contraction: np.ndarray
-    posterior_sd: np.ndarray
-    prior_sd: np.ndarray
-    num_draws: int
-    threshold: float = CONTRACTION_THRESHOLD
-
-    @property
-    def uninformed(self) -> np.ndarray:
-        """Boolean per element: contraction below :attr:`threshold`."""
-        return self.contraction < self.threshold
-
-    def to_dict(self) -> dict[str, Any]:
-        def floats(a: np.ndarray) -> list[float | None]:
-            return [float(v) if math.isfinite(v) else None for v in np.asarray(a, float)]
-
-        return {
-            "site": self.site,
-            "shape": list(self.shape),
-            "kl": self.kl if math.isfinite(self.kl) else None,
-            "kl_stderr": self.kl_stderr if math.isfinite(self.kl_stderr) else None,
-            "contraction": floats(self.contraction),
-            "posterior_sd": floats(self.posterior_sd),
-            "prior_sd": floats(self.prior_sd),
-            "num_draws": self.num_draws,
-            "threshold": self.threshold,
-            "uninformed": [bool(u) for u in self.uninformed],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GlobalSite:
-        def arr(v: Any) -> np.ndarray:
-            return np.array([math.nan if x is None else x for x in v], dtype=float)
-
-        return cls(
-            site=str(d["site"]),
-            shape=tuple(int(v) for v in d["shape"]),
-            kl=math.nan if d["kl"] is None else float(d["kl"]),
-            kl_stderr=math.nan if d.get("kl_stderr") is None else float(d["kl_stderr"]),
-            contraction=arr(d["contraction"]),
-            posterior_sd=arr(d["posterior_sd"]),
-            prior_sd=arr(d["prior_sd"]),
-            num_draws=int(d["num_draws"]),
-            threshold=float(d.get("threshold", CONTRACTION_THRESHOLD)),
-        )
-
-
 def global_summaries(
     model: Callable,
     guide: Callable,
@@ -319,4 +224,3 @@ def _log_density(site: dict[str, Any]) -> torch.Tensor:
     if site["mask"] is not None:
         lp = torch.where(torch.as_tensor(site["mask"]).expand(lp.shape), lp, 0.0)
     return lp.sum()
-

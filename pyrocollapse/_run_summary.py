@@ -1,0 +1,379 @@
+"""The summary of a comparison grid's runs: :func:`summarize_runs` and
+:func:`format_summary` (paired differences against a baseline cell, ranks, the text table).
+
+A leaf module (NumPy, pandas and SciPy only, imported where used): it reads the table of
+runs as data, so :mod:`pyrocollapse.report_folder` renders a comparison page without
+importing :mod:`pyrocollapse.comparison`, which runs the grid (and writes that page).
+Import the names from :mod:`pyrocollapse.comparison`, which documents and re-exports them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "CONFIDENCE",
+    "DISENTANGLEMENT_METRICS",
+    "METRICS",
+    "PAIRED_METRICS",
+    "RANKING",
+    "format_summary",
+    "summarize_runs",
+]
+
+#: Disentanglement scores of a run's first scored latent site (in [0, 1], higher is more
+#: disentangled), from the ``"disentanglement"`` estimator on data with known factors;
+#: NaN for runs without them. With a single factor, ``dci_disentanglement`` and
+#: ``factorvae_score`` are 1 by construction and stored as NaN.
+DISENTANGLEMENT_METRICS = (
+    "mig",
+    "sap",
+    "dci_disentanglement",
+    "dci_completeness",
+    "dci_informativeness",
+    "factorvae_score",
+)
+
+#: Per-run metrics in the comparison table (all per held-out data point, nats where applicable).
+METRICS = (
+    "active_units", "mi", "kl", "elbo", "iw_log_likelihood", "wall_time",
+    *DISENTANGLEMENT_METRICS,
+)  # fmt: skip
+
+#: Metrics with a paired difference against the baseline cell in the summary
+#: (``<metric>_diff``, ``<metric>_diff_lo``, ``<metric>_diff_hi``).
+PAIRED_METRICS = ("iw_log_likelihood", "mi", "active_units", "elbo", "kl", *DISENTANGLEMENT_METRICS)
+
+#: The column of a grid's model variant (present only when the grid has variants).
+VARIANT = "variant"
+
+#: Coverage of the Student-t intervals of the paired differences (and of the ranking's test).
+CONFIDENCE = 0.95
+
+#: How the table is ranked. A cell *beats* another when their paired per-seed difference
+#: of held-out IW log-likelihood (over the seeds both finished) has a 95 % Student-t
+#: interval above 0; the rows are ordered by rank, then by mean IW log-likelihood, then
+#: by mean active units. With one seed there is no interval and every cell is tied.
+RANKING = (
+    "held-out importance-weighted log-likelihood (higher is better); a cell's rank is 1 + "
+    "the number of cells that beat it on paired per-seed differences (95% t-interval of "
+    "the difference above 0), so cells that cannot be told apart share a rank, marked =k"
+)
+
+
+def _baseline_cell(baseline: Any, cells: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+    """The cell that ``baseline`` names among ``cells`` (the first when ``None``): cells
+    are ``(prior, objective)`` pairs, or ``(prior, objective, variant)`` triples in a
+    grid of model variants; ``baseline`` is ``"PRIOR:OBJECTIVE"`` (``":VARIANT"`` added
+    with variants) or such a tuple. A ``ValueError`` names the accepted cells when it is
+    none of them."""
+    cells = [tuple(c) for c in cells]
+    width = len(cells[0]) if cells else 2
+    form = "PRIOR:OBJECTIVE" + (":VARIANT" if width == 3 else "")
+    accepted = ", ".join(":".join(c) for c in cells)
+    if baseline is None:
+        if not cells:
+            raise ValueError("there is no cell to take as the baseline (an empty table)")
+        return cells[0]
+    if isinstance(baseline, str):
+        parts = tuple(p.strip() for p in baseline.split(":"))
+        key = parts if len(parts) == width else None
+    elif (
+        isinstance(baseline, (tuple, list))
+        and len(baseline) in (2, 3)
+        and all(isinstance(x, str) for x in baseline)
+    ):
+        key = tuple(baseline)
+    else:
+        raise TypeError(
+            f"baseline must be {form!r}, a tuple of {width} names or None, got "
+            f"{type(baseline).__name__} {baseline!r}"
+        )
+    if key not in cells:
+        raise ValueError(
+            f"baseline {baseline!r} is not a cell of this grid; accepted ({form}): {accepted}"
+        )
+    return key
+
+
+def _per_seed(ok: Any, metric: str) -> Any:
+    """One cell's finished runs as a Series seed -> ``metric`` (finite values only)."""
+    import numpy as np
+    import pandas as pd
+
+    if metric not in ok:
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(ok[metric], errors="coerce").groupby(ok["seed"].to_numpy()).mean()
+    return values[np.isfinite(values.to_numpy(dtype=float))].astype(float)
+
+
+def _paired(a: Any, b: Any) -> tuple[float, float, float, int]:
+    """``(mean, lo, hi, n)`` of the per-seed differences ``a - b`` over the seeds both hold:
+    the mean and its Student-t interval at :data:`CONFIDENCE` with ``n - 1`` degrees of
+    freedom (``lo``, ``hi`` NaN with fewer than 2 seeds; all NaN with none)."""
+    d = (a - b).dropna()
+    n = len(d)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(d.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) -> Any:
+    """Summarise a grid's runs per (prior, objective), or per (prior, objective, variant)
+    when the table has a ``variant`` column, with paired differences against a baseline
+    cell, ranked by :data:`RANKING`.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per run (``runs.csv``): ``prior``, ``objective``, ``seed``, ``status``
+        (``"ok"`` for a finished run), the metrics of :data:`METRICS` and ``error``.
+    baseline : str, tuple of str or None
+        The cell the others are compared with, ``"PRIOR:OBJECTIVE"`` or
+        ``(prior, objective)`` (``"PRIOR:OBJECTIVE:VARIANT"`` or a triple with a
+        ``variant`` column); ``None``: the table's first cell (a grid's first prior with
+        its first objective).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell:
+
+        * ``<metric>_mean``, ``<metric>_std``: mean and standard deviation (``ddof=1``; 0
+          for one run) over the cell's finished runs, for every metric in :data:`METRICS`;
+          ``n_ok``, ``n_failed`` and the first ``error`` (empty if none);
+        * ``n_paired``: the seeds that both this cell and the baseline finished;
+        * ``<metric>_diff``: the mean over those seeds of ``cell - baseline`` (same seed,
+          so the same train/held-out split), for every metric in :data:`PAIRED_METRICS`,
+          and ``<metric>_diff_lo``, ``<metric>_diff_hi``: its Student-t interval at
+          :data:`CONFIDENCE` (``n_paired - 1`` degrees of freedom; NaN with fewer than 2
+          paired seeds). Seeds where either value is not finite are left out;
+        * ``baseline``: True on the baseline's row;
+        * ``rank`` (nullable int): 1 + the number of cells that beat this one, where a
+          cell beats another when the interval of their paired difference of held-out IW
+          log-likelihood lies above 0; ``<NA>`` for a cell with no finite IW
+          log-likelihood (no finished run), which is listed last;
+        * ``tied``: another cell has the same rank.
+
+        Rows are ordered by rank, then mean IW log-likelihood, then mean active units.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing, or ``baseline`` is not a cell of the table (naming the
+        accepted cells).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from pyrocollapse._validation import check_columns
+
+    check_columns("table", table, ["prior", "objective", "seed", "status"])
+
+    keys = ["prior", "objective"] + ([VARIANT] if VARIANT in table else [])
+    groups = [
+        (tuple(map(str, key)), g)
+        for key, g in table.astype({k: str for k in keys}).groupby(keys, sort=False)
+    ]
+    base_key = _baseline_cell(baseline, [key for key, _ in groups])
+    finished = {key: g[g["status"] == "ok"] for key, g in groups}
+    base_ok = finished[base_key]
+    base_values = {m: _per_seed(base_ok, m) for m in PAIRED_METRICS}
+    base_seeds = set(base_ok["seed"])
+
+    out = []
+    for key, g in groups:
+        ok = finished[key]
+        row: dict[str, Any] = dict(zip(keys, key))
+        row.update({
+            "n_ok": len(ok),
+            "n_failed": int((g["status"] != "ok").sum()),
+        })  # fmt: skip
+        for m in METRICS:
+            vals = pd.to_numeric(ok[m], errors="coerce") if m in ok else pd.Series(dtype=float)
+            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
+            row[f"{m}_std"] = (
+                float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
+            )
+        errors = g["error"].dropna() if "error" in g else []
+        errors = [e for e in errors if isinstance(e, str) and e]
+        row["error"] = errors[0] if errors else ""
+        row["baseline"] = key == base_key
+        row["n_paired"] = len(base_seeds & set(ok["seed"]))
+        for m in PAIRED_METRICS:
+            diff, lo, hi, _ = _paired(_per_seed(ok, m), base_values[m])
+            row[f"{m}_diff"], row[f"{m}_diff_lo"], row[f"{m}_diff_hi"] = diff, lo, hi
+        out.append(row)
+    summary = pd.DataFrame(out)
+
+    # rank: 1 + the number of cells that beat a cell on paired per-seed differences
+    ll = {key: _per_seed(finished[key], "iw_log_likelihood") for key, _ in groups}
+    ranked = [key for key in ll if len(ll[key])]
+    beaten = {key: 0 for key in ranked}
+    for key in ranked:
+        for other in ranked:
+            if other != key and _paired(ll[other], ll[key])[1] > 0:
+                beaten[key] += 1
+    ranks = [beaten.get(key) for key, _ in groups]
+    summary["rank"] = pd.array([None if r is None else r + 1 for r in ranks], dtype="Int64")
+    counts = summary["rank"].value_counts()
+    summary["tied"] = [bool(pd.notna(r) and counts.get(r, 0) > 1) for r in summary["rank"]]
+    order = np.lexsort(
+        (
+            -summary["active_units_mean"].fillna(-np.inf).to_numpy(dtype=float),
+            -summary["iw_log_likelihood_mean"].fillna(-np.inf).to_numpy(dtype=float),
+            summary["rank"].fillna(len(summary) + 1).to_numpy(dtype=float),
+        )
+    )
+    return summary.iloc[order].reset_index(drop=True)
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def _diff_text(row: Any, metric: str) -> str:
+    """``+0.41 [+0.12, +0.70]``: a paired difference against the baseline and its interval."""
+    if bool(row["baseline"]):
+        return "baseline"
+    diff, lo, hi = row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"]
+    if not _finite(diff):
+        return "n/a"
+    if not (_finite(lo) and _finite(hi)):
+        return f"{_signed(diff)} (1 seed)"
+    return f"{_signed(diff)} [{_signed(lo)}, {_signed(hi)}]"
+
+
+def _finite(value: Any) -> bool:
+    """``value`` is a finite number (False for None, NaN, ``pd.NA``)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _rank_text(row: Any) -> str:
+    rank = row["rank"]
+    if not _finite(rank):
+        return "-"
+    return f"={int(rank)}" if bool(row["tied"]) else str(int(rank))
+
+
+def format_summary(summary: Any) -> str:
+    """The ranked comparison (:func:`summarize_runs`'s table) as a fixed-width text table.
+
+    Above the table: the ranking rule (:data:`RANKING`) and the baseline cell. Per cell:
+    the rank (``=k`` for a tie), mean ± standard deviation over seeds of active units, MI,
+    KL, ELBO and held-out IW log-likelihood, the paired differences of IW log-likelihood
+    and MI against the baseline with their 95 % intervals (``+0.41 [+0.12, +0.70]``;
+    ``(1 seed)`` without an interval), the mean wall time and the finished/failed runs.
+    With one seed per cell, a note below the table says that no cell can be told apart.
+
+    In a grid of model variants a ``variant`` column follows the objective. When any
+    cell has disentanglement scores (:data:`DISENTANGLEMENT_METRICS`), the table adds
+    MIG, SAP, DCI D/C/I and FactorVAE (means over seeds; ``—`` for a cell without them)
+    and the paired difference of MIG against the baseline.
+    """
+    from pyrocollapse._validation import check_columns
+
+    check_columns(
+        "summary",
+        summary,
+        ["prior", "objective", "n_ok", "n_failed", "error", "baseline", "rank", "tied"]
+        + [f"{m}_{s}" for m in METRICS if m not in DISENTANGLEMENT_METRICS for s in ("mean", "std")]
+        + [f"{m}_{s}" for m in ("iw_log_likelihood", "mi") for s in ("diff", "diff_lo", "diff_hi")],
+    )
+    base = summary[summary["baseline"].astype(bool)]
+    has_variant = VARIANT in summary
+    name_cols = ["prior", "objective"] + ([VARIANT] if has_variant else [])
+    base_name = " + ".join(str(base[c].iloc[0]) for c in name_cols) if len(base) else "(none)"
+    import textwrap
+
+    pct = f"{CONFIDENCE:.0%}"
+    lines = [
+        *textwrap.wrap(f"ranked by {RANKING}", width=100, subsequent_indent="  "),
+        *textwrap.wrap(
+            f"baseline: {base_name}; Δ = cell - baseline, the mean of the per-seed differences "
+            f"(same seed, same train/held-out split) [{pct} t-interval]",
+            width=100,
+            subsequent_indent="  ",
+        ),
+    ]
+
+    def ms(r: Any, m: str, p: int = 2) -> str:
+        if not _finite(r[m + "_mean"]):
+            return "-"
+        return f"{r[m + '_mean']:.{p}f}±{r[m + '_std']:.{p}f}"
+
+    disent = [m for m in DISENTANGLEMENT_METRICS if f"{m}_mean" in summary]
+    has_disent = any(_finite(v) for m in disent for v in summary[f"{m}_mean"])
+
+    def mean(r: Any, m: str) -> str:
+        key = f"{m}_mean"
+        return f"{float(r[key]):.2f}" if key in r and _finite(r[key]) else "—"
+
+    header = ["rank", *name_cols, "AU", "MI", "KL", "ELBO", "IW log p(x)",
+              "Δ IW log p(x)", "Δ MI"]  # fmt: skip
+    if has_disent:
+        header += ["MIG", "SAP", "DCI D/C/I", "FactorVAE", "Δ MIG"]
+    header += ["time s", "ok/fail"]
+    left = set(name_cols)
+    rows, errors = [], []
+    for _, r in summary.iterrows():
+        cells = [_rank_text(r), *(str(r[c]) for c in name_cols)]
+        cells += [
+            ms(r, "active_units", 1),
+            ms(r, "mi"),
+            ms(r, "kl"),
+            ms(r, "elbo"),
+            ms(r, "iw_log_likelihood"),
+            _diff_text(r, "iw_log_likelihood"),
+            _diff_text(r, "mi"),
+        ]
+        if has_disent:
+            dci = "/".join(
+                mean(r, f"dci_{p}") for p in ("disentanglement", "completeness", "informativeness")
+            )
+            mig_diff = _diff_text(r, "mig") if "mig_diff" in r else "n/a"
+            cells += [
+                mean(r, "mig"),
+                mean(r, "sap"),
+                dci,
+                mean(r, "factorvae_score"),
+                "—" if mig_diff == "n/a" else mig_diff,
+            ]
+        cells += [
+            f"{r['wall_time_mean']:.1f}" if _finite(r["wall_time_mean"]) else "-",
+            f"{r['n_ok']}/{r['n_failed']}",
+        ]
+        rows.append(cells)
+        errors.append(r["error"] if isinstance(r["error"], str) else "")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return " ".join(
+            c.ljust(w) if h in left else c.rjust(w) for c, w, h in zip(cells, widths, header)
+        ).rstrip()
+
+    lines.append(line(header))
+    for cells, error in zip(rows, errors):
+        lines.append(line(cells))
+        if error:
+            lines.append(f"     first error: {error}")
+    n_ranked = int(summary["rank"].notna().sum())
+    if n_ranked >= 2 and int(summary["n_ok"].max()) < 2:
+        lines += textwrap.wrap(
+            "note: one seed gives no interval, so no cell can be told apart from another and "
+            "all are shown tied; run --seeds 3 or more (seeds=3) to rank them",
+            width=100,
+            subsequent_indent="  ",
+        )
+    return "\n".join(lines)
