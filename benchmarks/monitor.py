@@ -7,7 +7,7 @@ information I_q(x; z) of each monitored latent site on a fixed subset of
 
 For each problem the script trains with ``fit`` for ``--repeats`` + 1 epochs with the
 default monitor (the first epoch, with Pyro's validation and the first traces, is a
-warm-up and not counted) and times each call of the monitor (``train._monitor``,
+warm-up and not counted) and times each call of the monitor (``train.fitting._monitor``,
 wrapped) against the same epoch's training time (``epoch_time`` in the History, which
 excludes the monitor), so that load from other processes falls on both alike; and the
 same in the thread's CPU time (``time.thread_time``; torch runs on the calling thread
@@ -55,7 +55,7 @@ from typing import Any
 import pyro
 import torch
 
-import pyrocollapse.train as train_module
+import pyrocollapse.train.fitting as train_module  # fit looks _monitor up there
 from pyrocollapse.diagnostics import active_units, mutual_information
 from pyrocollapse.elbo import PlainELBO
 from pyrocollapse.models import MLPVAE

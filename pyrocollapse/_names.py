@@ -22,8 +22,7 @@ __all__ = [
 
 #: :data:`pyrocollapse.priors.PRIORS`
 PRIOR_NAMES = ("standard", "learnable", "mixture", "vamp", "hierarchical", "ard", "flow")
-#: :data:`pyrocollapse.elbo.ELBOS` once :mod:`pyrocollapse.factorvae` is imported (as
-#: :func:`pyrocollapse.experiment.objectives` does)
+#: :data:`pyrocollapse.elbo.ELBOS`
 ELBO_NAMES = (
     "elbo",
     "annealed",

@@ -57,7 +57,6 @@ from typing import Any
 
 from pyrocollapse import _run_summary
 from pyrocollapse._run_summary import (
-    DISENTANGLEMENT_METRICS,
     VARIANT,
     _baseline_cell,
     format_summary,
@@ -80,6 +79,12 @@ __all__ = [
 
 #: Per-run metrics in the comparison table (all per held-out data point, nats where applicable).
 METRICS = _run_summary.METRICS
+
+#: Disentanglement scores of a run's first scored latent site (in [0, 1], higher is more
+#: disentangled), from the ``"disentanglement"`` estimator on data with known factors;
+#: NaN for runs without them (and, with a single factor, for ``dci_disentanglement`` and
+#: ``factorvae_score``, which are 1 by construction).
+DISENTANGLEMENT_METRICS = _run_summary.DISENTANGLEMENT_METRICS
 
 #: Metrics with a paired difference against the baseline cell in the summary
 #: (``<metric>_diff``, ``<metric>_diff_lo``, ``<metric>_diff_hi``).

@@ -219,10 +219,9 @@ def _run_estimators() -> tuple[str, ...]:
 
 
 def objectives() -> Any:
-    """The objective registry :data:`pyrocollapse.elbo.ELBOS`, with every objective the
-    command line offers registered (``"factorvae"`` lives in :mod:`pyrocollapse.factorvae`,
-    which registers it when imported)."""
-    import pyrocollapse.factorvae  # noqa: F401  (registers "factorvae")
+    """The objective registry :data:`pyrocollapse.elbo.ELBOS` (importing
+    :mod:`pyrocollapse.elbo` registers every objective the command line offers,
+    ``"factorvae"`` included); imported on first use, not at module import."""
     from pyrocollapse.elbo import ELBOS
 
     return ELBOS

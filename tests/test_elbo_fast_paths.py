@@ -223,7 +223,8 @@ def run_steps(name: str, jit: bool, steps: int = 4, x: torch.Tensor | None = Non
     return out, elbo
 
 
-@pytest.mark.parametrize("name", ELBOS.names())
+# FactorVAE refuses jit=True (side effects in its evaluation; see tests/test_compile.py)
+@pytest.mark.parametrize("name", [n for n in ELBOS.names() if ELBOS.get(n).compilable])
 def test_jit_equals_eager_on_the_same_draws(name):
     eager, _ = run_steps(name, jit=False)
     compiled, elbo = run_steps(name, jit=True)

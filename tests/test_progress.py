@@ -9,10 +9,10 @@ import logging
 import pyro
 import pytest
 
-from pyrocollapse import train
 from pyrocollapse.elbo import PlainELBO
 from pyrocollapse.models import MLPVAE
 from pyrocollapse.train import EpochRecord, PrintProgress, _epoch_line, fit
+from pyrocollapse.train import progress as train_progress  # fit reads PROGRESS_INTERVAL there
 
 
 class _Terminal(io.StringIO):
@@ -36,7 +36,7 @@ def _lines(caplog):
 def test_progress_false_prints_and_logs_nothing(digits, monkeypatch, capsys, caplog):
     err = _Terminal()
     monkeypatch.setattr("sys.stderr", err)
-    monkeypatch.setattr(train, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(train_progress, "PROGRESS_INTERVAL", 0.0)
     with caplog.at_level(logging.DEBUG, logger="pyrocollapse"):
         _fit(digits[:200], progress=False, aggressive=True, aggressive_max_inner=3)
     assert err.getvalue() == ""
@@ -47,7 +47,7 @@ def test_progress_false_prints_and_logs_nothing(digits, monkeypatch, capsys, cap
 def test_off_a_terminal_progress_is_periodic_log_lines(digits, monkeypatch, capsys, caplog):
     err = io.StringIO()  # not a terminal: no bar
     monkeypatch.setattr("sys.stderr", err)
-    monkeypatch.setattr(train, "PROGRESS_INTERVAL", 0.0)  # a line after every step
+    monkeypatch.setattr(train_progress, "PROGRESS_INTERVAL", 0.0)  # a line after every step
     with caplog.at_level(logging.INFO, logger="pyrocollapse.train"):
         _fit(digits[:200], epochs=2)
     assert err.getvalue() == "" and capsys.readouterr().out == ""
@@ -67,7 +67,7 @@ def test_aggressive_inner_steps_show_in_the_log_lines(digits, monkeypatch, caplo
     # the encoder-only steps between two decoder steps can run for minutes: each one
     # checks whether a line is due
     monkeypatch.setattr("sys.stderr", io.StringIO())
-    monkeypatch.setattr(train, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(train_progress, "PROGRESS_INTERVAL", 0.0)
     with caplog.at_level(logging.INFO, logger="pyrocollapse.train"):
         _fit(digits[:200], epochs=1, aggressive=True, aggressive_max_inner=3, aggressive_window=5)
     lines = _lines(caplog)
@@ -83,7 +83,7 @@ def test_aggressive_inner_steps_show_in_the_log_lines(digits, monkeypatch, caplo
 
 def test_log_lines_are_rate_limited(digits, monkeypatch, caplog):
     monkeypatch.setattr("sys.stderr", io.StringIO())
-    monkeypatch.setattr(train, "PROGRESS_INTERVAL", 3600.0)
+    monkeypatch.setattr(train_progress, "PROGRESS_INTERVAL", 3600.0)
     with caplog.at_level(logging.INFO, logger="pyrocollapse.train"):
         _fit(digits[:200], epochs=20)
     lines = _lines(caplog)
@@ -96,7 +96,7 @@ def test_log_lines_are_rate_limited(digits, monkeypatch, caplog):
 def test_on_a_terminal_steps_within_the_epoch_get_a_bar(digits, monkeypatch, caplog):
     err = _Terminal()
     monkeypatch.setattr("sys.stderr", err)
-    monkeypatch.setattr(train, "_BAR_REFRESH", 0.0)
+    monkeypatch.setattr(train_progress, "_BAR_REFRESH", 0.0)
     with caplog.at_level(logging.INFO, logger="pyrocollapse.train"):
         _fit(digits[:200], epochs=2, aggressive=True, aggressive_max_inner=3, aggressive_window=5)
     out = err.getvalue()
@@ -112,7 +112,7 @@ def test_a_loader_without_length_logs_steps_without_a_total(digits, monkeypatch,
             return iter(digits[:200].split(50))
 
     monkeypatch.setattr("sys.stderr", io.StringIO())
-    monkeypatch.setattr(train, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(train_progress, "PROGRESS_INTERVAL", 0.0)
     with caplog.at_level(logging.INFO, logger="pyrocollapse.train"):
         _fit(Batches(), epochs=1, batch_size=None)
     lines = _lines(caplog)
@@ -154,7 +154,7 @@ def test_progress_must_be_a_bool(digits, progress):
 
 
 def test_progress_off_does_no_work_per_step():
-    shown = train._Progress(False, 10, 1, 100)
+    shown = train_progress._Progress(False, 10, 1, 100)
     for _ in range(1000):
         shown.outer_step()
         shown.inner_step()

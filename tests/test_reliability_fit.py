@@ -28,6 +28,7 @@ from pyrocollapse.elbo import (
     MIRegularizedELBO,
     PlainELBO,
 )
+from pyrocollapse.factorvae import FactorVAEELBO
 from pyrocollapse.models import MLPVAE
 from pyrocollapse.schedules import Linear
 from pyrocollapse.train import CHECKPOINT_NAME, _read_checkpoint
@@ -45,6 +46,8 @@ OBJECTIVES = {
     "infovae": lambda: InfoVAEELBO(alpha=0.0, lambda_=10.0),
     "iwae": lambda: IWAEELBO(3),
     "betatc": lambda: BetaTCELBO(beta=4.0),
+    # its discriminators and their optimisers travel in the objective's state_dict
+    "factorvae": lambda: FactorVAEELBO(gamma=2.0, hidden=(8,)),
 }
 #: Wall-clock columns: the only ones that may differ between two runs.
 TIME_COLUMNS = {"time", "epoch_time"}

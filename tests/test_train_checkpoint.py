@@ -92,7 +92,7 @@ def test_resumed_run_repeats_the_uninterrupted_run_bit_for_bit(tmp_path, digits,
 
 
 def test_checkpoint_every_and_last_epoch(tmp_path, digits, monkeypatch):
-    import pyrocollapse.train as train_module
+    import pyrocollapse.train.fitting as train_module  # fit looks its helpers up there
 
     written = []
     original = train_module._write_checkpoint

@@ -77,7 +77,7 @@ def test_seeded_shuffling_loader_is_deterministic(digits):
 
 
 def test_monitoring_subset_is_the_first_rows_of_the_loader(digits, monkeypatch):
-    import pyrocollapse.train as train_module
+    import pyrocollapse.train.fitting as train_module  # fit looks its helpers up there
 
     seen = []
 
