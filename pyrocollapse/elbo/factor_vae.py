@@ -162,7 +162,7 @@ class FactorVAEELBO(BaseELBO):
     def discriminator(self, site: str, dim: int, like: torch.Tensor) -> nn.Module:
         """The discriminator of ``site`` (built on first use for latents of width ``dim``,
         on the device and dtype of ``like``)."""
-        key = site.replace(".", "_")
+        key = self._key(site)
         if key not in self.discriminators:
             # initialised from the RNG without advancing it, so that building a
             # discriminator (first use, or after load_state_dict on resume) never shifts
@@ -177,15 +177,24 @@ class FactorVAEELBO(BaseELBO):
             self._restore_pending(key)
         return self.discriminators[key]
 
+    @staticmethod
+    def _key(site: str) -> str:
+        """The site's key in :attr:`discriminators` (module names cannot contain dots)."""
+        return site.replace(".", "_")
+
+    @staticmethod
+    def _cross_entropy(net: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``net`` telling ``z`` (label 1) from ``permute_dims(z)`` (label 0)."""
+        logits_q = net(z)
+        logits_prod = net(permute_dims(z))
+        return F.binary_cross_entropy_with_logits(
+            logits_q, torch.ones_like(logits_q)
+        ) + F.binary_cross_entropy_with_logits(logits_prod, torch.zeros_like(logits_prod))
+
     def _train_discriminator(self, key: str, net: nn.Module, z: torch.Tensor) -> torch.Tensor:
         """One Adam step of the cross-entropy of ``net`` on ``z`` vs. ``permute_dims(z)``."""
-        z = z.detach()
         with torch.enable_grad():
-            logits_q = net(z)
-            logits_prod = net(permute_dims(z))
-            ce = F.binary_cross_entropy_with_logits(
-                logits_q, torch.ones_like(logits_q)
-            ) + F.binary_cross_entropy_with_logits(logits_prod, torch.zeros_like(logits_prod))
+            ce = self._cross_entropy(net, z.detach())
             opt = self._optimizers[key]
             opt.zero_grad(set_to_none=True)
             ce.backward(inputs=list(net.parameters()))
@@ -201,19 +210,14 @@ class FactorVAEELBO(BaseELBO):
                 f"its dimensions, got {z.shape[0]}"
             )
         net = self.discriminator(s.name, s.z.shape[-1], s.z)
-        key = s.name.replace(".", "_")
         # the VAE's loss sees the discriminator with its parameters held fixed: copies,
         # since the discriminator's own step below updates the parameters in place
         frozen = {k: v.detach().clone() for k, v in net.named_parameters()}
         logits = functional_call(net, frozen, (s.z,))
         if torch.is_grad_enabled():
-            ce = self._train_discriminator(key, net, z)
-        else:
-            with torch.no_grad():
-                lq, lp = net(z), net(permute_dims(z))
-                ce = F.binary_cross_entropy_with_logits(
-                    lq, torch.ones_like(lq)
-                ) + F.binary_cross_entropy_with_logits(lp, torch.zeros_like(lp))
+            ce = self._train_discriminator(self._key(s.name), net, z)
+        else:  # evaluations without gradients (loss(), diagnostics) leave it alone
+            ce = self._cross_entropy(net, z)
         return s.total(logits), ce
 
     def combine(self, terms: ELBOTerms) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
