@@ -4,7 +4,7 @@
 estimators by name. Importing the registries that hold them imports torch and Pyro,
 which would make ``--help`` and argument errors take seconds, so the help reads these
 tuples instead. Each tuple equals its registry's names, in registration order;
-``tests/test_cli_startup.py`` fails when they drift apart, so a new registry entry is
+``tests/cli/test_cli_startup.py`` fails when they drift apart, so a new registry entry is
 added here too. Names are still *validated* against the registries themselves.
 """
 

@@ -44,7 +44,7 @@ the terms downstream of it only, per plate, with Pyro's ``baseline`` options. Th
 variant's weights apply to every term, the KL of a discrete site included. Point
 masses (``Delta``), flows, transformed and masked distributions take the Monte Carlo KL
 ``log q(z) - log p(z)``. ``docs/pyro_programs.md`` lists which Pyro features each
-variant supports; ``tests/test_gallery_objectives.py`` checks each variant against
+variant supports; ``tests/elbo/test_gallery_objectives.py`` checks each variant against
 Pyro's ``Trace_ELBO``/``TraceEnum_ELBO`` on a gallery of Pyro programs.
 
 One hook, :meth:`BaseELBO.combine`, turns the terms into the loss to minimise and the

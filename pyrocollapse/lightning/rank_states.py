@@ -19,7 +19,7 @@ class RankStateDump(pl.Callback):
     """Each process writes ``dirpath/rank{global_rank}.pt`` when fitting ends.
 
     A check that data-parallel training kept the replicas identical: compare the files
-    of the ranks (see ``tests/test_lightning.py``). Each file holds a dict with
+    of the ranks (see ``tests/lightning/test_lightning.py``). Each file holds a dict with
 
     ``start`` / ``final``
         The module's ``state_dict`` (on the CPU) when fitting started (after DDP's

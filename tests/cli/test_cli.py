@@ -344,7 +344,7 @@ def test_jit_objective_from_the_command_line_trains_like_eager(tmp_path, capsys,
     # --elbo-option jit=true compiles the objective; with the same seed the compiled
     # steps draw the same noise, so the history matches the eager run's. The recorded
     # graph is compiled with the quick "aot_eager" backend here (inductor's C++ build
-    # takes tens of seconds; tests/test_compile.py checks it in its slow tests).
+    # takes tens of seconds; tests/test_jit.py checks it in its slow tests).
     import pyrocollapse.jit
 
     monkeypatch.setattr(pyrocollapse.jit, "BACKEND", "aot_eager")

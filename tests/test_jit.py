@@ -2,7 +2,7 @@
 the checks that refuse a graph which froze values, and inductor itself (slow).
 
 Most tests use the ``aot_eager`` backend (the recorded graph and its AOTAutograd
-backward, compiled in well under a second); ``tests/test_elbo_fast_paths.py`` checks
+backward, compiled in well under a second); ``tests/elbo/test_elbo_fast_paths.py`` checks
 every variant's compiled values against eager mode. No timing here: the speed targets
 live in ``benchmarks/training.py``.
 """

@@ -7,7 +7,7 @@
   its cache: one compilation per input signature, none when the KL weight changes. These
   compile with the ``aot_eager`` backend (the same recorded graph and AOTAutograd
   backward, without inductor's seconds of C++ compilation per graph);
-  ``tests/test_compile.py`` checks inductor itself and ``jit="auto"``.
+  ``tests/test_jit.py`` checks inductor itself and ``jit="auto"``.
 
 No timing here: performance targets live in ``benchmarks/training.py``.
 """
@@ -223,7 +223,7 @@ def run_steps(name: str, jit: bool, steps: int = 4, x: torch.Tensor | None = Non
     return out, elbo
 
 
-# FactorVAE refuses jit=True (side effects in its evaluation; see tests/test_compile.py)
+# FactorVAE refuses jit=True (side effects in its evaluation; see tests/test_jit.py)
 @pytest.mark.parametrize("name", [n for n in ELBOS.names() if ELBOS.get(n).compilable])
 def test_jit_equals_eager_on_the_same_draws(name):
     eager, _ = run_steps(name, jit=False)

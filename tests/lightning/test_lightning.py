@@ -306,9 +306,6 @@ def test_importing_pyrocollapse_does_not_import_lightning():
 def test_batches_of_several_arguments_reach_the_program():
     """A CVAE ``model(xs, ys)`` trains from a loader of tuples and from one of dicts;
     per-data-point logs divide by the data plate (32 pairs a batch)."""
-    import sys as _sys
-
-    _sys.path.insert(0, os.path.dirname(__file__))
     from gallery import build
 
     from pyrocollapse.program_data import as_program_args

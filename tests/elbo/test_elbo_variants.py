@@ -201,7 +201,7 @@ def param_grads() -> dict[str, torch.Tensor]:
 # The contract, for every variant
 # --------------------------------------------------------------------------------------
 def test_every_registered_variant_has_a_fixture():
-    # FactorVAE (registered by pyrocollapse.elbo too) has its own tests/test_factorvae.py
+    # FactorVAE (registered by pyrocollapse.elbo too) has its own tests/elbo/test_factorvae.py
     assert sorted(v.name for v in VARIANTS) == sorted(n for n in ELBOS.names() if n != "factorvae")
     for v in VARIANTS:
         assert type(v.special()) is ELBOS.get(v.name)

@@ -2,22 +2,18 @@
 public estimators, and every gallery program under the default settings."""
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyro
 import pytest
 import torch
+from gallery import PROGRAMS, build
 
 import pyrocollapse.train.fitting as train_module  # fit looks _monitor up there
 from pyrocollapse.diagnostics import active_units, mutual_information
 from pyrocollapse.elbo import PlainELBO
 from pyrocollapse.program_data import as_program_data
 from pyrocollapse.train import _monitor, fit
-
-sys.path.insert(0, str(Path(__file__).parent))
-from gallery import PROGRAMS, build
 
 #: Sites the default monitor records for each gallery program (PlainELBO): continuous
 #: local sites get active units and MI, discrete ones MI only; global sites, point

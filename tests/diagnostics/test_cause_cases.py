@@ -1,4 +1,4 @@
-"""The three cause cases of ``tests/cause_cases.py`` collapse, and for their named cause.
+"""The three cause cases of ``tests/diagnostics/cause_cases.py`` collapse, and for their named cause.
 
 Fast tests: each case collapses (seed 0; the numbers in the comments are held-out values
 measured for seeds 0, 1, 2). Slow tests: the cause's standard remedy, in the same setting

@@ -24,7 +24,7 @@ import pyrocollapse
 from pyrocollapse import _names
 from pyrocollapse.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "pyro", "arviz", "pandas", "matplotlib", "sklearn")
 
 

@@ -1,5 +1,5 @@
 """Issue 17, item 9: the cause attribution ranks the true cause first on three trained
-models that collapse for a known reason (``tests/cause_cases.py``, where each cause is
+models that collapse for a known reason (``tests/diagnostics/cause_cases.py``, where each cause is
 confirmed by its remedy), and suggests that cause's remedies."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A helper module for tests (not collected): ground-truth cases for a cause-attribution
 diagnostic. Each case collapses, fully or partly, *because of* its named cause, which is
 checked by showing that the cause's standard remedy, applied in the same setting with
-the same budget, removes the collapse (``tests/test_cause_cases.py``):
+the same budget, removes the collapse (``tests/diagnostics/test_cause_cases.py``):
 
 ``"decoder_capacity"``
     An LSTM sequence VAE (teacher forcing) on the bundled topic sequences, plain ELBO. The
