@@ -58,7 +58,6 @@ the header prints the load average, and ``--threads 1`` gives steadier numbers.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -70,14 +69,15 @@ from typing import Any
 
 import pyro
 import torch
+from _common import arguments, set_threads
 
 from pyrocollapse import diagnostics as dg
-from pyrocollapse.diagnostics import _tracing, importance
+from pyrocollapse.diagnostics import _constants, importance
 from pyrocollapse.models import MLPVAE
 
-_ROWS = _tracing._PARTICLE_ROWS
+_ROWS = _constants._PARTICLE_ROWS
 _IW_ROWS = importance._IW_ROWS
-_BLOCK = _tracing._BLOCK
+_BLOCK = _constants._BLOCK
 
 
 # --------------------------------------------------------------------------------------
@@ -235,8 +235,8 @@ def mi_floor(n: int, latent_dim: int, draws: int = 1, per_dim_draws: int = 2048)
             block = zi @ w[:, j : j + width]
             block.sub_(block.amax(1, keepdim=True)).exp_().sum(1)
     entries = min(per_dim_draws, n * draws) * n * latent_dim
-    block = -torch.rand(_tracing._DIM_BLOCK)
-    for _ in range(max(1, entries // _tracing._DIM_BLOCK)):
+    block = -torch.rand(_constants._DIM_BLOCK)
+    for _ in range(max(1, entries // _constants._DIM_BLOCK)):
         block.clone().exp_().sum()
 
 
@@ -334,11 +334,7 @@ def bench_iw(vae: MLPVAE, x: torch.Tensor, k: int, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 1000, K = 10: a smoke run")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
+    parser = arguments(__doc__, quick="N = 1000, K = 10: a smoke run", threads=None)
     parser.add_argument(
         "--only",
         choices=("all", "diagnose", "iw"),
@@ -351,8 +347,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="data points (overrides --quick)")
     parser.add_argument("--k", type=int, default=None, help="IW draws (overrides --quick)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(parser, args.threads)
     n, k = (1000, 10) if args.quick else (10_000, 100)
     n, k = args.n or n, args.k or k
     latent_dim = 32

@@ -44,7 +44,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -54,6 +53,7 @@ from typing import Any
 
 import pyro
 import torch
+from _common import arguments, context, load_average, set_threads
 
 import pyrocollapse.train.fitting as train_module  # fit looks _monitor up there
 from pyrocollapse.diagnostics import active_units, mutual_information
@@ -212,9 +212,7 @@ def bench(problem: tuple, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 repeats, T = 8")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser = arguments(__doc__, quick="2 repeats, T = 8")
     parser.add_argument("--repeats", type=int, default=None, help="timed epochs (default 5)")
     parser.add_argument("--steps", type=int, default=None, help="DMM length T (default 16)")
     parser.add_argument(
@@ -225,16 +223,10 @@ def main() -> None:
         help="DMM data set sizes (default 512 2048)",
     )
     args = parser.parse_args()
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    set_threads(parser, args.threads)
     repeats = args.repeats or (2 if args.quick else 5)
     t_max = args.steps or (8 if args.quick else 16)
-    print(
-        f"torch {torch.__version__}, pyro {pyro.__version__}; torch.set_num_threads("
-        f"{args.threads}) on {os.cpu_count()} CPUs; load average at start "
-        f"{os.getloadavg()[0]:.2f}; {repeats} timed epochs per problem (after one warm-up)"
-    )
+    print(f"{context()}; {repeats} timed epochs per problem (after one warm-up)")
     rows = [bench(digits_problem(), repeats)]
     rows += [bench(dmm_problem(n, t_max), repeats) for n in args.sequences]
     rows += [bench(prior_problem(name), repeats) for name in ("flow", "vamp")]
@@ -263,7 +255,7 @@ def main() -> None:
         "moves it least); monitoring subsets of "
         f"{', '.join(str(r['points']) for r in rows)} points; 'before' = one active_units "
         "and one mutual_information call per site, as the monitor did before issue #15; "
-        f"load average at end {os.getloadavg()[0]:.2f})"
+        f"load average at end {load_average()})"
     )
 
 

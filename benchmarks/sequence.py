@@ -40,9 +40,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -51,6 +49,7 @@ from typing import Any
 
 import pyro
 import torch
+from _common import arguments, context, load_average, set_threads
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -309,30 +308,22 @@ def bench_aggressive(size: Size, n: int, epochs: int, max_inner: int, window: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and epochs")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser = arguments(__doc__, quick="fewer steps and epochs")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per entry and round")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per aggressive run")
     args = parser.parse_args()
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    set_threads(parser, args.threads)
     rounds = args.rounds or (3 if args.quick else 5)
     steps = args.steps or (8 if args.quick else 20)
     epochs = args.epochs or (2 if args.quick else 3)
-    print(
-        f"torch {torch.__version__}, pyro {pyro.__version__}; torch.set_num_threads("
-        f"{args.threads}) on {os.cpu_count()} CPUs; load average at start "
-        + ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    )
+    print(context())
     for size in SIZES[:1] if args.quick else SIZES:
         bench_steps(size, rounds, steps)
     bench_aggressive(
         SIZES[0], 320 if args.quick else 640, epochs, max_inner=20 if args.quick else 50, window=5
     )
-    print("load average at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print(f"load average at end: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -42,10 +42,8 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -54,6 +52,7 @@ from typing import Any
 
 import pyro
 import torch
+from _common import arguments, context, load_average, set_threads
 from torch import nn
 
 from pyrocollapse.elbo import ELBOS, BaseELBO
@@ -324,25 +323,17 @@ def bench(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few steps, digits only")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser = arguments(__doc__, quick="few steps, digits only", threads=2)
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per entry and round")
     args = parser.parse_args()
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    set_threads(parser, args.threads)
     from sklearn.datasets import load_digits
 
     # many short rounds: load from other processes spreads evenly over the entries
     rounds = args.rounds or (6 if args.quick else 20)
     steps = args.steps or (4 if args.quick else 5)
-    print(
-        f"torch {torch.__version__}, pyro {pyro.__version__}; torch.set_num_threads("
-        f"{args.threads}) on {os.cpu_count()} CPUs; load average at start "
-        + ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    )
+    print(context())
     digits = torch.tensor(load_digits().data / 16.0, dtype=torch.float32)[:128]
     bench("digits", digits, (256, 128), 16, rounds, steps, svi_variants=not args.quick)
     if not args.quick:
@@ -357,7 +348,7 @@ def main() -> None:
             steps,
             size="large",
         )
-    print("load average at end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print(f"load average at end: {load_average()}")
 
 
 if __name__ == "__main__":

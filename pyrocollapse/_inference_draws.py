@@ -16,8 +16,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from pyrocollapse.diagnostics._tracing import _VECTORISE_ERRORS, _sample_sites
-from pyrocollapse.diagnostics._tracing import _vectorised as _vectorised_in
+from pyrocollapse.diagnostics._programs import _VECTORISE_ERRORS, _sample_sites
+from pyrocollapse.diagnostics._programs import _vectorised as _vectorised_in
 
 # ---------------------------------------------------------------------------------------
 # to_inference_data: tracing the programs
@@ -31,7 +31,7 @@ _ROWS_PER_RUN = 2**14
 
 
 def _vectorised(fn: Callable, particles: int | None, nesting: int) -> Callable:
-    """``fn`` in the plate of draws (see :func:`pyrocollapse.diagnostics._tracing._vectorised`)."""
+    """``fn`` in the plate of draws (see :func:`pyrocollapse.diagnostics._programs._vectorised`)."""
     return _vectorised_in(fn, particles, nesting, plate=_DRAWS_PLATE)
 
 

@@ -42,7 +42,7 @@ from pyrocollapse._inference_draws import (
     _unique_names,
 )
 from pyrocollapse._validation import check_bool, check_float, check_int
-from pyrocollapse.diagnostics._tracing import _VECTORISE_ERRORS, _sample_sites
+from pyrocollapse.diagnostics._programs import _VECTORISE_ERRORS, _sample_sites
 
 __all__ = ["load_inference_data", "save_inference_data", "summarize", "to_inference_data"]
 
@@ -194,7 +194,7 @@ def to_inference_data(
     cross-validation and WAIC. Statistics and Computing 27(5).
     """
     from pyrocollapse import __version__
-    from pyrocollapse.diagnostics._tracing import (
+    from pyrocollapse.diagnostics._programs import (
         _check_inputs,
         _effective_device,
         _seeded,

@@ -21,7 +21,7 @@ What the programs must look like
 * Masks (``poutine.mask``, ``.mask(m)``) leave the masked rows out of every estimator
   (the padded steps of a sequence batch). A site whose prior depends on other latents
   (``z_t | z_{t-1}``) is measured in that prior's standardised coordinates, i.e. given
-  its parents (see :class:`~pyrocollapse.diagnostics._tracing.SiteDraw`).
+  its parents (see :class:`~pyrocollapse.diagnostics._site_draws.SiteDraw`).
 * Programs run in eval mode (dropout off, BatchNorm frozen; modes restored). Programs
   with a plate of fixed size or per-point parameters are diagnosed in one chunk of the
   whole data; programs that do not broadcast over an extra draw dimension run one draw
@@ -78,9 +78,14 @@ The estimators live in submodules by topic; every public name is importable from
   :func:`psis_khat` and :func:`posterior_mean_space`.
 * :mod:`~pyrocollapse.diagnostics.probes`: :func:`decoder_sensitivity`,
   :func:`latent_traversal` and :func:`reconstruction_means`.
-* :mod:`~pyrocollapse.diagnostics._tracing` (internal): inputs, devices and seeds,
-  tracing the programs on chunks of data (:func:`latent_site_names`,
-  :func:`site_draws`, :class:`SiteDraw`), bootstrap resampling.
+* Internal: :mod:`~pyrocollapse.diagnostics._programs` (inputs, devices and seeds,
+  tracing the programs on chunks of data), :mod:`~pyrocollapse.diagnostics._site_draws`
+  (per-point site densities, :func:`latent_site_names`, :func:`site_draws`,
+  :class:`SiteDraw`), :mod:`~pyrocollapse.diagnostics._bootstrap` (bootstrap
+  resampling), :mod:`~pyrocollapse.diagnostics._constants` (block sizes and
+  tolerances), :mod:`~pyrocollapse.diagnostics._aggregate_posterior` and
+  :mod:`~pyrocollapse.diagnostics._mi_totals` (behind
+  :mod:`~pyrocollapse.diagnostics.aggregate`).
 
 :func:`diagnose`, which runs them all from one pass over the data, is defined here.
 """
@@ -95,11 +100,9 @@ from typing import Any
 import torch
 
 from pyrocollapse._validation import check_choice, check_float, check_int
-from pyrocollapse.diagnostics._tracing import (
-    _MEAN_SPACE_POINTS,
-    SiteDraw,
-    SiteSkipped,
-    _check_bootstrap,
+from pyrocollapse.diagnostics._bootstrap import _check_bootstrap
+from pyrocollapse.diagnostics._constants import _MEAN_SPACE_POINTS
+from pyrocollapse.diagnostics._programs import (
     _check_inputs,
     _chunks,
     _effective_device,
@@ -112,13 +115,16 @@ from pyrocollapse.diagnostics._tracing import (
     _run,
     _seeded,
     _setup_device,
+    eval_mode,
+)
+from pyrocollapse.diagnostics._site_draws import (
+    SiteDraw,
+    SiteSkipped,
     _site_draw,
     _site_log_prob,
-    eval_mode,
     latent_site_names,
     site_draws,
 )
-from pyrocollapse.diagnostics._tracing import _log_prob as _log_prob  # used by the tests
 from pyrocollapse.diagnostics.activity import ActiveUnits, _au_from_draws, active_units
 from pyrocollapse.diagnostics.aggregate import (
     MutualInformation,

@@ -105,7 +105,7 @@ def posterior_mean_codes(
         If the site yields a number of rows other than ``N`` (rows masked out, e.g. the
         padded steps of a sequence), so the codes cannot be matched with the factors.
     """
-    from pyrocollapse.diagnostics._tracing import site_draws
+    from pyrocollapse.diagnostics._site_draws import site_draws
     from pyrocollapse.diagnostics.activity import _posterior_mean
 
     num_samples = check_int("num_samples", num_samples, minimum=1)

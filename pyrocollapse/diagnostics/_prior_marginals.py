@@ -14,8 +14,9 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.kl import kl_divergence
 
+from pyrocollapse.diagnostics._constants import _LOG_2PI
 from pyrocollapse.diagnostics._marginals import _exact_marginal_log_prob
-from pyrocollapse.diagnostics._tracing import _LOG_2PI, SiteDraw, _varies_over_points
+from pyrocollapse.diagnostics._site_draws import SiteDraw, _varies_over_points
 
 
 class _PriorMarginals:

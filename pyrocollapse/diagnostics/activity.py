@@ -11,14 +11,9 @@ import pyro.distributions as dist
 import torch
 
 from pyrocollapse._validation import check_float, check_int
-from pyrocollapse.diagnostics._tracing import (
-    SiteDraw,
-    _bootstrap_counts,
-    _check_bootstrap,
-    _interval,
-    _numpy,
-    site_draws,
-)
+from pyrocollapse.diagnostics._bootstrap import _bootstrap_counts, _check_bootstrap, _interval
+from pyrocollapse.diagnostics._programs import _numpy
+from pyrocollapse.diagnostics._site_draws import SiteDraw, site_draws
 
 
 # --------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from pyrocollapse._records import (
     CauseAnalysis,
     Remedy,
 )
-from pyrocollapse.diagnostics._tracing import (
+from pyrocollapse.diagnostics._programs import (
     _check_inputs,
     _chunks,
     _numpy,
@@ -77,8 +77,8 @@ from pyrocollapse.diagnostics._tracing import (
     _seeded,
     _setup_device,
     eval_mode,
-    site_draws,
 )
+from pyrocollapse.diagnostics._site_draws import site_draws
 
 __all__ = ["CAUSES", "EVIDENCE_FLOOR", "Cause", "CauseAnalysis", "Remedy", "explain_collapse"]
 
@@ -184,7 +184,7 @@ def _posterior_lag(
     mean_space: Any,
 ) -> dict[str, Any]:
     """(Var_x E_p[z_d|x] - Var_x E_q[z_d|x]) / Var(z_d) for the dimensions ``dims``."""
-    from pyrocollapse.diagnostics._tracing import _layout
+    from pyrocollapse.diagnostics._programs import _layout
     from pyrocollapse.diagnostics.importance import _importance_pass
 
     if mean_space is None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pyrocollapse._validation import check_int
+from pyrocollapse.diagnostics._constants import _DENSITY_GRID, _DENSITY_POINTS
 
 # The univariate marginals and the prior marginals live in their own modules; the names
 # are imported from this one, as before.
@@ -29,14 +30,8 @@ from pyrocollapse.diagnostics._marginals import marginal_log_prob as marginal_lo
 from pyrocollapse.diagnostics._prior_marginals import _joint_kl as _joint_kl
 from pyrocollapse.diagnostics._prior_marginals import _PriorMarginals as _PriorMarginals
 from pyrocollapse.diagnostics._prior_marginals import prior_marginals_of as prior_marginals_of
-from pyrocollapse.diagnostics._tracing import (
-    _DENSITY_GRID,
-    _DENSITY_POINTS,
-    SiteDraw,
-    _check_inputs,
-    _numpy,
-    site_draws,
-)
+from pyrocollapse.diagnostics._programs import _check_inputs, _numpy
+from pyrocollapse.diagnostics._site_draws import SiteDraw, site_draws
 
 
 # --------------------------------------------------------------------------------------

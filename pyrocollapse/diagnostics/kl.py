@@ -12,7 +12,8 @@ import torch
 from pyro.distributions.kl import kl_divergence
 
 from pyrocollapse._validation import check_int
-from pyrocollapse.diagnostics._tracing import SiteDraw, _numpy, site_draws
+from pyrocollapse.diagnostics._programs import _numpy
+from pyrocollapse.diagnostics._site_draws import SiteDraw, site_draws
 from pyrocollapse.diagnostics.densities import (
     _factorised,
     _joint_kl,

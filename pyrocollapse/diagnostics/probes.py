@@ -21,7 +21,7 @@ from pyrocollapse._validation import (
     check_int,
     program_dtype,
 )
-from pyrocollapse.diagnostics._tracing import (
+from pyrocollapse.diagnostics._programs import (
     _as_args,
     _check_inputs,
     _chunks,
@@ -29,15 +29,14 @@ from pyrocollapse.diagnostics._tracing import (
     _layout,
     _numpy,
     _observed_names,
-    _per_point,
     _probe,
     _run,
     _sample_sites,
     _setup_device,
-    _site_log_prob,
     _vectorised,
     eval_mode,
 )
+from pyrocollapse.diagnostics._site_draws import _per_point, _site_log_prob
 from pyrocollapse.diagnostics.activity import _posterior_mean
 from pyrocollapse.diagnostics.importance import _importance_setup
 from pyrocollapse.program_data import ProgramArgs, ProgramData, as_program_data

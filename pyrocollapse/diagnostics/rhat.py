@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from pyrocollapse._validation import check_int
-from pyrocollapse.diagnostics._tracing import SiteDraw, _numpy, site_draws
+from pyrocollapse.diagnostics._programs import _numpy
+from pyrocollapse.diagnostics._site_draws import SiteDraw, site_draws
 
 
 # --------------------------------------------------------------------------------------

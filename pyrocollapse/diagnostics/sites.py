@@ -36,7 +36,8 @@ from pyrocollapse._distributions import strip_mask
 from pyrocollapse._records import CONTRACTION_THRESHOLD as CONTRACTION_THRESHOLD
 from pyrocollapse._records import GlobalSite
 from pyrocollapse.diagnostics._plates import data_plate_name
-from pyrocollapse.diagnostics._tracing import _numpy, _row_mask, _run, eval_mode
+from pyrocollapse.diagnostics._programs import _numpy, _run, eval_mode
+from pyrocollapse.diagnostics._site_draws import _row_mask
 
 __all__ = ["DiscreteSite", "GlobalSite", "data_plate_name", "site_kinds"]
 

@@ -159,7 +159,7 @@ def _rebuild(recipe: dict[str, Any]) -> tuple[nn.Module, ELBO]:
 
 def _rebuild_objective(recipe: dict[str, Any]) -> ELBO:
     from pyrocollapse.elbo import ELBOS
-    from pyrocollapse.experiment import _schedule_argument
+    from pyrocollapse.experiment.config import _schedule_argument
     from pyrocollapse.schedules import Schedule
 
     config = recipe["config"]

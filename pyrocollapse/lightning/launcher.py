@@ -336,7 +336,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = from_args(args)
     if args.config is not None:
-        from pyrocollapse.cli import _merge_config, _read_config
+        from pyrocollapse.cli.config import _merge_config, _read_config
 
         defaults = from_args(_build_parser().parse_args([]))
         config = _merge_config(_read_config(args.config), config, defaults)

@@ -50,8 +50,7 @@ def _monitor(
     agrees with the estimator's float32 pass to about 1e-6 nats.
     """
     from pyrocollapse.diagnostics import _sweep
-    from pyrocollapse.diagnostics.activity import _active_count, _au_from_draws
-    from pyrocollapse.diagnostics.aggregate import (
+    from pyrocollapse.diagnostics._mi_totals import (
         _batchable,
         _mi_total,
         _mi_total_draws,
@@ -59,6 +58,7 @@ def _monitor(
         _normal_chunks,
         _TotalDraws,
     )
+    from pyrocollapse.diagnostics.activity import _active_count, _au_from_draws
     from pyrocollapse.diagnostics.sites import discrete_summary
 
     strict = monitor is not None and monitor != "default"

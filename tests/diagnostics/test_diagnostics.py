@@ -625,7 +625,7 @@ def kl_divergence_normal(loc_q, scale_q, loc_p, scale_p):
     [((16, 8, 50), (8, 50), 1), ((4, 3, 1, 6, 6), (3, 1, 6, 6), 3), ((3, 5, 10), (10,), 1)],
 )
 def test_fused_bernoulli_log_prob_equals_torchs(logits_shape, value_shape, event_dims):
-    from pyrocollapse.diagnostics import _log_prob
+    from pyrocollapse.diagnostics._site_draws import _log_prob
 
     g = torch.Generator().manual_seed(0)
     logits = 6 * torch.randn(logits_shape, generator=g, dtype=torch.float64)

@@ -118,7 +118,7 @@ def test_run_on_shapes_reports_disentanglement_in_text_and_metrics_json(tmp_path
 
 
 def test_without_factors_the_reason_is_said_only_when_asked_for():
-    from pyrocollapse.experiment import _add_disentanglement
+    from pyrocollapse.experiment.running import _add_disentanglement
 
     report = CollapseReport(sites={}, elbo={"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0},
                             num_points=3)  # fmt: skip

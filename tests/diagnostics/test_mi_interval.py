@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pyrocollapse.diagnostics import mutual_information
-from pyrocollapse.diagnostics.aggregate import MutualInformation, _AggregatePosterior
+from pyrocollapse.diagnostics._aggregate_posterior import _AggregatePosterior
+from pyrocollapse.diagnostics.aggregate import MutualInformation
 
 A = torch.tensor([[1.0, 0.4], [-0.3, 0.8]])
 

@@ -17,7 +17,7 @@ from pyro.nn import DenseNN
 from torch.distributions import constraints
 
 from pyrocollapse.diagnostics import kl_per_dimension
-from pyrocollapse.diagnostics._tracing import SiteDraw
+from pyrocollapse.diagnostics._site_draws import SiteDraw
 from pyrocollapse.diagnostics.densities import (
     _densities_from_draw,
     _elementwise_steps,

@@ -319,7 +319,7 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(
 ):
     import re
 
-    from pyrocollapse.experiment import _available_memory
+    from pyrocollapse.experiment.memory import _available_memory
 
     if (_available_memory() or 0) > 2**40:
         pytest.skip("this machine has more than 1 TiB of memory")

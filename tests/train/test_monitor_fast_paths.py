@@ -8,15 +8,15 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrocollapse.diagnostics._tracing import SiteDraw, _shared_over_points, _varies_over_points
-from pyrocollapse.diagnostics.aggregate import (
+from pyrocollapse.diagnostics._mi_totals import (
     _batchable,
-    _mi_from_draws,
     _mi_total,
     _mi_total_draws,
     _mi_total_from_draws,
     _mi_totals,
 )
+from pyrocollapse.diagnostics._site_draws import SiteDraw, _shared_over_points, _varies_over_points
+from pyrocollapse.diagnostics.aggregate import _mi_from_draws
 from pyrocollapse.models import SequenceVAE
 
 
@@ -134,7 +134,7 @@ def test_monitor_of_a_flow_prior_model_is_the_estimators():
     # per-dimension marginals (which mutual_information estimates from draws of its own,
     # before it draws z)
     from pyrocollapse.diagnostics import active_units
-    from pyrocollapse.diagnostics._tracing import site_draws
+    from pyrocollapse.diagnostics._site_draws import site_draws
     from pyrocollapse.models import MLPVAE
     from pyrocollapse.priors import FlowPrior
     from pyrocollapse.program_data import as_program_data
