@@ -140,15 +140,17 @@ def _richer_prior_gain(
     from sklearn.mixture import GaussianMixture
 
     zs, lps = [], []
-    for d in site_draws(model, guide, x, site, batch_size, device=device):
-        if d.conditional and not d.innovation:
-            raise NotImplementedError(
-                f"site {site!r} has a conditional prior that is not a diagonal Normal, so a "
-                "prior fitted to q(z) is not comparable with it"
-            )
-        z = d.q.sample((4,))  # (4, B, D)
-        zs.append(z.reshape(-1, z.shape[-1]))
-        lps.append(d.p.log_prob(z).expand(z.shape[:-1]).reshape(-1))
+    # no_grad: a learnable prior's (or guide's) parameters would make log p(z) require grad
+    with torch.no_grad():
+        for d in site_draws(model, guide, x, site, batch_size, device=device):
+            if d.conditional and not d.innovation:
+                raise NotImplementedError(
+                    f"site {site!r} has a conditional prior that is not a diagonal Normal, so "
+                    "a prior fitted to q(z) is not comparable with it"
+                )
+            z = d.q.sample((4,))  # (4, B, D)
+            zs.append(z.reshape(-1, z.shape[-1]))
+            lps.append(d.p.log_prob(z).expand(z.shape[:-1]).reshape(-1))
     z = torch.cat(zs).double().cpu().numpy()
     lp = torch.cat(lps).double().cpu().numpy()
     n = len(z)

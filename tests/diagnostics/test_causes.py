@@ -146,6 +146,28 @@ def test_clustered_aggregate_under_a_normal_prior_is_prior_mismatch():
     assert grid["priors"][0] == "standard" and "mixture" in grid["priors"]
 
 
+def test_richer_prior_gain_is_measured_under_a_learnable_prior():
+    """A prior with learnable parameters (``pyro.param``, so ``p.log_prob`` requires grad)
+    gives the same gains as the same prior with constants."""
+    model, guide = _clustered_programs()
+
+    def learnable_model(x):
+        loc = pyro.param("prior_loc", torch.zeros(2))  # requires grad, value 0
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+            pyro.sample("obs", dist.Normal(z[..., :1], 1.0).to_event(1), obs=x)
+
+    x = torch.randn(N, 1, generator=_gen(3))
+    report = _report(model, guide, x)
+    fixed = explain_collapse(model, guide, x, report, seed=1)
+    learnable = explain_collapse(learnable_model, guide, x, report, seed=1)
+    assert not any("richer-prior" in k for k in learnable.unavailable), learnable.unavailable
+    for name in ("gaussian_prior_gain/z", "mixture_prior_gain/z"):
+        got = next(c for c in learnable.causes if c.name == PRIOR).measurements[name]
+        want = next(c for c in fixed.causes if c.name == PRIOR).measurements[name]
+        assert got == pytest.approx(want, abs=1e-9)
+
+
 def test_a_healthy_report_has_nothing_to_explain():
     def model(x):
         with pyro.plate("data", x.shape[0]):
