@@ -45,7 +45,7 @@ class VAE(PyroModule, Saveable):
     :meth:`decode` (accepting leading batch dimensions of z, as vectorised particles of
     ``IWAEELBO`` add one), :meth:`check_input` and :meth:`from_dataset`, register the
     class in :data:`MODELS`, write in the docstring when it tends to collapse and why,
-    and add one entry to the contract suite in ``tests/models/test_models.py``. Saving comes
+    and add one entry to ``CASES`` in ``tests/model_cases.py`` (the contract suite). Saving comes
     for free: the base records the constructor arguments of every subclass, so
     :meth:`save` and :meth:`load` work unchanged (constructor arguments should be JSON
     values: numbers, strings, tuples, lists, dicts, or the prior).

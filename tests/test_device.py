@@ -27,9 +27,9 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from model_cases import CASE_IDS, CASES, INCOMPATIBLE
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from test_models import CASE_IDS, CASES, INCOMPATIBLE
 from torch.overrides import TorchFunctionMode
 
 import pyrocollapse

@@ -9,10 +9,14 @@
 * Test files have unique base names: pytest's default ("prepend") import mode imports
   ``tests/<name>/test_x.py`` as the top-level module ``test_x``, so two files of one name
   in different folders would collide at collection.
+* A test file imports another test file only from its own folder (that folder is on
+  ``sys.path`` when it runs); what several folders share lives in a support module at the
+  top of ``tests/`` (``linear_gaussian.py``, ``model_cases.py``) or in ``tests/gallery/``.
 """
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from pathlib import Path
 
@@ -85,3 +89,21 @@ def test_test_files_have_unique_names() -> None:
     assert not [name for name, n in counts.items() if n > 1]
     # and no test folder is a package, which would change how pytest imports its files
     assert not [p for p in TESTS.rglob("__init__.py") if p.parent.name not in SUPPORT_FOLDERS]
+
+
+def test_test_files_import_test_files_only_from_their_own_folder() -> None:
+    wrong = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            for name in names:
+                top = name.split(".")[0]
+                if top.startswith("test_") and not (path.parent / f"{top}.py").is_file():
+                    wrong.append(f"{path.relative_to(ROOT)} imports {top}")
+    assert not wrong, f"move what is shared into a support module of tests/: {wrong}"

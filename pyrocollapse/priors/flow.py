@@ -73,6 +73,31 @@ def _without_cache_(t: Transform) -> Transform:
     return t
 
 
+class _FlowDistribution(dist.TransformedDistribution):
+    """The flow prior's distribution: a :class:`~pyro.distributions.TransformedDistribution`
+    whose :meth:`log_prob` runs every layer's inverse once.
+
+    The flow's layers keep their (input, output) cache off (:func:`_without_cache_`).
+    Without a cache, Pyro's layers compute ``log_abs_det_jacobian(x, y)`` by running the
+    layer forward again after the inverse, so scoring cost two passes per layer. Here each
+    layer's cache is switched on for the duration of one ``log_prob`` call only: the
+    inverse caches its (x, y) pair, the Jacobian term of that very pair reads what the
+    inverse computed (Pyro's own cached path, keyed on the identity of x and y), and the
+    cache is emptied and switched off again before the call returns, so no later call can
+    see values computed with older parameters.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        layers = [t for t in self.transforms if isinstance(t, nn.Module)]
+        for t in layers:
+            t._cache_size, t._cached_x_y = 1, (None, None)
+        try:
+            return super().log_prob(value)
+        finally:
+            for t in layers:
+                _without_cache_(t)
+
+
 #: Name -> Pyro transform family accepted by ``FlowPrior(transforms=NAME)``.
 FLOW_TRANSFORMS: dict[str, _FlowFamily] = {
     "spline": _FlowFamily(T.spline, min_dim=1, networked=False, splines=True),
@@ -127,7 +152,9 @@ class FlowPrior(Prior):
 
     The transform modules' caches are switched off (also for your own transforms): with a
     cache, scoring a tensor the flow produced or scored before reuses the stale inverse
-    computed with older parameters. Every ``log_prob`` therefore runs the inverse.
+    computed with older parameters. Every ``log_prob`` therefore runs the inverse, once
+    per layer: within one call the cache is on, so each layer's Jacobian term comes from
+    its inverse pass instead of a second, forward pass.
 
     Densities are evaluated with the inverse flow (``log_prob`` of guide draws in an
     ELBO), which is cheap for coupling and elementwise layers and takes ``latent_dim``
@@ -268,7 +295,7 @@ class FlowPrior(Prior):
             else:
                 chain.append(item)
         base = dist.Normal(self._loc, self._scale).to_event(1)
-        return dist.TransformedDistribution(base, chain)
+        return _FlowDistribution(base, chain)
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, transforms={self.family!r}"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
+from pyro.nn import ConditionalAutoRegressiveNN, ConditionalDenseNN
 
 from pyrocollapse.elbo import PlainELBO
 from pyrocollapse.models import MLPVAE
@@ -357,6 +358,65 @@ def test_every_flow_family_builds_and_evaluates(family):
     assert z.shape == (5, d)
     assert prior.log_prob(z.reshape(5, 1, d)).shape == (5, 1)
     assert prior.family == family
+
+
+def _two_pass_log_prob(prior: FlowPrior, z: torch.Tensor) -> torch.Tensor:
+    """Pyro's plain TransformedDistribution on the same layers, caches off: each layer's
+    Jacobian term comes from a second, forward pass."""
+    d = prior.distribution()
+    return dist.TransformedDistribution(d.base_dist, d.transforms).log_prob(z)
+
+
+def _count_network_calls(prior: FlowPrior) -> list[int]:
+    calls = [0]
+    for m in prior.modules():
+        if isinstance(m, (ConditionalDenseNN, ConditionalAutoRegressiveNN)):
+            m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("family", sorted(FLOW_TRANSFORMS))
+def test_flow_log_prob_is_the_two_pass_density_in_one_pass(family):
+    d = 1 if family == "spline" else 4
+    prior = FlowPrior(d, family, num_transforms=2)
+    z = torch.randn(32, d, generator=torch.Generator().manual_seed(1)) * 1.5
+    one, two = prior.log_prob(z), _two_pass_log_prob(prior, z)
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
+    params = list(prior.parameters())
+    g_one = torch.autograd.grad(one.sum(), params)
+    g_two = torch.autograd.grad(two.sum(), params)
+    for a, b in zip(g_one, g_two, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # each layer's network runs once per score: a coupling layer's once, an autoregressive
+    # layer's d times (its inverse is sequential); the two-pass path adds one forward each
+    calls = _count_network_calls(prior)
+    prior.log_prob(z)
+    layer_passes = {"spline": 0, "spline_coupling": 1, "affine_coupling": 1}.get(family, d)
+    assert calls[0] == 2 * layer_passes
+    calls[0] = 0
+    _two_pass_log_prob(prior, z)
+    assert calls[0] == 2 * layer_passes + (0 if family == "spline" else 2)
+
+
+def test_flow_scores_the_same_tensor_afresh_after_an_update():
+    """The single pass caches within one call only: after a parameter update, scoring the
+    very same tensor again gives the new density, and no layer keeps a cache."""
+    prior = FlowPrior(3, "spline_coupling")
+    z = torch.randn(16, 3, generator=torch.Generator().manual_seed(2))
+    before = prior.log_prob(z).detach()
+    opt = torch.optim.SGD(prior.parameters(), lr=0.5)
+    (-prior.log_prob(z).sum()).backward()
+    opt.step()
+    after = prior.log_prob(z)
+    assert (after.detach() - before).abs().max() > 1e-3
+    fresh = FlowPrior(3, "spline_coupling")  # same parameters, never scored z before
+    fresh.load_state_dict(prior.state_dict())
+    torch.testing.assert_close(after, fresh.log_prob(z))
+    for t in prior.flows:
+        assert t._cache_size == 0 and t._cached_x_y == (None, None)
+    with pytest.raises(ValueError):  # a failing call switches the caches off too
+        prior.distribution().log_prob(torch.full((2, 3), float("nan")))
+    assert all(t._cache_size == 0 for t in prior.flows)
 
 
 # --------------------------------------------------------------------------------------
