@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "ADJUSTMENTS",
     "CONFIDENCE",
     "DISENTANGLEMENT_METRICS",
     "METRICS",
@@ -51,6 +52,21 @@ VARIANT = "variant"
 
 #: Coverage of the Student-t intervals of the paired differences (and of the ranking's test).
 CONFIDENCE = 0.95
+
+#: Multiple-comparison adjustments of :func:`summarize_runs`: ``"none"`` (each interval
+#: and each pairwise test at :data:`CONFIDENCE` on its own) or ``"bonferroni"`` (the
+#: intervals against the baseline hold jointly at :data:`CONFIDENCE` over the grid's
+#: ``k - 1`` comparisons with it, each at ``1 - (1 - CONFIDENCE) / (k - 1)``; the ranking's
+#: pairwise tests jointly over its ``k (k - 1) / 2`` pairs of ranked cells).
+ADJUSTMENTS = ("none", "bonferroni")
+
+
+def _adjusted_level(comparisons: int, adjust: str) -> float:
+    """Per-interval coverage that makes ``comparisons`` intervals hold jointly at
+    :data:`CONFIDENCE` (Bonferroni), or :data:`CONFIDENCE` itself without adjustment."""
+    if adjust == "none" or comparisons <= 1:
+        return CONFIDENCE
+    return 1.0 - (1.0 - CONFIDENCE) / comparisons
 
 #: How the table is ranked. A cell *beats* another when their paired per-seed difference
 #: of held-out IW log-likelihood (over the seeds both finished) has a 95 % Student-t
@@ -109,9 +125,9 @@ def _per_seed(ok: Any, metric: str) -> Any:
     return values[np.isfinite(values.to_numpy(dtype=float))].astype(float)
 
 
-def _paired(a: Any, b: Any) -> tuple[float, float, float, int]:
+def _paired(a: Any, b: Any, level: float = CONFIDENCE) -> tuple[float, float, float, int]:
     """``(mean, lo, hi, n)`` of the per-seed differences ``a - b`` over the seeds both hold:
-    the mean and its Student-t interval at :data:`CONFIDENCE` with ``n - 1`` degrees of
+    the mean and its Student-t interval at coverage ``level`` with ``n - 1`` degrees of
     freedom (``lo``, ``hi`` NaN with fewer than 2 seeds; all NaN with none)."""
     d = (a - b).dropna()
     n = len(d)
@@ -122,11 +138,13 @@ def _paired(a: Any, b: Any) -> tuple[float, float, float, int]:
         return mean, math.nan, math.nan, n
     from scipy.stats import t
 
-    half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
     return mean, mean - half, mean + half, n
 
 
-def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) -> Any:
+def summarize_runs(
+    table: Any, baseline: str | tuple[str, str] | None = None, *, adjust: str = "none"
+) -> Any:
     """Summarise a grid's runs per (prior, objective), or per (prior, objective, variant)
     when the table has a ``variant`` column, with paired differences against a baseline
     cell, ranked by :data:`RANKING`.
@@ -141,6 +159,14 @@ def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) ->
         ``(prior, objective)`` (``"PRIOR:OBJECTIVE:VARIANT"`` or a triple with a
         ``variant`` column); ``None``: the table's first cell (a grid's first prior with
         its first objective).
+    adjust : {"none", "bonferroni"}
+        Multiple-comparison adjustment (:data:`ADJUSTMENTS`). ``"none"``: every interval
+        and every pairwise test of the ranking at :data:`CONFIDENCE` on its own (with
+        many cells some will exclude 0 by chance). ``"bonferroni"``: the intervals
+        against the baseline hold jointly over the ``k - 1`` other cells, and the
+        ranking's tests jointly over all pairs of ranked cells (each test at
+        ``1 - (1 - CONFIDENCE) / m`` for ``m`` comparisons), so a rank or an interval
+        that excludes 0 holds for the grid as a whole.
 
     Returns
     -------
@@ -154,12 +180,15 @@ def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) ->
         * ``<metric>_diff``: the mean over those seeds of ``cell - baseline`` (same seed,
           so the same train/held-out split), for every metric in :data:`PAIRED_METRICS`,
           and ``<metric>_diff_lo``, ``<metric>_diff_hi``: its Student-t interval at
-          :data:`CONFIDENCE` (``n_paired - 1`` degrees of freedom; NaN with fewer than 2
+          ``interval_level`` (``n_paired - 1`` degrees of freedom; NaN with fewer than 2
           paired seeds). Seeds where either value is not finite are left out;
+        * ``adjust``, ``interval_level`` and ``rank_level``: the adjustment, and the
+          coverage of each interval against the baseline and of each pairwise test of the
+          ranking (:data:`CONFIDENCE` without adjustment), the same on every row;
         * ``baseline``: True on the baseline's row;
         * ``rank`` (nullable int): 1 + the number of cells that beat this one, where a
-          cell beats another when the interval of their paired difference of held-out IW
-          log-likelihood lies above 0; ``<NA>`` for a cell with no finite IW
+          cell beats another when the interval (at ``rank_level``) of their paired
+          difference of held-out IW log-likelihood lies above 0; ``<NA>`` for a cell with no finite IW
           log-likelihood (no finished run), which is listed last;
         * ``tied``: another cell has the same rank.
 
@@ -168,14 +197,15 @@ def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) ->
     Raises
     ------
     ValueError
-        If a column is missing, or ``baseline`` is not a cell of the table (naming the
-        accepted cells).
+        If a column is missing, ``baseline`` is not a cell of the table (naming the
+        accepted cells), or ``adjust`` is not one of :data:`ADJUSTMENTS`.
     """
     import numpy as np
     import pandas as pd
 
-    from pyrocollapse._validation import check_columns
+    from pyrocollapse._validation import check_choice, check_columns
 
+    adjust = check_choice("adjust", adjust, ADJUSTMENTS)
     check_columns("table", table, ["prior", "objective", "seed", "status"])
 
     keys = ["prior", "objective"] + ([VARIANT] if VARIANT in table else [])
@@ -188,6 +218,11 @@ def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) ->
     base_ok = finished[base_key]
     base_values = {m: _per_seed(base_ok, m) for m in PAIRED_METRICS}
     base_seeds = set(base_ok["seed"])
+    interval_level = _adjusted_level(len(groups) - 1, adjust)
+    # the ranking's pairs: every two cells with a finite IW log-likelihood
+    ll = {key: _per_seed(finished[key], "iw_log_likelihood") for key, _ in groups}
+    ranked = [key for key in ll if len(ll[key])]
+    rank_level = _adjusted_level(len(ranked) * (len(ranked) - 1) // 2, adjust)
 
     out = []
     for key, g in groups:
@@ -209,18 +244,17 @@ def summarize_runs(table: Any, baseline: str | tuple[str, str] | None = None) ->
         row["baseline"] = key == base_key
         row["n_paired"] = len(base_seeds & set(ok["seed"]))
         for m in PAIRED_METRICS:
-            diff, lo, hi, _ = _paired(_per_seed(ok, m), base_values[m])
+            diff, lo, hi, _ = _paired(_per_seed(ok, m), base_values[m], interval_level)
             row[f"{m}_diff"], row[f"{m}_diff_lo"], row[f"{m}_diff_hi"] = diff, lo, hi
+        row["adjust"], row["interval_level"], row["rank_level"] = adjust, interval_level, rank_level
         out.append(row)
     summary = pd.DataFrame(out)
 
     # rank: 1 + the number of cells that beat a cell on paired per-seed differences
-    ll = {key: _per_seed(finished[key], "iw_log_likelihood") for key, _ in groups}
-    ranked = [key for key in ll if len(ll[key])]
     beaten = {key: 0 for key in ranked}
     for key in ranked:
         for other in ranked:
-            if other != key and _paired(ll[other], ll[key])[1] > 0:
+            if other != key and _paired(ll[other], ll[key], rank_level)[1] > 0:
                 beaten[key] += 1
     ranks = [beaten.get(key) for key, _ in groups]
     summary["rank"] = pd.array([None if r is None else r + 1 for r in ranks], dtype="Int64")
@@ -297,12 +331,12 @@ def format_summary(summary: Any) -> str:
     base_name = " + ".join(str(base[c].iloc[0]) for c in name_cols) if len(base) else "(none)"
     import textwrap
 
-    pct = f"{CONFIDENCE:.0%}"
+    adjusted, interval_text, rank_text = _adjustment_texts(summary)
     lines = [
-        *textwrap.wrap(f"ranked by {RANKING}", width=100, subsequent_indent="  "),
+        *textwrap.wrap(f"ranked by {RANKING}{rank_text}", width=100, subsequent_indent="  "),
         *textwrap.wrap(
             f"baseline: {base_name}; Δ = cell - baseline, the mean of the per-seed differences "
-            f"(same seed, same train/held-out split) [{pct} t-interval]",
+            f"(same seed, same train/held-out split) [{interval_text}]",
             width=100,
             subsequent_indent="  ",
         ),
@@ -376,4 +410,46 @@ def format_summary(summary: Any) -> str:
             width=100,
             subsequent_indent="  ",
         )
+    elif not adjusted and n_ranked >= 3:
+        pairs = n_ranked * (n_ranked - 1) // 2
+        lines += textwrap.wrap(
+            f"note: each interval and each of the ranking's {pairs} pairwise tests holds at "
+            f"{CONFIDENCE:.0%} on its own, so over the grid some may exclude 0 by chance; "
+            "--adjust bonferroni (adjust='bonferroni') makes them hold jointly",
+            width=100,
+            subsequent_indent="  ",
+        )
     return "\n".join(lines)
+
+
+def _adjustment_texts(summary: Any) -> tuple[bool, str, str]:
+    """``(adjusted, interval text, ranking suffix)`` from a summary's ``adjust``,
+    ``interval_level`` and ``rank_level`` columns (a summary written before they existed
+    reads as unadjusted)."""
+    first = summary.iloc[0] if len(summary) else {}
+    adjust = str(first.get("adjust", "none")) if len(summary) else "none"
+    if adjust != "bonferroni":
+        return False, f"{CONFIDENCE:.0%} t-interval", ""
+    level = float(first["interval_level"])
+    rank_level = float(first["rank_level"])
+    others = len(summary) - 1
+    n_ranked = int(summary["rank"].notna().sum())
+    pairs = n_ranked * (n_ranked - 1) // 2
+    interval = (
+        f"{_pct(level)} t-intervals: Bonferroni, jointly {CONFIDENCE:.0%} over the "
+        f"{others} comparison{'' if others == 1 else 's'} with the baseline"
+    )
+    rank = (
+        f"; Bonferroni-adjusted: each pairwise test at {_pct(rank_level)}, jointly "
+        f"{CONFIDENCE:.0%} over {pairs} pair{'' if pairs == 1 else 's'}"
+    )
+    return True, interval, rank
+
+
+def _pct(level: float) -> str:
+    """A coverage as a percentage with the digits it needs: 95%, 98.75%, 99.667%."""
+    for digits in range(4):
+        text = f"{100 * level:.{digits}f}"
+        if abs(float(text) - 100 * level) < 1e-9 or digits == 3:
+            return f"{text}%"
+    return f"{100 * level}%"

@@ -62,10 +62,11 @@ from pyrocollapse._run_summary import (
     format_summary,
     summarize_runs,
 )
-from pyrocollapse._validation import check_int
+from pyrocollapse._validation import check_choice, check_int
 from pyrocollapse.experiment import RunConfig
 
 __all__ = [
+    "ADJUSTMENTS",
     "CONFIDENCE",
     "DISENTANGLEMENT_METRICS",
     "METRICS",
@@ -92,6 +93,11 @@ PAIRED_METRICS = _run_summary.PAIRED_METRICS
 
 #: Coverage of the Student-t intervals of the paired differences (and of the ranking's test).
 CONFIDENCE = _run_summary.CONFIDENCE
+
+#: Multiple-comparison adjustments (``compare(adjust=...)``, ``--adjust``): ``"none"``
+#: (each interval and pairwise test at :data:`CONFIDENCE` on its own) or ``"bonferroni"``
+#: (they hold jointly at :data:`CONFIDENCE` over the grid).
+ADJUSTMENTS = _run_summary.ADJUSTMENTS
 
 #: How the table is ranked. A cell *beats* another when their paired per-seed difference
 #: of held-out IW log-likelihood (over the seeds both finished) has a 95 % Student-t
@@ -341,6 +347,7 @@ def compare(
     baseline: str | tuple[str, ...] | None = None,
     variants: Sequence[str] | None = None,
     variant_options: dict[str, dict[str, Any]] | None = None,
+    adjust: str = "none",
 ) -> Any:
     """Train every prior x objective (x model variant) x seed combination and compare them.
 
@@ -389,6 +396,9 @@ def compare(
         ``skip``, ``posterior``, ``posterior_options`` and ``refine_steps``); a variant
         without an entry uses ``base.model_options`` unchanged. Every key must be one of
         ``variants``; needs ``variants``.
+    adjust : {"none", "bonferroni"}
+        Multiple-comparison adjustment of the intervals and the ranking
+        (:data:`ADJUSTMENTS`, see :func:`summarize_runs`).
 
     Returns
     -------
@@ -397,7 +407,8 @@ def compare(
         and ``<metric>_std`` over the seeds that finished for every metric in
         :data:`METRICS`, ``n_ok``, ``n_failed``, the first ``error``, the paired
         differences against the baseline (``<metric>_diff``, ``_diff_lo``, ``_diff_hi``,
-        ``n_paired``), ``baseline``, ``rank`` and ``tied``; ranked by :data:`RANKING`.
+        ``n_paired``), ``adjust``, ``interval_level``, ``rank_level``, ``baseline``,
+        ``rank`` and ``tied``; ranked by :data:`RANKING`.
         ``runs.csv`` has one row per run with
         its ``status`` (``ok``/``failed``), ``error``, ``resumed`` (read back from an earlier
         grid) and ``redone`` (why an existing run folder was trained again, else empty).
@@ -413,6 +424,7 @@ def compare(
     """
     if base is not None and not isinstance(base, RunConfig):
         raise TypeError(f"base must be a RunConfig or None, got {type(base).__name__}")
+    adjust = check_choice("adjust", adjust, ADJUSTMENTS)
     base = RunConfig() if base is None else base
     if isinstance(priors, str) or isinstance(elbos, str):
         raise TypeError("priors and elbos must be sequences of names, e.g. ['standard', 'mixture']")
@@ -491,6 +503,7 @@ def compare(
             baseline=baseline_cell,
             variants=variant_list,
             variant_options=variant_options,
+            adjust=adjust,
         )
 
 
@@ -546,6 +559,7 @@ def _run_grid(
     baseline: tuple[str, ...] | None = None,
     variants: list[str] | None = None,
     variant_options: dict[str, dict[str, Any]] | None = None,
+    adjust: str = "none",
 ) -> Any:
     """Train the runs of a checked grid into ``out`` (locked) and summarise them
     (``runs.csv``, ``comparison.csv``, ``figures/au_vs_nll.png`` and ``comparison.html``)."""
@@ -635,7 +649,7 @@ def _run_grid(
         ]
     )
     atomic_write_text(out / "runs.csv", table.to_csv(index=False))
-    summary = summarize_runs(table, baseline=baseline)
+    summary = summarize_runs(table, baseline=baseline, adjust=adjust)
     atomic_write_text(out / "comparison.csv", summary.to_csv(index=False))
     from pyrocollapse.plots import plot_comparison, save_figure
 

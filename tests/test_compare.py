@@ -1,6 +1,7 @@
 """The remedy comparison grid: resume, failure isolation, parallel jobs, CLI."""
 
 import json
+import re
 from dataclasses import replace
 
 import pandas as pd
@@ -204,10 +205,15 @@ def test_cli_compare(tmp_path, capsys):
             "--no-progress",
             "--baseline",
             "standard:freebits",
+            "--adjust",
+            "bonferroni",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
+    flat = " ".join(printed.split())
+    assert "Bonferroni, jointly 95% over the 1 comparison with the baseline" in flat
+    assert "Bonferroni" in (out / "comparison.html").read_text(encoding="utf-8")
     assert "ranked by" in printed and "(2 ok, 0 failed)" in printed
     assert "baseline: standard + freebits" in printed
     # one seed: no interval, every cell tied, and the note says so
@@ -215,6 +221,10 @@ def test_cli_compare(tmp_path, capsys):
     table = pd.read_csv(out / "comparison.csv")
     assert len(table) == 2 and table["rank"].tolist() == [1, 1] and table["tied"].all()
     assert table.set_index("objective")["baseline"].to_dict() == {"freebits": True, "elbo": False}
+    assert set(table["adjust"]) == {"bonferroni"}
+    assert main(["compare", "--adjust", "holm", "--out", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err  # Python 3.12 quotes the choices, 3.11 does not
+    assert re.search(r"--adjust: invalid choice: 'holm' \(choose from '?none'?, '?bonferroni", err)
     code = main(["compare", "--baseline", "standard:beta", "--out", str(tmp_path / "y")])
     assert code == 2
     assert "baseline 'standard:beta' is not a cell of this grid" in capsys.readouterr().err

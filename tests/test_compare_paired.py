@@ -282,6 +282,81 @@ def test_compare_refuses_a_bad_baseline_before_any_work(tmp_path):
     assert not (tmp_path / "g").exists()
 
 
+def _t_quantile_2df(level: float) -> float:
+    """Two-sided ``level`` quantile of Student's t with 2 degrees of freedom, in closed
+    form: F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so t = a sqrt(2 / (1 - a^2)) at a = level."""
+    return level * math.sqrt(2.0 / (1.0 - level**2))
+
+
+def test_bonferroni_intervals_hold_jointly_over_the_comparisons_with_the_baseline():
+    per_seed = [0.40, 0.30, 0.53]
+    cells = {("standard", "elbo"): {"ll": BASE_LL}}
+    for name, shift in (("annealed", 0.0), ("beta", 1.0), ("mi", 2.0)):
+        cells[("standard", name)] = {"ll": [b + d + shift for b, d in zip(BASE_LL, per_seed)]}
+    table = _table(cells)
+    assert _t_quantile_2df(0.95) == pytest.approx(T_975_2)
+    plain = summarize_runs(table)
+    adjusted = summarize_runs(table, adjust="bonferroni")
+    level = 1 - 0.05 / 3  # three comparisons with the baseline
+    assert adjusted["interval_level"].tolist() == pytest.approx([level] * 4)
+    assert set(plain["interval_level"]) == {0.95} and set(plain["adjust"]) == {"none"}
+    sd = float(np.std(per_seed, ddof=1))
+    for name in ("annealed", "beta", "mi"):
+        a, p = _row(adjusted, "standard", name), _row(plain, "standard", name)
+        assert a["iw_log_likelihood_diff"] == p["iw_log_likelihood_diff"]
+        half = a["iw_log_likelihood_diff_hi"] - a["iw_log_likelihood_diff"]
+        assert half == pytest.approx(_t_quantile_2df(level) * sd / math.sqrt(3))
+        assert p["iw_log_likelihood_diff_hi"] - p["iw_log_likelihood_diff"] == pytest.approx(
+            T_975_2 * sd / math.sqrt(3)
+        )
+    text = " ".join(format_summary(adjusted).split())  # the header wraps at 100 columns
+    assert "98.333% t-intervals: Bonferroni, jointly 95% over the 3 comparisons" in text
+    assert "each pairwise test at 99.167%, jointly 95% over 6 pairs" in text
+    assert "note: each interval" not in text
+    plain_text = " ".join(format_summary(plain).split())
+    assert "[95% t-interval]" in plain_text
+    assert "6 pairwise tests holds at 95% on its own" in plain_text
+    with pytest.raises(ValueError, match=r"adjust must be one of .*'none', 'bonferroni'.*'holm'"):
+        summarize_runs(table, adjust="holm")
+
+
+def test_bonferroni_ties_a_win_that_only_holds_test_by_test():
+    # mi beats beta on every seed (t = 8.7 with 2 df): above the 95% quantile (4.30), below
+    # the Bonferroni one over the 6 pairs of 4 cells (10.9), so the win does not survive
+    noisy = [x + d for x, d in zip(BASE_LL, [5.0, -5.0, 0.0])]
+    beta = [x + d for x, d in zip(BASE_LL, [0.0, 6.0, -6.0])]
+    mi = [x + d for x, d in zip(beta, [1.0, 1.2, 0.8])]
+    table = _table(
+        {
+            ("standard", "elbo"): {"ll": noisy},
+            ("standard", "annealed"): {"ll": [x + 30.0 for x in BASE_LL]},
+            ("standard", "beta"): {"ll": beta},
+            ("standard", "mi"): {"ll": mi},
+        }
+    )
+    assert 4.30 < 1.0 / (0.2 / math.sqrt(3)) < _t_quantile_2df(1 - 0.05 / 6)
+    plain = dict(zip(summarize_runs(table)["objective"], summarize_runs(table)["rank"]))
+    adjusted = summarize_runs(table, adjust="bonferroni")
+    assert plain["beta"] > plain["mi"]
+    ranks = dict(zip(adjusted["objective"], adjusted["rank"]))
+    assert ranks["beta"] == ranks["mi"]
+    assert adjusted["rank_level"].tolist() == pytest.approx([1 - 0.05 / 6] * 4)
+
+
+def test_compare_refuses_an_unknown_adjustment_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"^adjust must be one of .*'none', 'bonferroni'"):
+        compare(
+            priors=["standard"],
+            elbos=["elbo"],
+            seeds=2,
+            out=tmp_path / "g",
+            base=RunConfig(epochs=1),
+            adjust="fdr",
+            progress=False,
+        )
+    assert not (tmp_path / "g").exists()
+
+
 def test_ranking_text_states_the_rule():
     assert RANKING.startswith("held-out importance-weighted log-likelihood")
     assert "paired" in RANKING and "=k" in RANKING

@@ -49,7 +49,7 @@ def compare_command(args: argparse.Namespace) -> int:
                 f"{', '.join(_COMPARE_KEYS)}"
             )
         defaults = _defaults_of(args)
-        for key in ("priors", "elbos", "seeds", "baseline", "jobs", "variants"):
+        for key in ("priors", "elbos", "seeds", "baseline", "jobs", "variants", "adjust"):
             if key in grid and getattr(args, key) == getattr(defaults, key):
                 value = grid[key]
                 if key in ("priors", "elbos") and isinstance(value, (list, tuple)):
@@ -90,6 +90,7 @@ def compare_command(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         variants=variants,
         variant_options=variant_options,
+        adjust=args.adjust,
     )
     n_ok, n_failed = int(summary["n_ok"].sum()), int(summary["n_failed"].sum())
     print(
@@ -142,6 +143,7 @@ _COMPARE_KEYS = (
     "base",
     "variants",
     "variant_options",
+    "adjust",
 )
 
 

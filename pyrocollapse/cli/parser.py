@@ -12,6 +12,7 @@ import argparse
 from typing import NoReturn
 
 from pyrocollapse._names import ELBO_NAMES, PRIOR_NAMES
+from pyrocollapse._run_summary import ADJUSTMENTS
 from pyrocollapse.cli.arguments import _add_data_model_training, add_objective_arguments
 
 #: The parser's description (the first line of :mod:`pyrocollapse.cli`'s docstring).
@@ -110,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--config",
         default=None,
         metavar="FILE",
-        help="a JSON or YAML file: priors, elbos, variants (lists), seeds, baseline, jobs, "
+        help="a JSON or YAML file: priors, elbos, variants (lists), seeds, baseline, adjust, jobs, "
         "prior_options, elbo_options and variant_options (per name) and base (the fields of "
         "RunConfig); flags given on the command line override it",
     )
@@ -176,6 +177,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the cell every other cell is compared with, paired by seed (PRIOR:OBJECTIVE:"
         "VARIANT with --variants); None: the first of --priors with the first of --elbos "
         "(and the first of --variants)",
+    )
+    g.add_argument(
+        "--adjust",
+        default="none",
+        choices=ADJUSTMENTS,
+        help="multiple-comparison adjustment: none (each interval and each pairwise test of "
+        "the ranking at 95%% on its own) or bonferroni (they hold jointly at 95%% over the "
+        "grid)",
     )
     g.add_argument("--jobs", type=int, default=1, help="runs in parallel worker processes")
     g.add_argument("--out", default="runs/compare", help="grid folder (reused to resume)")

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pyrocollapse._run_summary import (
-    CONFIDENCE,
     DISENTANGLEMENT_METRICS,
     RANKING,
     VARIANT,
+    _adjustment_texts,
     _diff_text,
     _rank_text,
 )
@@ -220,7 +220,7 @@ def render_comparison_html(
             raise ValueError(f"{str(grid_path)!r} is not valid JSON ({e})") from None
         grid = loaded if isinstance(loaded, dict) else {}
     links = _run_links(folder, runs)
-    pct = f"{CONFIDENCE:.0%}"
+    _, pct, rank_rule = _adjustment_texts(summary)  # "95% t-interval" unless adjusted
     has_variant = VARIANT in summary
     shown_disent = [
         (m, name, what)
@@ -250,18 +250,18 @@ def render_comparison_html(
         ),
         _Column(
             "Δ IW log p(x)",
-            f"cell - baseline, mean of the per-seed differences [{pct} t-interval]; bold: the "
+            f"cell - baseline, mean of the per-seed differences [{pct}]; bold: the "
             "interval excludes 0",
         ),
-        _Column("Δ MI", f"the same for MI [{pct} t-interval]"),
-        _Column("Δ AU", f"the same for active units [{pct} t-interval]"),
+        _Column("Δ MI", f"the same for MI [{pct}]"),
+        _Column("Δ AU", f"the same for active units [{pct}]"),
     ]
     columns += [
         _Column(name, f"{what}, of the first scored latent site, mean ± sd over seeds")
         for _, name, what in shown_disent
     ]
     if has_mig:
-        columns.append(_Column("Δ MIG", f"the same for MIG [{pct} t-interval]"))
+        columns.append(_Column("Δ MIG", f"the same for MIG [{pct}]"))
     columns += [
         _Column("paired", "seeds both this cell and the baseline finished"),
         _Column("time s", "mean training time of a run, seconds"),
@@ -382,7 +382,7 @@ def render_comparison_html(
         }
     return _render(
         "comparison.html",
-        ranking=RANKING,
+        ranking=RANKING + rank_rule,
         baseline=baseline,
         pct=pct,
         ranked=_Table(columns, rows, classes),

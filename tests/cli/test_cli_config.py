@@ -64,6 +64,7 @@ def test_compare_reads_a_json_config(tmp_path, capsys):
                 "priors": ["standard"],
                 "elbos": ["elbo", "beta"],
                 "seeds": 1,
+                "adjust": "bonferroni",
                 "elbo_options": {"beta": {"beta": 2.0}},
                 "base": {**SMALL, "epochs": 1},
             }
@@ -74,11 +75,16 @@ def test_compare_reads_a_json_config(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["objective"]) == ["beta", "elbo"] and set(runs["status"]) == {"ok"}
+    assert set(pd.read_csv(out / "comparison.csv")["adjust"]) == {"bonferroni"}
     beta = json.loads((out / "runs" / "standard__beta__seed0" / "metrics.json").read_text())
     assert beta["config"]["elbo_options"] == {"beta": 2.0} and beta["config"]["epochs"] == 1
     (tmp_path / "bad.json").write_text(json.dumps({"prior": "mixture"}))
     assert main(["compare", "--config", str(tmp_path / "bad.json"), "--out", str(tmp_path / "g")]) == 2
     assert "unknown key(s) ['prior']" in capsys.readouterr().err
+    (tmp_path / "adj.json").write_text(json.dumps({"adjust": "holm", "base": {"epochs": 1}}))
+    assert main(["compare", "--config", str(tmp_path / "adj.json"), "--out", str(tmp_path / "h")]) == 2
+    assert "adjust must be one of 'none', 'bonferroni'" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
 
 
 def test_option_values_follow_the_constructor_annotations():
