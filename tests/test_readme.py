@@ -1,8 +1,9 @@
 """Every command and Python snippet in README.md and tutorials/README.md runs as written.
 
 Commands run in a fresh working folder, in the order written (a later command may read an
-earlier one's output), with a small budget: ``--epochs`` set to 1, ``--seeds`` to 1 and the
-diagnostics' sample sizes to their minimum (the *small-budget switch*, :func:`_budget`).
+earlier one's output), with a small budget: ``--epochs`` set to 1, ``--seeds`` to 1, the
+diagnostics' sample sizes to their minimum and the sequences data set to 500 sequences (the
+*small-budget switch*, :func:`_budget`).
 Python blocks of one file run in order in one namespace, like a reader's session. A
 command that cannot run here (it needs GPUs, a network install, an interactive program, or
 is itself a test run) is listed in :data:`NOT_RUN` with the reason; any other command in a
@@ -90,8 +91,8 @@ def _set(argv: list[str], flag: str, value: str) -> list[str]:
 
 
 def _budget(argv: list[str]) -> list[str]:
-    """The small-budget switch: the same command with 1 epoch, 1 seed and the smallest
-    diagnostic samples."""
+    """The small-budget switch: the same command with 1 epoch, 1 seed, the smallest
+    diagnostic samples and (the sequences data set) 500 of its sequences."""
     argv = list(argv)
     if "--epochs" in argv:
         argv = _set(argv, "--epochs", "1")
@@ -105,6 +106,8 @@ def _budget(argv: list[str]) -> list[str]:
             argv.append("--no-progress")
     if argv and argv[0] == "compare":
         argv = _set(argv, "--seeds", "1")
+    if "sequences" in argv and not any(o.startswith("n=") for o in argv):
+        argv += ["--dataset-option", "n=500"]  # a quarter of the bundled sequences
     return argv
 
 
