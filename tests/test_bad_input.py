@@ -621,7 +621,7 @@ TABLE: list[Case] = [
     Case("train.EpochRecord:epoch-0", _make("pyrocollapse.train.EpochRecord", 0, {}), ValueError, r"^epoch must be >= 1, got 0"),
     Case("train.EpochRecord:values-list", _make("pyrocollapse.train.EpochRecord", 1, [1.0]), TypeError, r"^values must be a dict keyed by column or site name, got list"),
     Case("pyrocollapse.History:append-wrong-type", lambda: __import__("pyrocollapse.train", fromlist=["x"]).History().append({"elbo": 1.0}), TypeError, r"^record must be an EpochRecord, got dict"),
-    Case("pyrocollapse.History:kl_matrix-unknown-site", lambda: _history().kl_matrix("w"), ValueError, r"^no per-dimension KL recorded for site 'w'"),
+    Case("pyrocollapse.History:kl_matrix-unknown-site", lambda: _history().kl_matrix("w"), ValueError, r"^no per-dimension KL recorded for site 'w' \(recorded: 'z'\); fit records it for sites whose q\(z\|x\) and p\(z\) factorise"),
     Case("pyrocollapse.History:from_dataframe-no-epoch", lambda: __import__("pyrocollapse.train", fromlist=["x"]).History.from_dataframe(__import__("pandas").DataFrame({"elbo": [1.0]})), ValueError, r"^df needs an 'epoch' column, as History\.to_dataframe writes; got columns elbo"),
     Case("train.collect_params:not-callable", _make("pyrocollapse.train.collect_params", "model", "guide"), TypeError, r"^model must be a callable Pyro program, got str"),
     Case("pyrocollapse.fit:validate-str", _make("pyrocollapse.fit", MODEL, GUIDE, X, loss=_Lazy(lambda: __import__("pyrocollapse.elbo", fromlist=["x"]).PlainELBO()), epochs=1, progress=False, validate="no"), TypeError, r"^validate must be a bool, got str 'no'"),

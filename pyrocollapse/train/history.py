@@ -81,7 +81,13 @@ class History:
         """KL per dimension over training, shape ``(latent_dim, epochs)`` (nats per point)."""
         cols = [r.kl_per_dim[site] for r in self.records if site in r.kl_per_dim]
         if not cols:
-            raise ValueError(f"no per-dimension KL recorded for site {site!r}")
+            recorded = sorted({s for r in self.records for s in r.kl_per_dim})
+            raise ValueError(
+                f"no per-dimension KL recorded for site {site!r} (recorded: "
+                f"{', '.join(map(repr, recorded)) or 'none'}); fit records it for sites whose "
+                "q(z|x) and p(z) factorise over dimensions (not, e.g., under a mixture, VampPrior or "
+                "flow prior)"
+            )
         return np.stack(cols, axis=1)
 
     def to_dataframe(self) -> Any:
