@@ -188,8 +188,8 @@ def summarize_runs(
         * ``baseline``: True on the baseline's row;
         * ``rank`` (nullable int): 1 + the number of cells that beat this one, where a
           cell beats another when the interval (at ``rank_level``) of their paired
-          difference of held-out IW log-likelihood lies above 0; ``<NA>`` for a cell with no finite IW
-          log-likelihood (no finished run), which is listed last;
+          difference of held-out IW log-likelihood lies above 0; ``<NA>`` for a cell with
+          no finite IW log-likelihood (no finished run), which is listed last;
         * ``tied``: another cell has the same rank.
 
         Rows are ordered by rank, then mean IW log-likelihood, then mean active units.
@@ -411,9 +411,9 @@ def format_summary(summary: Any) -> str:
             subsequent_indent="  ",
         )
     elif not adjusted and n_ranked >= 3:
-        pairs = n_ranked * (n_ranked - 1) // 2
         lines += textwrap.wrap(
-            f"note: each interval and each of the ranking's {pairs} pairwise tests holds at "
+            f"note: each interval and each of the ranking's {_ranked_pairs(summary)} pairwise "
+            "tests holds at "
             f"{CONFIDENCE:.0%} on its own, so over the grid some may exclude 0 by chance; "
             "--adjust bonferroni (adjust='bonferroni') makes them hold jointly",
             width=100,
@@ -426,15 +426,11 @@ def _adjustment_texts(summary: Any) -> tuple[bool, str, str]:
     """``(adjusted, interval text, ranking suffix)`` from a summary's ``adjust``,
     ``interval_level`` and ``rank_level`` columns (a summary written before they existed
     reads as unadjusted)."""
-    first = summary.iloc[0] if len(summary) else {}
-    adjust = str(first.get("adjust", "none")) if len(summary) else "none"
-    if adjust != "bonferroni":
+    if not len(summary) or str(summary.iloc[0].get("adjust", "none")) != "bonferroni":
         return False, f"{CONFIDENCE:.0%} t-interval", ""
-    level = float(first["interval_level"])
-    rank_level = float(first["rank_level"])
-    others = len(summary) - 1
-    n_ranked = int(summary["rank"].notna().sum())
-    pairs = n_ranked * (n_ranked - 1) // 2
+    level = float(summary.iloc[0]["interval_level"])
+    rank_level = float(summary.iloc[0]["rank_level"])
+    others, pairs = len(summary) - 1, _ranked_pairs(summary)
     interval = (
         f"{_pct(level)} t-intervals: Bonferroni, jointly {CONFIDENCE:.0%} over the "
         f"{others} comparison{'' if others == 1 else 's'} with the baseline"
@@ -446,10 +442,12 @@ def _adjustment_texts(summary: Any) -> tuple[bool, str, str]:
     return True, interval, rank
 
 
+def _ranked_pairs(summary: Any) -> int:
+    """The ranking's pairwise tests: every two cells with a rank."""
+    n = int(summary["rank"].notna().sum())
+    return n * (n - 1) // 2
+
+
 def _pct(level: float) -> str:
-    """A coverage as a percentage with the digits it needs: 95%, 98.75%, 99.667%."""
-    for digits in range(4):
-        text = f"{100 * level:.{digits}f}"
-        if abs(float(text) - 100 * level) < 1e-9 or digits == 3:
-            return f"{text}%"
-    return f"{100 * level}%"
+    """A coverage as a percentage with at most 3 decimals: 95%, 98.75%, 99.167%."""
+    return f"{100 * level:.3f}".rstrip("0").rstrip(".") + "%"
